@@ -1,0 +1,1 @@
+"""Engines that generate text and report ℓ2 norms."""

