@@ -167,12 +167,8 @@ class ReasoningGym:
             ) from e
         except (TypeError, AssertionError) as e:
             raise ConfigError(f"bad config for reasoning_gym {family!r}: {config} ({e or 'rejected'})") from e
-        self.family, self.seed, self.size, self.config = (
-            family,
-            seed,
-            size,
-            dict(config),
-        )
+        self.family, self.seed, self.size = family, seed, size
+        self.config = dict(config)
         options = ",".join(f"{k}={v}" for k, v in {"seed": seed, **dict(sorted(config.items()))}.items())
         # The name round-trips through load_dataset: registered families by
         # their own name, the others under the "rg:" prefix.

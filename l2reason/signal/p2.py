@@ -50,7 +50,7 @@ class P2State(NamedTuple):
     q: Tensor
     pos: Tensor
     desired: Tensor
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # shadows tuple.count; name fixed by the API
 
 
 def _check_p(p: float) -> None:
@@ -151,9 +151,7 @@ def p2_update(state: P2State, x: Tensor, valid: Tensor, p: float) -> P2State:
     # Find cell k with q_k <= x < q_{k+1}; markers above it move one position.
     # Marker 0 never moves, marker 4 always does (x >= q_4 makes x the new max).
     inc = torch.where(j == 0, False, torch.where(j == _M - 1, True, xe < q)).to(dtype)
-    qa = torch.where(
-        j == 0, torch.minimum(q, xe), torch.where(j == _M - 1, torch.maximum(q, xe), q)
-    )
+    qa = torch.where(j == 0, torch.minimum(q, xe), torch.where(j == _M - 1, torch.maximum(q, xe), q))
     pa = pos + inc
     n_new = (count + 1).to(dtype).unsqueeze(-1)  # [*B, 1]
     d_new = 1 + (n_new - 1) * _dn(p, j.to(dtype))  # desired positions n'_i

@@ -88,9 +88,7 @@ def tau_update(state: TauState, n: Tensor, valid: Tensor) -> TauState:
     )
 
 
-def tau_value(
-    state: TauState, warmup: int, k: float = 1.5, min_iqr: float = 1e-3
-) -> Tensor:
+def tau_value(state: TauState, warmup: int, k: float = 1.5, min_iqr: float = 1e-3) -> Tensor:
     """The current threshold ``τ = Q3 + k·max(Q3 − Q1, min_iqr)`` per row.
 
     Args:
@@ -127,9 +125,7 @@ def tau_value(
     return torch.where(ready, tau, torch.full_like(tau, float("inf")))
 
 
-def iqr_threshold(
-    norms: Tensor, valid: Tensor | None = None, k: float = 1.5, min_iqr: float = 1e-3
-) -> Tensor:
+def iqr_threshold(norms: Tensor, valid: Tensor | None = None, k: float = 1.5, min_iqr: float = 1e-3) -> Tensor:
     """Exact offline ``τ = Q3 + k·max(IQR, min_iqr)`` over the last dim.
 
     Quartiles use linear interpolation (``torch.quantile``) over the valid

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -47,8 +46,6 @@ __all__ = [
     "select_l2",
     "select_l2_vote",
 ]
-
-log = logging.getLogger(__name__)
 
 SCORE_NAMES = ("A/T", "B/T", "C/T", "D/T", "z_mean")
 DEFAULT_SCORE = "B/T"  # TECHNIQUES.md §iii: default mean_l(B_l / T), argmax [open]

@@ -54,7 +54,9 @@ def test_capture_on_off_identical_tokens_and_logprobs(tiny_backend):
 def test_plain_model_generate_matches(tiny, tiny_backend):
     """Greedy decoding equals transformers' own generate (the plain model)."""
     prompt = tiny_backend.prompt_ids(req())
-    out = tiny.model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+    out = tiny.model.generate(
+        torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
     plain = tiny.tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True)
     ours = tiny_backend.generate(req(max_new=10)).candidates[0]
     if ours.finish_reason == "length":
@@ -97,7 +99,10 @@ def test_batch_of_unequal_prompts_equals_single(tiny_backend):
         single = tiny_backend.generate(req(t, max_new=6)).candidates[0]
         assert b.candidates[0].text == single.text
         torch.testing.assert_close(
-            torch.from_numpy(b.candidates[0].norms.array()), torch.from_numpy(single.norms.array()), atol=1e-4, rtol=1e-4
+            torch.from_numpy(b.candidates[0].norms.array()),
+            torch.from_numpy(single.norms.array()),
+            atol=1e-4,
+            rtol=1e-4,
         )
         assert b.candidates[0].completion_tokens == 6  # padding never counted
         assert len(b.candidates[0].norms.per_token) == 6

@@ -53,5 +53,5 @@ def test_resolve_layers_out_of_range_names_range(spec: list[int]) -> None:
 
 @pytest.mark.parametrize("spec", [[], [1.5], ["3"], [True], "middle", 3])
 def test_resolve_layers_bad_specs(spec: object) -> None:
-    with pytest.raises(LayerError, match="0..11"):
+    with pytest.raises(LayerError, match=r"0\.\.11"):
         resolve_layers(spec, 12)  # type: ignore[arg-type]

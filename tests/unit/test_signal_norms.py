@@ -16,8 +16,8 @@ def test_token_norms_matches_vector_norm_and_is_float32() -> None:
     torch.testing.assert_close(n, torch.linalg.vector_norm(h, dim=-1))
 
 
-def test_token_norms_bf16_upcast_avoids_overflow() -> None:
-    # 300^2 * 4 = 360000 fits in bf16's range, but precision would suffer; fp16 would overflow.
+def test_token_norms_fp16_upcast_avoids_overflow() -> None:
+    # Squaring in fp16 would overflow: 300^2 * 4 = 360000 > 65504 (fp16 max).
     h = torch.full((2, 4), 300.0, dtype=torch.float16)
     n = token_norms(h)
     assert n.dtype == torch.float32

@@ -1,6 +1,6 @@
 """The vectorised P² estimator: exactness vs a scalar reference, accuracy, masking, compile.
 
-Measured accuracy (n = 2000 samples per row, float32, 768 rows per distribution,
+Measured accuracy (n = 2000 samples per row, float32, 256 rows per distribution,
 p in {0.25, 0.5, 0.75, 0.95}): rank error |F_n(estimate) − p| <= 0.0245; value
 error <= 0.064·IQR for normal and uniform data; for lognormal data <= 0.13·IQR
 up to p = 0.75 and <= 0.43·IQR at p = 0.95 (heavy right tail: low density, so

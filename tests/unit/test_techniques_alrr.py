@@ -49,7 +49,9 @@ def test_accept_each_branch() -> None:
 
 def test_accept_growth_boundary_is_inclusive() -> None:
     # (‖x̃‖ − ‖xᵏ‖)/‖xᵏ‖ = g exactly is accepted (≥ g)
-    s = alrr_accept(_col([5.0]), torch.tensor([5.0]), _col([6.0]), torch.tensor([4.0]), torch.tensor([True]), g=0.2, b=2.0)
+    s = alrr_accept(
+        _col([5.0]), torch.tensor([5.0]), _col([6.0]), torch.tensor([4.0]), torch.tensor([True]), g=0.2, b=2.0
+    )
     assert s.accepted.tolist() == [True]
 
 

@@ -153,7 +153,9 @@ class HFBackend:
             from l2reason.signal.calibration import Calibration
 
             self._calibration = (
-                calibration if isinstance(calibration, Calibration) else Calibration.load(calibration, expected_model_id=lm.model_id)
+                calibration
+                if isinstance(calibration, Calibration)
+                else Calibration.load(calibration, expected_model_id=lm.model_id)
             )
         self.controller_factories: dict[str, Any] = {}
         eos = self.model.generation_config.eos_token_id if getattr(self.model, "generation_config", None) else None
@@ -275,7 +277,9 @@ class HFBackend:
             for layer in sorted(cap.mlp_layers):
                 mlp = getattr(self.layers[layer], "mlp", None)
                 if mlp is None:
-                    raise CapabilityError(f"layer {layer} has no `.mlp` submodule; use an injection that needs no MLP hook")
+                    raise CapabilityError(
+                        f"layer {layer} has no `.mlp` submodule; use an injection that needs no MLP hook"
+                    )
                 handles.append(mlp.register_forward_hook(self._make_mlp_hook(cap, layer)))
             yield
         finally:
@@ -398,7 +402,12 @@ class HFBackend:
                 cap.valid = ~done
                 cap.prefill = True
                 out = self.model(
-                    input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **{self._cache_kw: cache}
+                    input_ids=input_ids,
+                    attention_mask=attn,
+                    position_ids=pos,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{self._cache_kw: cache},
                 )
                 cap.prefill = False
                 for t in range(max_new):
@@ -437,7 +446,11 @@ class HFBackend:
                     attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
                     pos = pos[:, -1:] + 1
                     out = self.model(
-                        input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, use_cache=True, **{self._cache_kw: cache}
+                        input_ids=nxt[:, None],
+                        attention_mask=attn,
+                        position_ids=pos,
+                        use_cache=True,
+                        **{self._cache_kw: cache},
                     )
         except (ConfigError, CapabilityError):
             raise
@@ -453,12 +466,27 @@ class HFBackend:
                     continue
                 cands.append(
                     self._candidate(
-                        i, r, req, gen_ids, int(lengths[i]), finish[i], norm_buf, cap_layers, ctrls, lp_chosen, lp_sc, lp_top
+                        i,
+                        r,
+                        req,
+                        gen_ids,
+                        int(lengths[i]),
+                        finish[i],
+                        norm_buf,
+                        cap_layers,
+                        ctrls,
+                        lp_chosen,
+                        lp_sc,
+                        lp_top,
                     )
                 )
             results.append(
                 GenerationResult(
-                    request_id=req.request_id, model_id=self.model_id, backend=self.name, candidates=cands, seconds=seconds
+                    request_id=req.request_id,
+                    model_id=self.model_id,
+                    backend=self.name,
+                    candidates=cands,
+                    seconds=seconds,
                 )
             )
         return results
@@ -486,7 +514,9 @@ class HFBackend:
             if cut >= 0:
                 text = text[:cut]
         tokens = [self.tokenizer.decode([t]) for t in ids]
-        norms = self._norm_stats(norm_buf[i, :L], cap_layers, req.norms) if req.norms is not None and cap_layers else None
+        norms = (
+            self._norm_stats(norm_buf[i, :L], cap_layers, req.norms) if req.norms is not None and cap_layers else None
+        )
         lps = None
         if lp_chosen is not None and lp_sc is not None:
             top = lp_top[i, :L] if lp_top is not None else None

@@ -82,7 +82,9 @@ def _cache_from_kwargs(kwargs: dict[str, Any]) -> Any:
     return None
 
 
-def make_rerun(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_rerun(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function that re-runs decoder layer ``module`` on a new input, KV-safely.
 
     The normal pass has already appended this step's keys/values to the cache.

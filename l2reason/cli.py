@@ -1,0 +1,300 @@
+"""The ``l2reason`` command: ask, trace, calibrate, demo, models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="l2reason: the ℓ2 norm of an LLM's residual stream as a signal for reasoning.",
+)
+console = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="'default', 'fast', packaged:<name>, a .gguf, a folder or a hub id")
+]
+MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", "-t", min=1, help="generation limit")]
+
+
+def _backend(model: str) -> Any:
+    from l2reason.backends.hf import HFBackend
+    from l2reason.errors import L2ReasonError
+
+    with err.status(f"loading {model} (the first time, the packaged model is assembled and converted: ~1 min)"):
+        try:
+            be = HFBackend(model)
+        except L2ReasonError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+    err.print(
+        f"[dim]model {be.model_id}: {be.num_layers} layers x {be.hidden_size}, loaded in {be.loaded.load_seconds:.1f}s[/dim]"
+    )
+    return be
+
+
+def _request(
+    question: str, max_new_tokens: int, temperature: float, seed: int, layers: Any = "band", system: bool = True
+) -> Any:
+    from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams
+    from l2reason.data import SYSTEM_PROMPT
+    from l2reason.errors import ConfigError
+
+    msgs = ([Message(role="system", content=SYSTEM_PROMPT)] if system else []) + [
+        Message(role="user", content=question)
+    ]
+    try:
+        return GenerationRequest.build(
+            messages=msgs,
+            sampling=SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
+            norms=NormSpec(layers=layers),
+        )
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+
+
+def _summary_table(c: Any, title: str = "ℓ2 norms (decode tokens)") -> Table:
+    import numpy as np
+
+    arr = c.norms.array()
+    t = Table(title=title, show_lines=False)
+    for col in ("layer", "mean", "p95", "max", "top tokens by norm"):
+        t.add_column(col, justify="right" if col != "top tokens by norm" else "left")
+    toks = c.tokens or []
+    for i, layer in enumerate(c.norms.layers):
+        col = arr[:, i]
+        if col.size == 0:
+            continue
+        top = np.argsort(-col)[:3]
+        names = ", ".join(repr(toks[j]) if j < len(toks) else str(j) for j in top)
+        t.add_row(str(layer), f"{col.mean():.1f}", f"{np.percentile(col, 95):.1f}", f"{col.max():.1f}", names)
+    return t
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="the question")],
+    model: ModelOpt = "default",
+    max_new_tokens: MaxNewOpt = 256,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the full result as JSON")] = False,
+) -> None:
+    """Answer a question and show a short norm summary of the band layers."""
+    be = _backend(model)
+    res = be.generate(_request(question, max_new_tokens, temperature, seed))
+    c = res.candidates[0]
+    if as_json:
+        console.print_json(res.model_dump_json())
+        return
+    console.rule("answer")
+    console.print(c.text)
+    console.rule()
+    console.print(_summary_table(c))
+    tps = c.completion_tokens / res.seconds if res.seconds else 0.0
+    console.print(f"[dim]{c.completion_tokens} tokens ({c.finish_reason}) in {res.seconds:.1f}s, {tps:.1f} tok/s[/dim]")
+
+
+@app.command()
+def trace(
+    question: Annotated[str, typer.Argument(help="the question")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="heatmap image (.png/.svg/.pdf)")] = Path("norms.png"),
+    html: Annotated[Path | None, typer.Option(help="HTML page (default: next to --out)")] = None,
+    model: ModelOpt = "default",
+    max_new_tokens: MaxNewOpt = 160,
+    layers: Annotated[str, typer.Option(help="'all', 'band', or comma-separated indices")] = "all",
+) -> None:
+    """Draw a layers x tokens heatmap of norms and an HTML page with tokens coloured by norm."""
+    from l2reason.signal.band import default_band
+    from l2reason.viz import norm_heatmap, norm_html
+
+    spec: Any = layers if layers in ("all", "band") else [int(x) for x in layers.split(",") if x.strip()]
+    be = _backend(model)
+    res = be.generate(_request(question, max_new_tokens, 0.0, 0, layers=spec))
+    c = res.candidates[0]
+    console.print(c.text)
+    png = norm_heatmap(c, out, title=f"{be.model_id}: ‖x‖ / layer median")
+    band = [layer for layer in default_band(be.num_layers) if layer in c.norms.layers] or None
+    page = norm_html(c, html or out.with_suffix(".html"), band=band, title=question[:80])
+    console.print(f"wrote [bold]{png}[/bold] and [bold]{page}[/bold]")
+
+
+@app.command()
+def calibrate(
+    model: ModelOpt = "default",
+    out: Annotated[Path | None, typer.Option(help="calibration file (default: the model's file in the cache)")] = None,
+    q: Annotated[float, typer.Option(min=0.5, max=0.999, help="quantile for τ_l")] = 0.95,
+    prompts: Annotated[
+        Path | None, typer.Option(help="text file, one prompt per line (default: built-in problems)")
+    ] = None,
+    max_new_tokens: MaxNewOpt = 160,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+) -> None:
+    """Collect decode-token norms on prompts and write a per-layer calibration file."""
+    from l2reason.calibrate import calibrate as run_calibration
+    from l2reason.data import PROBLEMS
+    from l2reason.signal.calibration import default_calibration_path
+
+    texts = [p for p, _ in PROBLEMS]
+    if prompts is not None:
+        if not prompts.is_file():
+            err.print(f"[red]error:[/red] prompts file {prompts} does not exist")
+            raise typer.Exit(2)
+        texts = [line.strip() for line in prompts.read_text().splitlines() if line.strip()]
+        if not texts:
+            err.print(f"[red]error:[/red] {prompts} holds no prompts (one per line)")
+            raise typer.Exit(2)
+    be = _backend(model)
+    with _progress() as prog:
+        task = prog.add_task("calibrating", total=len(texts))
+        cal = run_calibration(
+            be,
+            texts,
+            q=q,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            on_batch=lambda k: prog.advance(task, k),
+        )
+    path = cal.save(out or default_calibration_path(be.model_id))
+    t = Table(title=f"τ_l = q{q:.2f} of decode-token norms")
+    for col in ("layer", "q1", "median", "q3", f"τ (q{q})", "tokens"):
+        t.add_column(col, justify="right")
+    for i, layer in enumerate(cal.layers):
+        t.add_row(
+            str(layer),
+            f"{cal.q1[i]:.1f}",
+            f"{cal.median[i]:.1f}",
+            f"{cal.q3[i]:.1f}",
+            f"{cal.tau[i]:.1f}",
+            str(cal.n_tokens[i]),
+        )
+    console.print(t)
+    console.print(f"wrote [bold]{path}[/bold]")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
+@app.command()
+def demo(
+    model: ModelOpt = "default",
+    out: Annotated[Path, typer.Option(help="folder for the heatmap and HTML")] = Path("out/demo"),
+    problems: Annotated[int, typer.Option(min=1, max=16)] = 3,
+    max_new_tokens: MaxNewOpt = 200,
+) -> None:
+    """The main job: answer a few grade-school math problems, show norm summaries, write a heatmap."""
+    from l2reason.data import PROBLEMS
+    from l2reason.eval.answers import answers_equal, extract_answer
+    from l2reason.viz import norm_heatmap, norm_html
+
+    be = _backend(model)
+    chosen = PROBLEMS[:problems]
+    reqs = [_request(q, max_new_tokens, 0.0, 0, layers="all") for q, _ in chosen]
+    t0 = time.perf_counter()
+    with err.status(f"answering {len(reqs)} problems in one batch (greedy, ≤{max_new_tokens} tokens each)"):
+        results = be.generate_many(reqs)
+    secs = time.perf_counter() - t0
+    from l2reason.signal.band import default_band
+
+    band = default_band(be.num_layers)
+    summary = Table(title=f"{be.model_id}: answers and band-layer norms (band = layers {band[0]}..{band[-1]})")
+    for col in ("#", "gold", "extracted", "ok", "tokens", "band mean ‖x‖", "band p95", "tokens > p95 of own run"):
+        summary.add_column(col, justify="right")
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, ((question, gold), res) in enumerate(zip(chosen, results, strict=True), 1):
+        c = res.candidates[0]
+        console.rule(f"problem {i}")
+        console.print(f"[bold]{question}[/bold]")
+        console.print(c.text)
+        arr = c.norms.array()
+        cols = [c.norms.layers.index(layer) for layer in band]
+        b = arr[:, cols].mean(axis=1)
+        import numpy as np
+
+        pred = extract_answer(c.text)
+        ok = answers_equal(pred, gold)
+        p95 = float(np.percentile(b, 95)) if b.size else 0.0
+        summary.add_row(
+            str(i),
+            gold,
+            str(pred),
+            "✓" if ok else "✗",
+            str(c.completion_tokens),
+            f"{b.mean():.1f}",
+            f"{p95:.1f}",
+            str(int((b > p95).sum())),
+        )
+        records.append(
+            {
+                "question": question,
+                "gold": gold,
+                "pred": pred,
+                "correct": ok,
+                "text": c.text,
+                "tokens": c.completion_tokens,
+            }
+        )
+        if i == 1:
+            png = norm_heatmap(c, out / "norms.png", title=f"problem 1: ‖x‖ / layer median, all {be.num_layers} layers")
+            page = norm_html(c, out / "norms.html", band=band, title=question)
+    console.print(summary)
+    ntok = sum(r["tokens"] for r in records)
+    (out / "answers.json").write_text(json.dumps(records, indent=2))
+    console.print(f"{ntok} tokens in {secs:.1f}s ({ntok / secs:.1f} tok/s batched)")
+    console.print(f"wrote [bold]{png}[/bold], [bold]{page}[/bold] and [bold]{out / 'answers.json'}[/bold]")
+
+
+@app.command()
+def models() -> None:
+    """List the packaged (offline) models and whether they are installed/converted."""
+    from l2reason.errors import ModelSourceError
+    from l2reason.models.load import CONVERTED_MARKER, converted_dir
+    from l2reason.models.registry import PACKAGED
+
+    t = Table(title="packaged models")
+    for col in ("spec", "aliases", "installed", "converted", "notes"):
+        t.add_column(col)
+    for m in PACKAGED.values():
+        try:
+            m.package_dirs()
+            inst = "yes"
+        except ModelSourceError:
+            inst = f"no: {m.install_hint()}"
+        conv = "yes" if (converted_dir(m) / CONVERTED_MARKER).is_file() else "no"
+        t.add_row(f"packaged:{m.name}", ", ".join(m.aliases), inst, conv, m.notes)
+    console.print(t)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
