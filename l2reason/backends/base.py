@@ -99,6 +99,33 @@ class NormSpec(BaseModel):
         return v
 
 
+class SelectionSpec(BaseModel):
+    """Pick one of the ``n`` candidates inside the same backend call.
+
+    Args:
+        method: a selector name: ``l2`` (argmax of an ℓ2 score), ``l2-vote``
+            (ℓ2-weighted answer vote), ``majority``, ``shortest``, ``random``,
+            ``self-certainty``, ``self-certainty-borda``, ``deepconf``,
+            ``deepconf-tail``.
+        score: the ℓ2 score for ``l2``/``l2-vote``: ``B/T`` (default), ``A/T``,
+            ``C/T``, ``D/T``, ``z_mean``.
+        tau: ``"calibrated"`` (the model's calibration file), ``"pooled"``
+            (Q3 + 1.5·IQR of this call's pooled candidate norms per layer;
+            the default, needs no calibration) or explicit per-layer floats.
+        layers: the layers the ℓ2 score averages over (``"band"`` = the
+            default band); they must be among the captured ``norms.layers``.
+        params: extra selector parameters (e.g. ``{"keep_frac": 0.9}``).
+    """
+
+    model_config = _FROZEN
+    method: str = "l2"
+    score: str = "B/T"
+    tau: Literal["calibrated", "pooled"] | list[float] = "pooled"
+    layers: list[int] | Literal["band"] = "band"
+    seed: int = 0
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class GenerationRequest(BaseModel):
     """One prompt, ``n`` candidates.
 
@@ -118,6 +145,7 @@ class GenerationRequest(BaseModel):
     norms: NormSpec | None = Field(default_factory=NormSpec)
     logprobs: int | None = Field(None, ge=0, le=50)
     interventions: list[Any] = Field(default_factory=list)
+    selection: SelectionSpec | None = None
     request_id: str | None = None
 
     @field_validator("n")
@@ -126,6 +154,13 @@ class GenerationRequest(BaseModel):
         if v < 1:
             raise ValueError(f"n (candidates per prompt) must be >= 1 (got {v})")
         return v
+
+    @field_validator("interventions", mode="before")
+    @classmethod
+    def _interventions(cls, v: Any) -> Any:
+        from l2reason.techniques.specs import parse_interventions
+
+        return parse_interventions(list(v or []))
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerationRequest:

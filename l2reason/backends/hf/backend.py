@@ -480,15 +480,15 @@ class HFBackend:
                         lp_top,
                     )
                 )
-            results.append(
-                GenerationResult(
-                    request_id=req.request_id,
-                    model_id=self.model_id,
-                    backend=self.name,
-                    candidates=cands,
-                    seconds=seconds,
-                )
+            res = GenerationResult(
+                request_id=req.request_id, model_id=self.model_id, backend=self.name, candidates=cands, seconds=seconds
             )
+            if req.selection is not None:
+                from l2reason.select import apply_selection, select_result
+
+                cal = self.calibration if req.selection.tau == "calibrated" else None
+                apply_selection(res, select_result(res, req.selection, calibration=cal, num_layers=self.num_layers))
+            results.append(res)
         return results
 
     def _candidate(

@@ -1,0 +1,169 @@
+"""Selection over a finished :class:`GenerationResult`: one call to pick, or re-score later.
+
+The backend calls :func:`apply_selection` when a request carries a
+``SelectionSpec``; the evaluation harness calls :func:`select_result` on
+stored results to compare every selector on the *same* samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from l2reason.backends.base import GenerationResult, SelectionSpec
+from l2reason.errors import ConfigError
+from l2reason.signal.band import default_band
+from l2reason.signal.threshold import iqr_threshold
+from l2reason.techniques.baselines import SELECTORS, select
+from l2reason.techniques.selection import CandidateSignals, Selection
+
+L2_METHODS = ("l2", "l2-vote")
+LOGPROB_METHODS = ("self-certainty", "self-certainty-borda", "deepconf", "deepconf-tail")
+
+
+def _default_extractor() -> Callable[[str], str | None]:
+    from l2reason.eval.answers import extract_answer
+
+    return extract_answer
+
+
+def _columns(
+    result: GenerationResult, layers: Sequence[int] | str, num_layers: int | None
+) -> tuple[list[int], list[int]]:
+    c0 = next((c for c in result.candidates if c.norms is not None), None)
+    if c0 is None or c0.norms is None:
+        return [], []
+    captured = c0.norms.layers
+    if layers == "band":
+        want = default_band(num_layers) if num_layers else captured
+        want = [layer for layer in want if layer in captured] or captured
+    else:
+        want = list(layers)  # type: ignore[arg-type]
+        missing = [layer for layer in want if layer not in captured]
+        if missing:
+            raise ConfigError(f"selection layers {missing} were not captured; captured layers: {captured}")
+    return want, [captured.index(layer) for layer in want]
+
+
+def candidate_signals(
+    result: GenerationResult,
+    *,
+    layers: Sequence[int] | str = "band",
+    num_layers: int | None = None,
+    extractor: Callable[[str], str | None] | None = None,
+) -> tuple[list[CandidateSignals], list[int]]:
+    """The selector inputs of every candidate, and the layers their ``band_norms`` columns hold.
+
+    Masked (massive-activation) tokens become NaN rows, which the ℓ2 scores skip.
+    """
+    extract = extractor or _default_extractor()
+    used, cols = _columns(result, layers, num_layers)
+    out: list[CandidateSignals] = []
+    for c in result.candidates:
+        if c.norms is not None and c.norms.per_token is not None and cols:
+            arr = c.norms.array()[:, cols].astype(np.float64)
+            if c.norms.masked:
+                arr[np.asarray(c.norms.masked, dtype=bool)] = np.nan
+        else:
+            arr = np.zeros((c.completion_tokens, 0))
+        lp = c.logprobs
+        out.append(
+            CandidateSignals(
+                text=c.text,
+                answer=extract(c.text),
+                n_tokens=c.completion_tokens,
+                finished=c.finish_reason != "length",
+                band_norms=arr,
+                token_logprob=np.asarray(lp.logprob) if lp else None,
+                token_self_certainty=np.asarray(lp.self_certainty) if lp else None,
+                token_confidence=np.asarray(lp.confidence) if lp and lp.confidence is not None else None,
+            )
+        )
+    return out, used
+
+
+def pooled_tau(cands: Sequence[CandidateSignals]) -> np.ndarray:
+    """τ_l = Q3 + 1.5·IQR of all candidates' norms pooled, per layer (no calibration needed)."""
+    arrs = [c.band_norms for c in cands if c.band_norms.size]
+    if not arrs:
+        raise ConfigError("no ℓ2 norms to score: request norms (NormSpec) with the selection")
+    pooled = torch.from_numpy(np.concatenate(arrs, axis=0).T.copy()).float()  # [n_layers, ΣT]
+    valid = ~torch.isnan(pooled)
+    return iqr_threshold(torch.nan_to_num(pooled), valid=valid).numpy()
+
+
+def select_result(
+    result: GenerationResult,
+    spec: SelectionSpec | str,
+    *,
+    calibration: Any = None,
+    num_layers: int | None = None,
+    extractor: Callable[[str], str | None] | None = None,
+) -> Selection:
+    """Run one selector on a finished result (without generating again).
+
+    Args:
+        result: a result with ``n`` candidates (norms and, for the logprob
+            baselines, logprobs).
+        spec: a :class:`SelectionSpec` or just a method name.
+        calibration: a ``Calibration`` for ``tau="calibrated"``.
+        num_layers: the model's depth (to resolve ``layers="band"``).
+        extractor: final-answer extractor for the vote methods.
+    """
+    spec = SelectionSpec(method=spec) if isinstance(spec, str) else spec
+    if spec.method not in SELECTORS:
+        raise ConfigError(f"unknown selection method {spec.method!r}; valid: {', '.join(sorted(SELECTORS))}")
+    cands, used = candidate_signals(result, layers=spec.layers, num_layers=num_layers, extractor=extractor)
+    tau = None
+    params = dict(spec.params)
+    if spec.method in L2_METHODS:
+        params.setdefault("score", spec.score)
+        if spec.tau == "pooled":
+            tau = pooled_tau(cands)
+        elif spec.tau == "calibrated":
+            if calibration is None:
+                raise ConfigError("tau='calibrated' needs a calibration; run `l2reason calibrate` or use tau='pooled'")
+            tau = calibration.tau_for(used).numpy()
+        else:
+            if len(spec.tau) != len(used):
+                raise ConfigError(f"selection tau has {len(spec.tau)} values for {len(used)} layers {used}")
+            tau = np.asarray(spec.tau, dtype=np.float64)
+    if spec.method in LOGPROB_METHODS and any(c.token_self_certainty is None for c in cands):
+        raise ConfigError(f"selection {spec.method!r} needs logprobs: set GenerationRequest(logprobs=k) (k >= 1)")
+    sel = select(spec.method, cands, tau=tau, seed=spec.seed, **params)
+    sel.details.setdefault("layers", used)
+    if tau is not None:
+        sel.details.setdefault("tau", [float(x) for x in tau])
+    return sel
+
+
+def apply_selection(result: GenerationResult, sel: Selection) -> GenerationResult:
+    """Write a selection into ``result`` (``selection`` dict and each candidate's ``score``)."""
+    for c, s in zip(result.candidates, sel.scores, strict=False):
+        c.score = None if s is None or not np.isfinite(s) else float(s)
+    result.selection = {
+        "method": sel.method,
+        "index": int(sel.index),
+        "answer": sel.answer,
+        "scores": [None if s is None or not np.isfinite(s) else float(s) for s in sel.scores],
+        "groups": sel.groups,
+        "details": _jsonable(sel.details),
+    }
+    return result
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
