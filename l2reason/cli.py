@@ -86,28 +86,117 @@ def _summary_table(c: Any, title: str = "ℓ2 norms (decode tokens)") -> Table:
     return t
 
 
+SELECT_CHOICES = (
+    "l2",
+    "l2-vote",
+    "majority",
+    "shortest",
+    "random",
+    "self-certainty",
+    "self-certainty-borda",
+    "deepconf",
+    "deepconf-tail",
+)
+
+
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="the question")],
     model: ModelOpt = "default",
     max_new_tokens: MaxNewOpt = 256,
-    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="default: 0 (greedy), 0.7 with --select")] = None,
     seed: int = 0,
+    select: Annotated[
+        str | None, typer.Option("--select", help=f"pick one of n candidates: {', '.join(SELECT_CHOICES)}")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="candidates (with --select)")] = 4,
+    score: Annotated[str, typer.Option(help="ℓ2 score for --select l2/l2-vote: B/T, A/T, C/T, D/T, z_mean")] = "B/T",
+    recurse: Annotated[bool, typer.Option("--recurse", help="adaptive layer-wise recursion (ALRR, K=1, band)")] = False,
+    steer: Annotated[bool, typer.Option("--steer", help="endogenous reasoning-state steering (ERSS, band)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the full result as JSON")] = False,
 ) -> None:
-    """Answer a question and show a short norm summary of the band layers."""
+    """Answer a question and show a short norm summary of the band layers.
+
+    With --select, n candidates are sampled in one batch and one is chosen;
+    --recurse / --steer turn on the ℓ2 interventions and show what they did.
+    """
+    from l2reason.backends.base import SelectionSpec
+
+    if select is not None and select not in SELECT_CHOICES:
+        err.print(f"[red]error:[/red] unknown --select {select!r}; choose one of {', '.join(SELECT_CHOICES)}")
+        raise typer.Exit(2)
+    temp = temperature if temperature is not None else (0.7 if select else 0.0)
+    req = _request(question, max_new_tokens, temp, seed)
+    update: dict[str, Any] = {}
+    ivs: list[dict[str, Any]] = []
+    if recurse:
+        ivs.append({"kind": "alrr"})
+    if steer:
+        ivs.append({"kind": "erss"})
+    if select:
+        update["n"] = n
+        update["selection"] = SelectionSpec(method=select, score=score)
+        update["logprobs"] = 5
+    try:
+        from l2reason.backends.base import GenerationRequest
+
+        req = GenerationRequest.build(**{**req.model_dump(), **update, "interventions": ivs})
+    except Exception as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
     be = _backend(model)
-    res = be.generate(_request(question, max_new_tokens, temperature, seed))
-    c = res.candidates[0]
+    from l2reason.errors import L2ReasonError
+
+    try:
+        res = be.generate(req)
+    except L2ReasonError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    c = res.candidates[res.chosen_index]
     if as_json:
         console.print_json(res.model_dump_json())
         return
-    console.rule("answer")
+    console.rule(
+        "answer" if not select else f"answer (candidate {res.chosen_index} of {len(res.candidates)}, by {select})"
+    )
     console.print(c.text)
     console.rule()
     console.print(_summary_table(c))
-    tps = c.completion_tokens / res.seconds if res.seconds else 0.0
-    console.print(f"[dim]{c.completion_tokens} tokens ({c.finish_reason}) in {res.seconds:.1f}s, {tps:.1f} tok/s[/dim]")
+    if select and res.selection:
+        t = Table(title=f"candidates scored by {select}" + (f" ({score})" if select.startswith("l2") else ""))
+        for col in ("#", "score", "tokens", "finish", "answer", ""):
+            t.add_column(col, justify="right")
+        from l2reason.eval.answers import extract_answer
+
+        for cand, sc in zip(res.candidates, res.selection["scores"], strict=False):
+            mark = "◀ chosen" if cand.index == res.chosen_index else ""
+            t.add_row(
+                str(cand.index),
+                "-" if sc is None else f"{sc:.4g}",
+                str(cand.completion_tokens),
+                cand.finish_reason,
+                str(extract_answer(cand.text)),
+                mark,
+            )
+        console.print(t)
+    for kind, rep in c.interventions.items():
+        if kind == "alrr":
+            console.print(
+                f"[bold]ALRR[/bold] layers {rep['layers']}: active tokens {rep['active_tokens']}, "
+                f"passes accepted {rep['passes_accepted']} of {rep['passes_tried']} over {rep['decode_steps']} steps"
+            )
+        elif kind == "erss":
+            inj = rep["injections"]
+            where = ", ".join(f"step {e['step']}@L{e['layer']} (cos {e['cos']:.2f})" for e in inj[:8])
+            console.print(
+                f"[bold]ERSS[/bold] ({rep['injection']}): {rep['fires']} triggers, {len(inj)} injections {where}"
+            )
+        else:
+            console.print(f"[bold]{kind}[/bold]: {rep}")
+    tps = res.completion_tokens / res.seconds if res.seconds else 0.0
+    console.print(
+        f"[dim]{res.completion_tokens} tokens ({c.finish_reason}) in {res.seconds:.1f}s, {tps:.1f} tok/s[/dim]"
+    )
 
 
 @app.command()

@@ -1,0 +1,546 @@
+"""The engine behind ``dspy.LM("l2reason/<model>", engine=L2Engine(...), async_engine=...)``.
+
+DSPy 3.4's supported route for a custom model is an *engine*: an object with
+``complete(dspy.lm15.Request) -> dspy.lm15.Response``. DSPy owns the cache,
+retries, history and the fan-out of ``n``; the engine makes one attempt.
+
+What crosses the boundary:
+
+- **in**: chat messages (system + user/assistant turns from ChatAdapter or
+  JSONAdapter), ``max_tokens``, ``temperature``, ``top_p``, ``top_k``,
+  ``stop``, ``seed``; per-call l2reason settings in
+  ``request.config.extensions["metadata"]["l2reason"]`` (a JSON dict, see
+  :class:`L2CallSettings`). DSPy puts ``metadata`` into the cache key, so two
+  calls with different l2reason settings never share a cache entry.
+- **out**: the chosen candidate's text as the assistant message; usage counts
+  (prompt tokens once, completion tokens of *all* candidates); and in
+  ``response.provider_data["l2reason"]`` a compact JSON summary (scores per
+  candidate, per-layer mean norms, the selection, intervention reports).
+  ``provider_data`` is stored in DSPy's cache with the response, so a cache
+  hit returns the same summary. Per-token arrays are left out unless
+  ``per_token=True``.
+
+Sampling seeds. DSPy strips ``rollout_id`` before the engine sees a request;
+it only changes the cache key. So that different rollouts still give
+different samples (``temperature > 0``), the ``k``-th time one engine serves
+an identical request it uses sample stream ``k``: the seed is a hash of
+(base seed, request content, k). A fresh process replaying the same calls in
+the same order gets the same samples; a cache hit never reaches the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from l2reason.errors import CapabilityError, ConfigError, L2ReasonError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AsyncL2Engine", "L2CallSettings", "L2Engine", "get_backend", "register_backend"]
+
+_LOGPROB_K = 5  # top-k logprobs requested for the logprob-based selectors (DeepConf uses top-k means)
+_MAX_OCCURRENCES = 65_536  # distinct requests whose occurrence count an engine remembers (LRU)
+
+# ---- backends shared by name -------------------------------------------------
+
+_BACKENDS: dict[str, Any] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def register_backend(name: str, backend: Any) -> None:
+    """Make ``backend`` findable by ``name`` (used when loading a saved program).
+
+    Example:
+        >>> register_backend("my-model", backend)  # doctest: +SKIP
+    """
+    with _BACKENDS_LOCK:
+        _BACKENDS[name] = backend
+
+
+def get_backend(name: str) -> Any:
+    """The backend registered as ``name``; else load ``HFBackend(name)`` once and register it."""
+    with _BACKENDS_LOCK:
+        be = _BACKENDS.get(name)
+        if be is None:
+            from l2reason.backends.hf import HFBackend
+
+            be = HFBackend(name)
+            _BACKENDS[name] = be
+        return be
+
+
+# ---- per-call settings -------------------------------------------------------
+
+
+class L2CallSettings(BaseModel):
+    """What one LM call asks of l2reason (travels as ``metadata={"l2reason": {...}}``).
+
+    Args:
+        n: candidates sampled in one batched backend call (>= 1).
+        selection: a :class:`~l2reason.backends.base.SelectionSpec` as a dict;
+            with ``n > 1`` and no selection the default (``l2``, ``B/T``) is used.
+        interventions: intervention specs as dicts (``{"kind": "erss", ...}``).
+        layers: the layers whose norms are captured (``"band"``, ``"all"`` or indices).
+        score: the ℓ2 score reported as ``score`` for each call.
+        tau: thresholds for the A/B/C/D scores: ``"pooled"`` (Q3 + 1.5·IQR of
+            this call's candidates' norms, no calibration needed) or
+            ``"calibrated"`` (the backend's calibration file).
+        per_token: also return per-token norms (large; off by default).
+        candidate_text: return every candidate's text when ``n > 1``.
+        seed: base seed; ``None`` = the engine's default.
+        temperature: overrides the request's temperature.
+
+    Example:
+        >>> L2CallSettings(n=4, score="C/T").n
+        4
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    n: int = Field(1, ge=1, le=256)
+    selection: dict[str, Any] | None = None
+    interventions: list[dict[str, Any]] = Field(default_factory=list)
+    layers: list[int] | Literal["band", "all"] = "band"
+    score: str = "B/T"
+    tau: Literal["pooled", "calibrated"] = "pooled"
+    per_token: bool = False
+    candidate_text: bool = True
+    seed: int | None = None
+    temperature: float | None = Field(None, ge=0.0, le=10.0)
+
+    @field_validator("score")
+    @classmethod
+    def _score(cls, v: str) -> str:
+        from l2reason.techniques.selection import SCORE_NAMES
+
+        if v not in SCORE_NAMES:
+            raise ValueError(f"unknown score {v!r}; valid scores: {', '.join(SCORE_NAMES)}")
+        return v
+
+    @classmethod
+    def parse(cls, data: Any) -> L2CallSettings:
+        """Validate, raising :class:`ConfigError` with pydantic's message."""
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise ConfigError(f"metadata['l2reason'] must be a dict, got {type(data).__name__}")
+        try:
+            return cls(**data)
+        except ValidationError as e:
+            raise ConfigError(f"invalid l2reason call settings: {e}") from e
+
+
+# ---- the engine ----------------------------------------------------------------
+
+
+def _text_of(message: Any) -> str:
+    from dspy.lm15 import TextPart
+
+    out = []
+    for part in message.parts:
+        if not isinstance(part, TextPart):
+            from dspy.lm15 import UnsupportedFeatureError
+
+            raise UnsupportedFeatureError(
+                f"l2reason serves text only; got a {type(part).__name__} in a {message.role} message",
+                feature=type(part).__name__,
+            )
+        out.append(part.text)
+    return "".join(out)
+
+
+class L2Engine:
+    """A DSPy 3.4 engine that serves an l2reason backend.
+
+    Args:
+        model: a model spec (``"default"``, ``"fast"``, a path) or a backend
+            object (e.g. :class:`~l2reason.backends.hf.HFBackend`). A spec is
+            loaded on first use and shared by every engine naming it.
+        name: the name a saved program records (default: the spec, or the
+            backend's ``model_id``); :func:`register_backend` makes it loadable.
+        max_tokens: ``max_new_tokens`` when a request gives no ``max_tokens``.
+        temperature: the temperature when a request gives none.
+        seed: base seed of the sample streams.
+        defaults: l2reason call settings applied under each call's own.
+
+    Example:
+        >>> import dspy
+        >>> from l2reason.dspy import L2Engine, AsyncL2Engine
+        >>> eng = L2Engine("fast")
+        >>> lm = dspy.LM("l2reason/fast", engine=eng, async_engine=AsyncL2Engine(eng))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Any = "default",
+        *,
+        name: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+        defaults: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(model, str):
+            self._spec: str = name or model
+            self._backend: Any = None
+            if name is not None and name != model:
+                register_backend(name, get_backend(model))
+        else:
+            if not callable(getattr(model, "generate", None)) or not hasattr(model, "capabilities"):
+                raise ConfigError(
+                    f"L2Engine needs a model spec string or an l2reason backend, got {type(model).__name__}"
+                )
+            self._backend = model
+            self._spec = name or str(model.model_id)
+            register_backend(self._spec, model)
+        if max_tokens < 1:
+            raise ConfigError(f"max_tokens must be >= 1 (got {max_tokens})")
+        self.max_tokens = int(max_tokens)
+        self.temperature = float(temperature)
+        self.seed = int(seed)
+        self.defaults = L2CallSettings.parse(defaults or {}).model_dump(exclude_defaults=True)
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, int] = OrderedDict()
+
+    # ---- DSPy's engine protocol --------------------------------------
+    @property
+    def backend(self) -> Any:
+        """The l2reason backend (loaded on first use)."""
+        if self._backend is None:
+            self._backend = get_backend(self._spec)
+        return self._backend
+
+    @property
+    def name(self) -> str:
+        return self._spec
+
+    def complete(self, request: Any) -> Any:
+        """Serve one ``dspy.lm15.Request`` with one backend call."""
+        from dspy.clients.engines.base import validate_request
+        from dspy.lm15 import CapabilityError as LM15CapabilityError
+        from dspy.lm15 import InvalidRequestError, UnsupportedFeatureError
+
+        validate_request(request)
+        try:
+            gen_req, settings = self.build_request(request)
+            result = self.backend.generate(gen_req)
+        except CapabilityError as e:
+            raise LM15CapabilityError(str(e), feature="l2reason") from e
+        except ConfigError as e:
+            raise InvalidRequestError(str(e), provider="l2reason") from e
+        except L2ReasonError:
+            raise
+        except UnsupportedFeatureError:
+            raise
+        return self.to_response(request, result, settings)
+
+    def stream(self, request: Any) -> Any:
+        """One response as stream events (the backend does not stream tokens)."""
+        from dspy.lm15 import response_to_events
+
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        """Nothing to close: the backend is shared and outlives the engine."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> L2Engine:
+        # Engines are borrowed runtime objects (they hold a model): a deep copy
+        # of a program (BestOfN, optimizers) must share, not clone, them.
+        return self
+
+    # ---- saving --------------------------------------------------------
+    def dump_state(self) -> dict[str, Any]:
+        """JSON state for ``dspy.LM.dump_state`` (the model name, never weights)."""
+        return {
+            "model": self._spec,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "defaults": self.defaults,
+        }
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> L2Engine:
+        """Rebuild from :meth:`dump_state`; the model is loaded lazily by name."""
+        state = dict(state)
+        return cls(
+            state.pop("model", "default"),
+            max_tokens=state.get("max_tokens", 256),
+            temperature=state.get("temperature", 0.0),
+            seed=state.get("seed", 0),
+            defaults=state.get("defaults") or {},
+        )
+
+    # ---- translation ---------------------------------------------------
+    def build_request(self, request: Any) -> tuple[Any, L2CallSettings]:
+        """The l2reason :class:`GenerationRequest` for a ``dspy.lm15.Request``."""
+        from dspy.lm15 import UnsupportedFeatureError
+
+        from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams, SelectionSpec
+        from l2reason.select import LOGPROB_METHODS
+
+        if request.tools:
+            raise UnsupportedFeatureError(
+                "l2reason engines do not do native tool calling; use dspy.ReAct with the default ChatAdapter "
+                "(tools are described in the prompt)",
+                feature="tools",
+            )
+        cfg = request.config
+        ext = dict(cfg.extensions or {})
+        meta = ext.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise ConfigError(f"metadata must be a dict, got {type(meta).__name__}")
+        settings = L2CallSettings.parse({**self.defaults, **(meta.get("l2reason") or {})})
+        if settings.tau == "calibrated" and getattr(self.backend, "calibration", None) is None:
+            raise ConfigError(
+                f"tau='calibrated' needs a calibration file for {self.name!r}; run `l2reason calibrate` "
+                "or use tau='pooled'"
+            )
+        unsupported = {str(i.get("kind")) for i in settings.interventions} - set(
+            self.backend.capabilities.interventions
+        )
+        if unsupported:
+            raise CapabilityError(
+                f"backend {self.name!r} cannot run {sorted(unsupported)}; it supports: "
+                f"{sorted(self.backend.capabilities.interventions) or 'no interventions'}"
+            )
+
+        messages: list[Message] = []
+        if request.system is not None:
+            system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
+            if system.strip():
+                messages.append(Message(role="system", content=system))
+        for m in request.messages:
+            role = {"developer": "system"}.get(m.role, m.role)
+            messages.append(Message(role=role, content=_text_of(m)))
+
+        temperature = settings.temperature
+        if temperature is None:
+            temperature = self.temperature if cfg.temperature is None else float(cfg.temperature)
+        base_seed = settings.seed if settings.seed is not None else cfg.seed if cfg.seed is not None else self.seed
+        content = json.dumps(
+            [[m.role, m.content] for m in messages]
+            + [temperature, cfg.top_p, cfg.top_k, list(cfg.stop), cfg.max_tokens, settings.model_dump(mode="json")],
+            sort_keys=True,
+        )
+        seed = self._stream_seed(base_seed, content)
+        sampling = SamplingParams(
+            temperature=temperature,
+            top_p=1.0 if cfg.top_p in (None, 0) else float(cfg.top_p),
+            top_k=cfg.top_k,
+            max_new_tokens=cfg.max_tokens or self.max_tokens,
+            stop=list(cfg.stop),
+            seed=seed,
+        )
+        selection = None
+        if settings.n > 1 or settings.selection is not None:
+            sel = dict(settings.selection or {})
+            sel.setdefault("score", settings.score)
+            sel.setdefault("tau", settings.tau)
+            selection = SelectionSpec(**sel)
+        logprobs = _LOGPROB_K if selection is not None and selection.method in LOGPROB_METHODS else None
+        gen = GenerationRequest.build(
+            messages=messages,
+            sampling=sampling,
+            n=settings.n,
+            norms=NormSpec(layers=settings.layers, per_token=True),  # selection needs per-token norms
+            logprobs=logprobs,
+            interventions=settings.interventions,
+            selection=selection,
+        )
+        return gen, settings
+
+    def _stream_seed(self, base: int, content: str) -> int:
+        """Seed of the k-th identical request served by this engine (see the module docstring)."""
+        key = hashlib.blake2b(f"{base}\x00{content}".encode(), digest_size=16).hexdigest()
+        with self._lock:
+            k = self._seen.pop(key, 0)
+            self._seen[key] = k + 1
+            while len(self._seen) > _MAX_OCCURRENCES:
+                self._seen.popitem(last=False)
+        h = hashlib.blake2b(f"{key}:{k}".encode(), digest_size=8).digest()
+        return int.from_bytes(h, "little") & ((1 << 62) - 1)
+
+    def to_response(self, request: Any, result: Any, settings: L2CallSettings) -> Any:
+        """A ``dspy.lm15.Response`` for a backend result (summary in ``provider_data``)."""
+        from dspy.lm15 import Message as LMessage
+        from dspy.lm15 import Response, TextPart, Usage
+
+        chosen = result.candidates[result.chosen_index]
+        prompt_tokens = chosen.prompt_tokens
+        completion = sum(c.completion_tokens for c in result.candidates)
+        be = self.backend
+        cal = getattr(be, "calibration", None) if settings.tau == "calibrated" else None
+        summary = summarize(result, settings, num_layers=getattr(be, "num_layers", None), calibration=cal)
+        return Response(
+            id=None,
+            model=request.model,
+            message=LMessage.assistant([TextPart(chosen.text)]),
+            finish_reason="length" if chosen.finish_reason == "length" else "stop",
+            usage=Usage(input_tokens=prompt_tokens, output_tokens=completion),
+            provider_data={"l2reason": summary},
+        )
+
+
+class AsyncL2Engine:
+    """The async counterpart of :class:`L2Engine` (runs it in a worker thread).
+
+    Args:
+        sync: the :class:`L2Engine` to share (one backend, one lock).
+
+    Example:
+        >>> eng = L2Engine("fast")  # doctest: +SKIP
+        >>> aeng = AsyncL2Engine(eng)  # doctest: +SKIP
+    """
+
+    def __init__(self, sync: L2Engine) -> None:
+        if not isinstance(sync, L2Engine):
+            raise ConfigError(f"AsyncL2Engine wraps an L2Engine, got {type(sync).__name__}")
+        self.sync = sync
+
+    async def complete(self, request: Any) -> Any:
+        return await asyncio.to_thread(self.sync.complete, request)
+
+    async def stream(self, request: Any) -> Any:
+        for event in self.sync.stream(request):
+            yield event
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AsyncL2Engine:
+        return self
+
+    def dump_state(self) -> dict[str, Any]:
+        return self.sync.dump_state()
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> AsyncL2Engine:
+        return cls(L2Engine.load_state(state))
+
+
+# ---- the compact summary ------------------------------------------------------
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v and v not in (float("inf"), float("-inf")) else None
+
+
+def _compact(obj: Any, *, keep_lists: bool, depth: int = 0) -> Any:
+    """JSON-safe, small: long lists (per-token traces) dropped unless asked for."""
+    if isinstance(obj, dict):
+        return {str(k): _compact(v, keep_lists=keep_lists, depth=depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        if not keep_lists and len(obj) > 64:
+            return {"len": len(obj)}
+        return [_compact(v, keep_lists=keep_lists, depth=depth + 1) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return _finite(obj)
+    if hasattr(obj, "item"):
+        return _compact(obj.item(), keep_lists=keep_lists)
+    return str(obj)
+
+
+def summarize(
+    result: Any, settings: L2CallSettings, *, num_layers: int | None = None, calibration: Any = None
+) -> dict[str, Any]:
+    """The ``provider_data["l2reason"]`` summary of one backend result.
+
+    Keys: ``model_id``, ``n``, ``chosen`` (candidate index), ``score_name``,
+    ``score`` (the chosen candidate's ℓ2 score), ``scores`` (every ℓ2 score
+    of the chosen candidate), ``selection`` (method, index, scores, answer,
+    groups; ``None`` when ``n == 1``), ``candidates`` (per candidate: index,
+    finish_reason, completion_tokens, ``scores`` for every score name,
+    per-layer ``mean`` norm, ``T``, ``interventions``; ``text`` when
+    ``n > 1``), ``layers`` and ``tau`` used, ``interventions`` (the chosen
+    candidate's report) and ``seconds``.
+    """
+    from l2reason.select import candidate_signals, pooled_tau
+    from l2reason.techniques.selection import SCORE_NAMES, l2_scores
+
+    per_score: dict[str, list[float | None]] = {s: [None] * len(result.candidates) for s in SCORE_NAMES}
+    layers: list[int] = []
+    tau_out: list[float] | None = None
+    try:
+        cands, layers = candidate_signals(result, layers="band", num_layers=num_layers, extractor=lambda _t: None)
+        if layers and any(c.band_norms.size for c in cands):
+            if settings.tau == "calibrated" and calibration is not None:
+                tau = calibration.tau_for(layers).numpy()
+            else:
+                tau = pooled_tau(cands)
+            tau_out = [float(t) for t in tau]
+            for s in SCORE_NAMES:
+                per_score[s] = [_finite(v) for v in l2_scores(cands, tau, s)]
+    except ConfigError as e:
+        log.debug("no l2 scores for this call: %s", e)
+
+    sel = result.selection
+    chosen = result.chosen_index
+    cands_out = []
+    for i, c in enumerate(result.candidates):
+        d: dict[str, Any] = {
+            "index": c.index,
+            "finish_reason": c.finish_reason,
+            "completion_tokens": c.completion_tokens,
+            "scores": {s: per_score[s][i] for s in SCORE_NAMES},
+        }
+        if c.norms is not None:
+            d["mean"] = [_finite(x) for x in c.norms.mean]
+            d["T"] = c.norms.T
+            if settings.per_token:
+                d["per_token"] = c.norms.per_token
+                d["masked"] = c.norms.masked
+        if c.interventions:
+            d["interventions"] = _compact(c.interventions, keep_lists=settings.per_token)
+        if len(result.candidates) > 1 and settings.candidate_text:
+            d["text"] = c.text
+        cands_out.append(d)
+    selection = None
+    if sel:
+        selection = {
+            "method": sel.get("method"),
+            "index": sel.get("index"),
+            "answer": sel.get("answer"),
+            "scores": sel.get("scores"),
+            "groups": sel.get("groups"),
+            "score": (sel.get("details") or {}).get("score"),
+        }
+    chosen_scores = cands_out[chosen]["scores"]
+    return {
+        "model_id": result.model_id,
+        "backend": result.backend,
+        "n": len(result.candidates),
+        "chosen": chosen,
+        "score_name": settings.score,
+        "score": chosen_scores.get(settings.score),
+        "scores": chosen_scores,
+        "selection": _compact(selection, keep_lists=True),
+        "layers": layers,
+        "tau": tau_out,
+        "candidates": cands_out,
+        "interventions": cands_out[chosen].get("interventions", {}),
+        "settings": settings.model_dump(mode="json", exclude_defaults=True),
+        "seconds": round(float(result.seconds), 4),
+    }
+
+
+def copy_engine(engine: L2Engine) -> L2Engine:
+    """A new engine over the same backend with fresh sample-stream counters."""
+    new = copy.copy(engine)
+    new._lock = threading.Lock()
+    new._seen = OrderedDict()
+    return new

