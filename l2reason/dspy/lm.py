@@ -20,6 +20,7 @@ def l2_lm(
     model: str = "default",
     *,
     backend: Any = None,
+    name: str | None = None,
     temperature: float = 0.0,
     max_tokens: int = 256,
     seed: int = 0,
@@ -35,6 +36,8 @@ def l2_lm(
         backend: an l2reason backend object to serve instead of ``model``
             (e.g. ``HFBackend(loaded_model)``); it is registered under its
             ``model_id`` so a saved program can find it again in-process.
+        name: the name the LM and a saved program use (default: ``model``
+            or the backend's ``model_id``).
         temperature: default sampling temperature (0 = greedy).
         max_tokens: default generation limit per call.
         seed: base seed of the engine's sample streams.
@@ -60,6 +63,7 @@ def l2_lm(
     L2CallSettings.parse(defaults)  # fail early, with the field's name
     engine = L2Engine(
         backend if backend is not None else model,
+        name=name,
         max_tokens=max_tokens,
         temperature=temperature,
         seed=seed,

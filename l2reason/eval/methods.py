@@ -234,8 +234,8 @@ def generation_config(name: str) -> GenerationConfig:
 def parse_method_list(text: str | list[str] | tuple[str, ...], kind: str) -> list[str]:
     """Split a comma/space separated method list and check every name.
 
-    ``"all"`` (selection) or ``"default"`` means the default list; ``"none"`` or
-    ``""`` means no methods. Names with options use ``;`` between methods when
+    ``"all"`` or ``"default"`` stands for the default list (``"all,l2-auto"``
+    adds to it); ``"none"`` or ``""`` means no methods. Names with options use ``;`` between methods when
     the options hold commas (``"alrr:K=2,g=0.1;erss"``).
 
     Args:
@@ -259,8 +259,7 @@ def parse_method_list(text: str | list[str] | tuple[str, ...], kind: str) -> lis
     if names in (["none"], []):
         return []
     default = DEFAULT_SELECTION_METHODS if kind == "selection" else DEFAULT_GENERATION_METHODS
-    if names in (["all"], ["default"]):
-        return list(default)
+    names = [m for n in names for m in (default if n in ("all", "default") else [n])]
     for n in names:
         if kind == "selection":
             if n != AUTO:

@@ -190,7 +190,7 @@ def _layer_stats(item: StoredItem) -> tuple[np.ndarray, np.ndarray, list[int]]:
 
     c0 = item.result.candidates[0]
     layers = c0.norms.layers if c0.norms is not None else []
-    cands, used = candidate_signals(item.result, layers=layers)
+    cands, used = candidate_signals(item.result, layers=layers, extractor=_answers_of(item))
     tau = pooled_tau(cands)  # [L]
     N, L = len(cands), len(used)
     mean = np.full((N, L), np.nan)
@@ -605,8 +605,9 @@ def _plots(rep: ReportData, folder: Path) -> list[str]:
             if not vals:
                 continue
             bins = np.linspace(min(vals), max(vals), 25)
-            ax.hist(d["correct"], bins=bins, alpha=0.6, density=True, label="right")
-            ax.hist(d["incorrect"], bins=bins, alpha=0.6, density=True, label="wrong")
+            for key, label in (("correct", "right"), ("incorrect", "wrong")):
+                if d[key]:
+                    ax.hist(d[key], bins=bins, alpha=0.6, density=True, label=label)
             ax.set_title(f"layer {layer}", fontsize=9)
             ax.set_xlabel("candidate mean ‖x‖")
         axes[0][0].legend(fontsize=8)

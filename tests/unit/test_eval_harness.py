@@ -154,6 +154,8 @@ def test_unknown_names_fail_before_generation(tiny_backend, tmp_path):
 def test_method_configs():
     assert parse_method_list("all", "selection")[:2] == ["random", "majority"]
     assert parse_method_list("none", "generation") == []
+    assert parse_method_list("all,l2-auto", "selection")[-1] == "l2-auto"
+    assert parse_method_list("default", "generation") == ["greedy", "alrr", "erss", "suppress-high", "suppress-random"]
     assert parse_method_list("alrr:K=2,g=0.1,erss", "generation") == ["alrr:K=2,g=0.1", "erss"]
     assert generation_config("alrr:K=2,g=0.1").interventions == [{"kind": "alrr", "K": 2, "g": 0.1}]
     assert generation_config("greedy").interventions == []
@@ -180,3 +182,17 @@ def test_missing_intervention_fails_before_generation(tiny_backend, tmp_path):
     with pytest.raises(CapabilityError, match="alrr"):
         run_eval(be, _cfg(be, gen_methods=["greedy", "alrr"]), tmp_path, show_progress=False)
     assert be.calls == 0
+
+
+def test_generation_methods_run_on_the_tiny_model(tiny_backend, tmp_path):
+    missing = {"alrr", "erss", "suppress", "static_steer"} - set(tiny_backend.capabilities.interventions)
+    if missing:
+        pytest.skip(f"backend lacks interventions {sorted(missing)}")
+    vec = tmp_path / "v.json"
+    vec.write_text(json.dumps({"2": [0.01] * tiny_backend.hidden_size}))
+    gens = ["greedy", "alrr", "alrr-static", "erss", "suppress-high", "suppress-random", f"static-steer:vectors={vec}"]
+    cfg = _cfg(tiny_backend, n=0, limit=2, gen_limit=None, gen_methods=gens, max_new_tokens=6)
+    run = run_eval(tiny_backend, cfg, tmp_path / "run", show_progress=False)
+    assert set(run.gens) == set(gens)
+    assert all(len(v) == 2 and len(v[0].result.candidates) == 1 for v in run.gens.values())
+    assert run.samples == []

@@ -195,5 +195,5 @@ def test_bad_requests(kwargs, match):
 
 
 def test_layers_out_of_range(tiny_backend):
-    with pytest.raises(LayerError, match="0..3"):
+    with pytest.raises(LayerError, match=r"0\.\.3"):
         tiny_backend.generate(req(layers=[7]))

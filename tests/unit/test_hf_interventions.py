@@ -30,7 +30,7 @@ def cal_backend(tiny):
     """A backend whose calibration puts τ at the median norm of layer 2, so half the tokens are 'high'."""
     be = HFBackend(tiny)
     res = be.generate_many([req(t, max_new=24) for t in ("hello", "world w3", "w5 w6 w7 ?")])
-    norms = {l: torch.cat([torch.from_numpy(r.candidates[0].norms.array()[:, l]) for r in res]) for l in range(4)}
+    norms = {k: torch.cat([torch.from_numpy(r.candidates[0].norms.array()[:, k]) for r in res]) for k in range(4)}
     cal = fit_calibration(norms, model_id=be.model_id, num_layers=4, hidden_size=32, q=0.5, n_prompts=3)
     return HFBackend(tiny, calibration=cal)
 
@@ -184,7 +184,7 @@ def test_bad_specs_rejected(iv, match):
 def test_bad_specs_checked_against_model(cal_backend):
     with pytest.raises(ConfigError, match="hidden size is 32"):
         cal_backend.generate(req(interventions=[{"kind": "static_steer", "vectors": {1: [1.0] * 31}}]))
-    with pytest.raises(ConfigError, match="0..3"):
+    with pytest.raises(ConfigError, match=r"0\.\.3"):
         cal_backend.generate(req(interventions=[{"kind": "alrr", "layers": [9]}]))
 
 

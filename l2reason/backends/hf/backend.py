@@ -144,7 +144,7 @@ class HFBackend:
         if lm is None:
             raise ConfigError(f"HFBackend needs a LoadedModel or a model spec string, got {type(model).__name__}")
         self.loaded = lm
-        self.model: nn.Module = lm.model
+        self.model: Any = lm.model
         self.tokenizer = lm.tokenizer
         self.layers, self.layers_path = find_decoder_layers(self.model, layers_path)
         self._lock = threading.RLock()
@@ -379,13 +379,13 @@ class HFBackend:
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         max_new = max(r.sampling.max_new_tokens for r in rows)
         limits = torch.tensor([r.sampling.max_new_tokens for r in rows], device=device)
-        gens = [torch.Generator(device="cpu").manual_seed(r.seed) for r in rows]
+        gens = [torch.Generator(device=device).manual_seed(r.seed) for r in rows]
         want_lp = req0.logprobs is not None
         k_top = req0.logprobs or 0
 
         gen_ids = torch.full((B, max_new), self.pad_id, dtype=torch.long, device=device)
         norm_buf = torch.zeros((B, max_new, len(cap_layers)), dtype=torch.float32, device=device)
-        lp_chosen = torch.zeros((B, max_new)) if want_lp else None
+        lp_chosen = torch.zeros((B, max_new)) if want_lp else None  # host side
         lp_sc = torch.zeros((B, max_new)) if want_lp else None
         lp_top = torch.zeros((B, max_new, k_top)) if want_lp and k_top else None
         lengths = torch.zeros(B, dtype=torch.long, device=device)
@@ -515,7 +515,7 @@ class HFBackend:
                 text = text[:cut]
         tokens = [self.tokenizer.decode([t]) for t in ids]
         norms = (
-            self._norm_stats(norm_buf[i, :L], cap_layers, req.norms) if req.norms is not None and cap_layers else None
+            self._norm_stats(norm_buf[i, :L].cpu(), cap_layers, req.norms) if req.norms is not None and cap_layers else None
         )
         lps = None
         if lp_chosen is not None and lp_sc is not None:

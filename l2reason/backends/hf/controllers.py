@@ -34,7 +34,7 @@ def _layers(spec_layers: Any, backend: Any) -> list[int]:
 class _Thresholds:
     """Per-layer, per-row τ_l: adaptive (streaming P² per row) or calibrated."""
 
-    def __init__(self, spec: ThresholdSpec, layers: list[int], backend: Any, rows: int) -> None:
+    def __init__(self, spec: ThresholdSpec, layers: list[int], backend: Any, rows: int, device: torch.device) -> None:
         self.spec = spec
         self.states: dict[int, TauState] = {}
         self.fixed: dict[int, torch.Tensor] = {}
@@ -45,12 +45,12 @@ class _Thresholds:
                     f"threshold mode 'calibrated' needs a calibration file for {backend.model_id!r}: "
                     "run `l2reason calibrate` first, or use mode='adaptive'"
                 )
-            tau = cal.tau_for(layers)
+            tau = cal.tau_for(layers).to(device)
             for i, layer in enumerate(layers):
                 self.fixed[layer] = tau[i].expand(rows).clone()
         else:
             for layer in layers:
-                self.states[layer] = tau_init((rows,))
+                self.states[layer] = tau_init((rows,), device=device)
 
     def tau(self, layer: int) -> torch.Tensor:
         if layer in self.fixed:
@@ -71,12 +71,13 @@ class ALRRController:
         self.spec = spec
         self.layers = _layers(spec.layers, backend)
         self.col = {layer: i for i, layer in enumerate(self.layers)}
-        self.th = _Thresholds(spec.threshold, self.layers, backend, rows)
+        self.th = _Thresholds(spec.threshold, self.layers, backend, rows, seeds.device)
         L = len(self.layers)
-        self.active = torch.zeros(rows, L, dtype=torch.long)  # tokens with τ < n⁰ < b·τ
-        self.tried = torch.zeros(rows, L, dtype=torch.long)
-        self.accepted = torch.zeros(rows, L, dtype=torch.long)
-        self.steps = torch.zeros(rows, dtype=torch.long)
+        dev = seeds.device
+        self.active = torch.zeros(rows, L, dtype=torch.long, device=dev)  # tokens with τ < n⁰ < b·τ
+        self.tried = torch.zeros(rows, L, dtype=torch.long, device=dev)
+        self.accepted = torch.zeros(rows, L, dtype=torch.long, device=dev)
+        self.steps = torch.zeros(rows, dtype=torch.long, device=dev)
 
     def step(self, layer: int, x: torch.Tensor, n: torch.Tensor, ctx: Any) -> torch.Tensor:
         s, j, valid = self.spec, self.col[layer], ctx.valid
@@ -122,7 +123,7 @@ class ERSSController:
         self.layers = _layers(spec.layers, backend)
         self.params = erss_params(spec, exact=True)
         self.needs_mlp = bool(self.params["exact"])
-        self.th = _Thresholds(spec.threshold, self.layers, backend, rows)
+        self.th = _Thresholds(spec.threshold, self.layers, backend, rows, seeds.device)
         d = backend.hidden_size
         dtype = next(backend.model.parameters()).dtype
         # a distinct counter-hash stream per layer, same per-row seed
@@ -131,7 +132,7 @@ class ERSSController:
             for layer in self.layers
         }
         self.events: list[list[dict[str, Any]]] = [[] for _ in range(rows)]
-        self.fires = torch.zeros(rows, dtype=torch.long)
+        self.fires = torch.zeros(rows, dtype=torch.long, device=seeds.device)
 
     def step(self, layer: int, x: torch.Tensor, n: torch.Tensor, ctx: Any) -> torch.Tensor:
         tau = self.th.tau(layer)
@@ -169,9 +170,9 @@ class StaticSteerController:
         check_vectors(spec, backend.hidden_size, backend.num_layers)
         self.spec = spec
         dtype = next(backend.model.parameters()).dtype
-        self.vectors = {(layer % backend.num_layers): torch.tensor(v, dtype=dtype) for layer, v in spec.vectors.items()}
+        self.vectors = {(layer % backend.num_layers): torch.tensor(v, dtype=dtype, device=seeds.device) for layer, v in spec.vectors.items()}
         self.layers = sorted(self.vectors)
-        self.steered = torch.zeros(rows, dtype=torch.long)
+        self.steered = torch.zeros(rows, dtype=torch.long, device=seeds.device)
 
     def step(self, layer: int, x: torch.Tensor, n: torch.Tensor, ctx: Any) -> torch.Tensor:
         if layer == self.layers[0]:
@@ -193,11 +194,12 @@ class SuppressController:
         self.spec = spec
         self.layers = _layers(spec.layers, backend)
         self.col = {layer: i for i, layer in enumerate(self.layers)}
-        self.th = _Thresholds(spec.threshold, self.layers, backend, rows)
+        self.th = _Thresholds(spec.threshold, self.layers, backend, rows, seeds.device)
         self.seeds = seeds
-        self.row_step = torch.zeros(rows, dtype=torch.long)
-        self.count = torch.zeros(rows, len(self.layers), dtype=torch.long)
-        self.valid_steps = torch.zeros(rows, dtype=torch.long)
+        dev = seeds.device
+        self.row_step = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.count = torch.zeros(rows, len(self.layers), dtype=torch.long, device=dev)
+        self.valid_steps = torch.zeros(rows, dtype=torch.long, device=dev)
 
     def step(self, layer: int, x: torch.Tensor, n: torch.Tensor, ctx: Any) -> torch.Tensor:
         s, j = self.spec, self.col[layer]
