@@ -47,6 +47,19 @@ _LAZY: dict[str, str] = {
     # signal
     "Calibration": "l2reason.signal.calibration",
     "default_band": "l2reason.signal.band",
+    # selection over stored results
+    "select_result": "l2reason.select",
+    "SelectionSpec": "l2reason.backends.base",
+    # DSPy (imports dspy on first use)
+    "configure_dspy": "l2reason.dspy",
+    "l2_lm": "l2reason.dspy",
+    "L2Engine": "l2reason.dspy",
+    "L2SelectBest": "l2reason.dspy",
+    "L2Steer": "l2reason.dspy",
+    "L2Recurse": "l2reason.dspy",
+    "L2Observe": "l2reason.dspy",
+    "l2_metric": "l2reason.dspy",
+    "l2_combined": "l2reason.dspy",
 }
 
 __all__ = [

@@ -1,0 +1,61 @@
+"""DSPy programs end-to-end on real packaged models (ChatAdapter parses real text here)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+dspy = pytest.importorskip("dspy")
+
+import l2reason.dspy as l2  # noqa: E402
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def fast_lm():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    lm = l2.l2_lm("fast", max_tokens=48, cache=False)
+    with dspy.context(lm=lm):
+        yield lm
+
+
+@pytest.mark.ci
+def test_select_best_chain_of_thought_fast(fast_lm):
+    pred = l2.L2SelectBest(dspy.Predict("question -> answer"), n=2)(question="What is 2+3?")
+    assert isinstance(pred.answer, str)
+    [call] = pred.l2.calls
+    assert call["n"] == 2 and len(pred.l2.candidate_scores[0]) == 2
+
+
+@pytest.mark.ci
+def test_cache_keeps_provider_data_fast():
+    lm = l2.l2_lm("fast", max_tokens=16, cache=True)
+    a = lm("Say hello.")
+    b = lm("Say hello.")
+    assert a == b
+    assert lm.history[-1]["response"].provider_data == lm.history[-2]["response"].provider_data
+
+
+def test_steer_and_recurse_react_fast(fast_lm):
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    for wrap in (lambda m: l2.L2Steer(m, beta=0.3), lambda m: l2.L2Recurse(m, K=1)):
+        agent = wrap(dspy.ReAct("question -> answer", tools=[add], max_iters=2))
+        try:
+            pred = agent(question="What is 2 plus 3?")
+        except Exception as e:  # SmolLM2 may break the format; the LM calls still ran
+            pytest.skip(f"fast model broke the ReAct format: {type(e).__name__}")
+        assert len(pred.l2.calls) >= 1 and "interventions" in pred.l2.calls[0]["settings"]
+
+
+def test_default_model_program_compose():
+    lm = l2.l2_lm("default", max_tokens=96, cache=False)
+    with dspy.context(lm=lm):
+        prog = l2.L2SelectBest(l2.L2Recurse(dspy.ChainOfThought("question -> answer"), K=1), n=2)
+        pred = prog(question="What is 6 times 7?")
+    assert pred.l2.calls[0]["n"] == 2
+    assert pred.l2.calls[0]["settings"]["interventions"][0]["kind"] == "alrr"
