@@ -1,5 +1,7 @@
 # l2reason — set-up and the two main commands.
-#   make demo   set up (once) and run the demo on the packaged default model
+#   make demo   set up (once) and run the main job on the packaged default model:
+#               norm traces of two problems (heatmap + HTML), then the DSPy math recipe
+#               (plain ChainOfThought vs L2SelectBest, side by side)
 #   make test   set up (once) and run the test suite (unit + the CI subset of real-model tests)
 # Everything goes into a local virtual environment, $(VENV).
 
@@ -28,7 +30,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/l2reason demo
+	$(VENV)/bin/l2reason demo --problems 2
+	$(PY) recipes/math_select.py --problems 3 --n 4
 
 test: setup
 	L2REASON_REAL=ci $(PY) -m pytest -q
