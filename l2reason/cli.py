@@ -233,8 +233,43 @@ def calibrate(
     ] = None,
     max_new_tokens: MaxNewOpt = 160,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    select: Annotated[
+        bool,
+        typer.Option(
+            "--select", help="also choose the ℓ2 layer band + score on a labelled split (see docs/evaluation.md)"
+        ),
+    ] = False,
+    dataset: Annotated[
+        str, typer.Option("--dataset", "-d", help="labelled split for --select")
+    ] = "gsm_symbolic:seed=7",
+    limit: Annotated[int, typer.Option(min=2, help="items for --select")] = 40,
+    n: Annotated[int, typer.Option("-n", min=2, help="candidates per item for --select")] = 8,
+    batch_items: Annotated[int, typer.Option(min=1, help="items per batch for --select")] = 2,
 ) -> None:
-    """Collect decode-token norms on prompts and write a per-layer calibration file."""
+    """Collect decode-token norms on prompts and write a per-layer calibration file.
+
+    With --select, sample n candidates per item of a labelled split instead and
+    choose the layer band and ℓ2 score that best separate right from wrong
+    candidates; the choice is stored in the calibration file.
+    """
+    if select:
+        from l2reason.eval.cli import calibrate_select_cmd
+
+        calibrate_select_cmd(
+            model=model,
+            dataset=dataset,
+            limit=limit,
+            offset=0,
+            n=n,
+            max_new_tokens=max_new_tokens if max_new_tokens != 160 else 512,
+            temperature=0.7,
+            seed=0,
+            batch_items=batch_items,
+            run_dir=None,
+            out_file=out,
+            threads=None,
+        )
+        return
     from l2reason.calibrate import calibrate as run_calibration
     from l2reason.data import PROBLEMS
     from l2reason.signal.calibration import default_calibration_path
@@ -376,6 +411,16 @@ def models() -> None:
         conv = "yes" if (converted_dir(m) / CONVERTED_MARKER).is_file() else "no"
         t.add_row(f"packaged:{m.name}", ", ".join(m.aliases), inst, conv, m.notes)
     console.print(t)
+
+
+def _register_eval() -> None:
+    from l2reason.eval.cli import eval_cmd, report_cmd
+
+    app.command("eval", help="Evaluate selection and generation methods on a dataset (resumable).")(eval_cmd)
+    app.command("report", help="Re-render the report of an evaluation run folder.")(report_cmd)
+
+
+_register_eval()
 
 
 @app.callback()

@@ -515,7 +515,9 @@ class HFBackend:
                 text = text[:cut]
         tokens = [self.tokenizer.decode([t]) for t in ids]
         norms = (
-            self._norm_stats(norm_buf[i, :L].cpu(), cap_layers, req.norms) if req.norms is not None and cap_layers else None
+            self._norm_stats(norm_buf[i, :L].cpu(), cap_layers, req.norms)
+            if req.norms is not None and cap_layers
+            else None
         )
         lps = None
         if lp_chosen is not None and lp_sc is not None:

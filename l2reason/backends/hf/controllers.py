@@ -170,7 +170,10 @@ class StaticSteerController:
         check_vectors(spec, backend.hidden_size, backend.num_layers)
         self.spec = spec
         dtype = next(backend.model.parameters()).dtype
-        self.vectors = {(layer % backend.num_layers): torch.tensor(v, dtype=dtype, device=seeds.device) for layer, v in spec.vectors.items()}
+        self.vectors = {
+            (layer % backend.num_layers): torch.tensor(v, dtype=dtype, device=seeds.device)
+            for layer, v in spec.vectors.items()
+        }
         self.layers = sorted(self.vectors)
         self.steered = torch.zeros(rows, dtype=torch.long, device=seeds.device)
 
