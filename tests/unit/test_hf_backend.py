@@ -197,3 +197,22 @@ def test_bad_requests(kwargs, match):
 def test_layers_out_of_range(tiny_backend):
     with pytest.raises(LayerError, match=r"0\.\.3"):
         tiny_backend.generate(req(layers=[7]))
+
+
+def test_rows_leaving_the_batch_do_not_change_the_others(tiny_backend):
+    """Rows with different limits finish at different steps and leave the batch (KV compaction)."""
+    reqs = [req("hello w1", max_new=m, temp=1.0, seed=s, n=2, logprobs=2) for m, s in ((3, 1), (12, 2), (7, 3))]
+    batched = tiny_backend.generate_many(reqs)
+    for r, b in zip(reqs, batched, strict=True):
+        single = tiny_backend.generate(r)
+        for cs, cb in zip(single.candidates, b.candidates, strict=True):
+            assert cs.text == cb.text and cs.completion_tokens == cb.completion_tokens
+            torch.testing.assert_close(
+                torch.tensor(cs.logprobs.logprob), torch.tensor(cb.logprobs.logprob), atol=1e-4, rtol=1e-4
+            )
+            torch.testing.assert_close(
+                torch.from_numpy(cs.norms.array()), torch.from_numpy(cb.norms.array()), atol=1e-4, rtol=1e-4
+            )
+    lengths = [c.completion_tokens for r in batched for c in r.candidates]
+    assert len(set(lengths)) > 2  # rows really left the batch at different steps
+    assert [c.completion_tokens for c in batched[0].candidates] == [3, 3]

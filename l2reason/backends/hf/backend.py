@@ -410,29 +410,38 @@ class HFBackend:
                     **{self._cache_kw: cache},
                 )
                 cap.prefill = False
+                # `ix` maps the rows still in the batch to their original index. Without
+                # controllers (whose per-row state would need compacting too), rows that
+                # finish leave the batch and the KV cache, so long outliers cost only
+                # their own rows' compute.
+                ix = torch.arange(B, device=device)
+                ixl = list(range(B))
+                compact = not ctrls
+                pad = torch.full((B,), self.pad_id, dtype=torch.long, device=device)
                 for t in range(max_new):
-                    logits = out.logits[:, -1, :].float()
-                    active = ~done
-                    norm_buf[:, t] = torch.where(active[:, None], cap.current, norm_buf[:, t])
-                    nxt = self._sample(logits, rows, gens)
-                    nxt = torch.where(active, nxt, torch.full_like(nxt, self.pad_id))
-                    gen_ids[:, t] = nxt
+                    logits = out.logits[:, -1, :].float()  # [b, V]
+                    active = ~done[ix]
+                    norm_buf[ix, t] = torch.where(active[:, None], cap.current, norm_buf[ix, t])
+                    nxt = self._sample(logits, [rows[i] for i in ixl], [gens[i] for i in ixl])
+                    nxt = torch.where(active, nxt, pad[: len(ixl)])
+                    gen_ids[ix, t] = nxt
                     if want_lp:
                         assert lp_chosen is not None and lp_sc is not None
+                        ixc = ix.cpu()
                         logp = torch.log_softmax(logits, -1)  # temperature-1 distribution
                         V = logp.shape[-1]
-                        lp_chosen[:, t] = logp.gather(-1, nxt[:, None])[:, 0].cpu()
+                        lp_chosen[ixc, t] = logp.gather(-1, nxt[:, None])[:, 0].cpu()
                         # SC_t = -(1/V) Σ_j log(V p_j) = -log V - mean_j log p_j   (Kang et al. 2025)
-                        lp_sc[:, t] = (-torch.log(torch.tensor(float(V))) - logp.mean(-1)).cpu()
+                        lp_sc[ixc, t] = (-torch.log(torch.tensor(float(V))) - logp.mean(-1)).cpu()
                         if lp_top is not None:
-                            lp_top[:, t] = torch.topk(logp, k_top, dim=-1).values.cpu()
-                    lengths = torch.where(active, lengths + 1, lengths)
-                    is_eos = torch.isin(nxt, eos) if eos is not None else torch.zeros_like(done)
-                    hit_len = lengths >= limits
-                    for i in torch.nonzero(active & (is_eos | hit_len)).flatten().tolist():
-                        finish[i] = "eos" if bool(is_eos[i]) else "length"
-                    done = done | (active & (is_eos | hit_len))
-                    for i in range(B):
+                            lp_top[ixc, t] = torch.topk(logp, k_top, dim=-1).values.cpu()
+                    lengths[ix] = torch.where(active, lengths[ix] + 1, lengths[ix])
+                    is_eos = torch.isin(nxt, eos) if eos is not None else torch.zeros_like(active)
+                    newly = active & (is_eos | (lengths[ix] >= limits[ix]))
+                    for k in torch.nonzero(newly).flatten().tolist():
+                        finish[ixl[k]] = "eos" if bool(is_eos[k]) else "length"
+                    done[ix] = done[ix] | newly
+                    for i in ixl:
                         if stops[i] and not bool(done[i]):
                             L = int(lengths[i])
                             tail = self.tokenizer.decode(gen_ids[i, max(0, L - stop_window) : L].tolist())
@@ -442,8 +451,16 @@ class HFBackend:
                     if bool(done.all()):
                         break
                     cap.step = t + 1
-                    cap.valid = ~done
-                    attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+                    still = ~done[ix]
+                    if compact and not bool(still.all()):
+                        keep = torch.nonzero(still).flatten()
+                        ix, ixl = ix[keep], [ixl[k] for k in keep.tolist()]
+                        cache.batch_select_indices(keep)
+                        attn, pos, nxt = attn[keep], pos[keep], nxt[keep]
+                        cap.current = cap.current[keep]
+                    cap.valid = ~done[ix]
+                    cap.seeds = seeds[ix]
+                    attn = torch.cat([attn, torch.ones((len(ixl), 1), dtype=attn.dtype, device=device)], dim=1)
                     pos = pos[:, -1:] + 1
                     out = self.model(
                         input_ids=nxt[:, None],
