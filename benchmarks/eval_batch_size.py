@@ -4,8 +4,8 @@ The harness sends ``batch_items`` items of N candidates each to one
 ``generate_many`` call, so ``N x batch_items`` rows share a forward per step.
 This measures generated tokens per second for each row count with the
 harness's own request (temperature 0.7, every layer's norms, top-20 logprobs),
-on gsm_symbolic questions. Rows that hit EOS early stay in the batch until the
-longest one finishes, so the numbers include that waste.
+on gsm_symbolic questions. Rows that finish early leave the batch (KV
+compaction), so the numbers reflect the harness's real throughput.
 
 Usage:
     python benchmarks/eval_batch_size.py [--model default] [--rows 1,4,8,16,32] [--max-new-tokens 64]
