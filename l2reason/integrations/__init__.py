@@ -1,0 +1,1 @@
+"""Adapters for other frameworks (imported only when used)."""
