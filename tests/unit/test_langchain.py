@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("langchain_core")
 
-from langchain_core.messages import HumanMessage, SystemMessage  # noqa: E402
+from langchain_core.messages import HumanMessage, SystemMessage
 
-from l2reason.backends.base import GenerationRequest, Message, SamplingParams  # noqa: E402
-from l2reason.integrations.langchain import ChatL2Reason  # noqa: E402
+from l2reason.backends.base import GenerationRequest, Message, SamplingParams
+from l2reason.integrations.langchain import ChatL2Reason
 
 
 def test_invoke_matches_backend_and_carries_norms(tiny_backend):
