@@ -25,8 +25,10 @@ def fast_lm():
 def test_select_best_chain_of_thought_fast(fast_lm):
     pred = l2.L2SelectBest(dspy.Predict("question -> answer"), n=2)(question="What is 2+3?")
     assert isinstance(pred.answer, str)
-    [call] = pred.l2.calls
-    assert call["n"] == 2 and len(pred.l2.candidate_scores[0]) == 2
+    # ChatAdapter may fall back to JSONAdapter when a small model breaks the format: >= 1 LM call
+    calls = pred.l2.calls
+    assert calls and all(c["n"] == 2 for c in calls)
+    assert all(len(s) == 2 for s in pred.l2.candidate_scores)
 
 
 @pytest.mark.ci
