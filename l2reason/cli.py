@@ -231,7 +231,10 @@ def calibrate(
     prompts: Annotated[
         Path | None, typer.Option(help="text file, one prompt per line (default: built-in problems)")
     ] = None,
-    max_new_tokens: MaxNewOpt = 160,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option("--max-new-tokens", "-t", min=1, help="generation limit (default: 160; 512 with --select)"),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     select: Annotated[
         bool,
@@ -261,7 +264,7 @@ def calibrate(
             limit=limit,
             offset=0,
             n=n,
-            max_new_tokens=max_new_tokens if max_new_tokens != 160 else 512,
+            max_new_tokens=max_new_tokens or 512,
             temperature=0.7,
             seed=0,
             batch_items=batch_items,
@@ -290,7 +293,7 @@ def calibrate(
             be,
             texts,
             q=q,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_new_tokens or 160,
             batch_size=batch_size,
             on_batch=lambda k: prog.advance(task, k),
         )
