@@ -588,17 +588,20 @@ class HFBackend:
             stats.T_tail = int(s.T_tail.max()) if s.T_tail.numel() else 0
         return stats
 
+    def calibrated_tau(self, layers: list[int], what: str, alternative: str) -> torch.Tensor:
+        """τ_l of ``layers`` from the model's calibration; a clear error naming ``what`` needs it if there is none."""
+        cal = self.calibration
+        if cal is None:
+            raise ConfigError(
+                f"{what} needs a calibration file for {self.model_id!r}: run `l2reason calibrate` first, or {alternative}"
+            )
+        return cal.tau_for(layers)
+
     def _tau(self, spec: NormSpec, layers: list[int]) -> torch.Tensor | None:
         if spec.tau is None:
             return None
         if spec.tau == "calibrated":
-            cal = self.calibration
-            if cal is None:
-                raise ConfigError(
-                    f"tau='calibrated' needs a calibration file for {self.model_id!r}; "
-                    "run `l2reason calibrate` or pass explicit tau values"
-                )
-            return cal.tau_for(layers)
+            return self.calibrated_tau(layers, "tau='calibrated'", "pass explicit tau values")
         if len(spec.tau) != len(layers):
             raise ConfigError(f"tau has {len(spec.tau)} values but {len(layers)} layers are captured ({layers})")
         return torch.tensor(spec.tau, dtype=torch.float32)

@@ -39,13 +39,7 @@ class _Thresholds:
         self.states: dict[int, TauState] = {}
         self.fixed: dict[int, torch.Tensor] = {}
         if spec.mode == "calibrated":
-            cal = backend.calibration
-            if cal is None:
-                raise ConfigError(
-                    f"threshold mode 'calibrated' needs a calibration file for {backend.model_id!r}: "
-                    "run `l2reason calibrate` first, or use mode='adaptive'"
-                )
-            tau = cal.tau_for(layers).to(device)
+            tau = backend.calibrated_tau(layers, "threshold mode 'calibrated'", "use mode='adaptive'").to(device)
             for i, layer in enumerate(layers):
                 self.fixed[layer] = tau[i].expand(rows).clone()
         else:
