@@ -50,33 +50,7 @@ __all__ = ["AsyncL2Engine", "L2CallSettings", "L2Engine", "get_backend", "regist
 _LOGPROB_K = 5  # top-k logprobs requested for the logprob-based selectors (DeepConf uses top-k means)
 _MAX_OCCURRENCES = 65_536  # distinct requests whose occurrence count an engine remembers (LRU)
 
-# ---- backends shared by name -------------------------------------------------
-
-_BACKENDS: dict[str, Any] = {}
-_BACKENDS_LOCK = threading.Lock()
-
-
-def register_backend(name: str, backend: Any) -> None:
-    """Make ``backend`` findable by ``name`` (used when loading a saved program).
-
-    Example:
-        >>> register_backend("my-model", backend)  # doctest: +SKIP
-    """
-    with _BACKENDS_LOCK:
-        _BACKENDS[name] = backend
-
-
-def get_backend(name: str) -> Any:
-    """The backend registered as ``name``; else load ``HFBackend(name)`` once and register it."""
-    with _BACKENDS_LOCK:
-        be = _BACKENDS.get(name)
-        if be is None:
-            from l2reason.backends.hf import HFBackend
-
-            be = HFBackend(name)
-            _BACKENDS[name] = be
-        return be
-
+from l2reason.backends.shared import get_backend, register_backend  # noqa: E402  (re-exported)
 
 # ---- per-call settings -------------------------------------------------------
 

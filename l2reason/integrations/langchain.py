@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -21,20 +20,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams, SelectionSpec
+from l2reason.backends.shared import get_backend
 from l2reason.errors import ConfigError
-
-_BACKENDS: dict[str, Any] = {}
-_LOCK = threading.Lock()
-
-
-def _shared_backend(spec: str) -> Any:
-    """One backend per model spec per process (loading a model is expensive)."""
-    with _LOCK:
-        if spec not in _BACKENDS:
-            from l2reason.backends.hf import HFBackend
-
-            _BACKENDS[spec] = HFBackend(spec)
-        return _BACKENDS[spec]
 
 
 def _role(m: BaseMessage) -> str:
@@ -104,7 +91,7 @@ class ChatL2Reason(BaseChatModel):
         if self.backend is not None:
             return self.backend
         if self._be is None:
-            self._be = _shared_backend(self.model)
+            self._be = get_backend(self.model)
         return self._be
 
     def _generate(
