@@ -78,7 +78,11 @@ def main() -> None:
             "tokens": int(tok),
             "seconds": round(secs, 2),
             "tok_s": round(tok / secs, 3),
-            **({"active_frac": round(active / max(steps, 1), 4), "accepted": acc, "tried": tried} if name == "alrr" else {}),
+            **(
+                {"active_frac": round(active / max(steps, 1), 4), "accepted": acc, "tried": tried}
+                if name == "alrr"
+                else {}
+            ),
             **({"injections": inj} if name == "erss" else {}),
         }
     # LRS@8: one batched call vs 8 sequential calls with the same seeds (candidate j = seed (0, j))

@@ -337,9 +337,10 @@ class EvalsJSONL:
             )
         else:
             question = chat
-        ideals = ideal if isinstance(ideal, list) else [ideal]
-        if not isinstance(question, str) or not ideals or not all(isinstance(x, str) for x in ideals):
+        raw = ideal if isinstance(ideal, list) else [ideal]
+        if not isinstance(question, str) or not raw or not all(isinstance(x, str) for x in raw):
             raise ConfigError(f"{path}:{line}: expected 'input' (chat or text) and 'ideal' (string or list)")
+        ideals: list[str] = [str(x) for x in raw]
         meta: dict[str, Any] = {"system": system, "ideals_raw": ideals, "line": line}
         if "[[" in ideals[0]:
             vec = _vector(ideals[0])

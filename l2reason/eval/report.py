@@ -167,6 +167,44 @@ def _auto_overlap(run: RunData) -> tuple[dict[str, Any] | None, str | None]:
     return auto, None
 
 
+AUTO_CV = "l2-auto-cv"
+"""Report row: the auto-calibrated ℓ2 selection, 2-fold cross-fitted on the run's own items."""
+
+
+def _cross_fitted_auto(samples: list[StoredItem], num_layers: int, notes: list[str]) -> MethodRow | None:
+    """Auto-calibrated selection scored only on items it was not chosen on.
+
+    The items are split in two folds by index parity; the (band, score) chosen
+    on one fold (:func:`~l2reason.eval.autocal.choose_selection`, within-item
+    AUC) selects the candidates of the other. Every item is scored exactly once,
+    by a choice made without it, so the row is comparable with the others.
+    """
+    from l2reason.eval.autocal import choose_selection
+    from l2reason.select import select_result
+
+    folds = [[r for r in samples if r.index % 2 == f] for f in (0, 1)]
+    if not folds[0] or not folds[1]:
+        return None
+    row = MethodRow(AUTO_CV, "selection", {})
+    picks = []
+    for f in (0, 1):
+        try:
+            choice = choose_selection(folds[1 - f], num_layers)
+        except L2ReasonError as e:
+            notes.append(f"{AUTO_CV}: not scored ({e})")
+            return None
+        picks.append(f"layers {choice['layers']} {choice['score']} (within AUC {choice['value']:.3f})")
+        spec = selection_spec(AUTO, auto=choice)
+        for r in folds[f]:
+            sel = select_result(r.result, spec, num_layers=num_layers, extractor=_answers_of(r))
+            row.correct[r.item_id] = bool(r.correct[sel.index])
+    notes.append(
+        f"{AUTO_CV}: band and score chosen on the odd-index items and scored on the even ones ({picks[0]}), "
+        f"and the reverse ({picks[1]})"
+    )
+    return row
+
+
 def _signals(cands: list[Any], tau: np.ndarray) -> dict[str, np.ndarray]:
     """Per-candidate scores of one item (higher = 'more likely right')."""
     from l2reason.techniques.baselines import deepconf_scores, self_certainty_scores
@@ -271,6 +309,11 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
             continue
         row.tokens, row.seconds = tok_s, sec_s
         rows[name] = row
+    if samples and cfg.n > 1:
+        cv = _cross_fitted_auto(samples, L, rep.notes)
+        if cv is not None:
+            cv.tokens, cv.seconds = tok_s, sec_s
+            rows[cv.name] = cv
     for name in ("sample@1", f"oracle@{cfg.n}"):
         if name in rows:
             rows[name].tokens, rows[name].seconds = (tok_s / max(cfg.n, 1) if name == "sample@1" else tok_s), sec_s

@@ -168,3 +168,23 @@ def test_auto_selection_chooses_where_the_signal_lives_and_is_reported_only_on_d
     rep = compute_report(load_run(_write_run(tmp_path / "b", overlap, ["majority", "l2-auto"])), n_boot=200)
     assert all(r.name != "l2-auto" for r in rep.rows)
     assert any("in its calibration split" in n for n in rep.notes)
+
+
+def test_cross_fitted_auto_selection_scores_each_item_once_with_a_choice_made_without_it(report):
+    row = _row(report, "l2-auto-cv")
+    assert sorted(row.correct) == ["hand:0", "hand:1", "hand:2", "hand:3"]
+    # each fold has an item with right and wrong candidates; both choose layer 2, where the signal lives
+    assert row.acc == 0.75 and row.correct["hand:3"] is False
+    note = next(n for n in report.notes if n.startswith("l2-auto-cv"))
+    assert note.count("layers [2]") == 2
+
+
+def test_cross_fitted_auto_selection_needs_two_folds(tmp_path):
+    d = tmp_path / "one"
+    cfg = RunConfig(dataset="hand", model_id="hand", num_layers=L, limit=1, n=4, methods=["majority"], gen_methods=[])
+    d.mkdir()
+    (d / "config.json").write_text(cfg.model_dump_json())
+    idx, gold, answers, finish = SAMPLES[0]
+    _append(pass_path(d, "samples"), _item(idx, gold, answers, finish).model_dump_json())
+    rep = compute_report(load_run(d), n_boot=100, n_subsamples=10)
+    assert all(r.name != "l2-auto-cv" for r in rep.rows)

@@ -216,3 +216,55 @@ def test_rows_leaving_the_batch_do_not_change_the_others(tiny_backend):
     lengths = [c.completion_tokens for r in batched for c in r.candidates]
     assert len(set(lengths)) > 2  # rows really left the batch at different steps
     assert [c.completion_tokens for c in batched[0].candidates] == [3, 3]
+
+
+def _nucleus_by_full_sort(lg: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Reference: sort the whole row, keep the smallest prefix with mass >= top_p."""
+    sl, si = torch.sort(lg, descending=True)
+    p = torch.softmax(sl, -1)
+    keep = (p.cumsum(-1) - p) < top_p
+    return torch.zeros_like(lg, dtype=torch.bool).scatter(-1, si, keep)
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95, 0.999])
+@pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])  # 0.05: nearly flat, so k must grow past its start
+def test_top_p_support_equals_full_sort(top_p, scale):
+    from l2reason.backends.hf.backend import top_p_support
+
+    g = torch.Generator().manual_seed(3)
+    lg = torch.randn(5, 3000, generator=g, dtype=torch.float64) * scale
+    vals, ids = top_p_support(lg, top_p, start_k=16)
+    got = torch.zeros_like(lg, dtype=torch.bool).scatter(-1, ids, torch.isfinite(vals))
+    assert torch.equal(got, _nucleus_by_full_sort(lg, top_p))
+    # kept entries carry the original logits
+    assert torch.equal(vals[torch.isfinite(vals)], lg.gather(-1, ids)[torch.isfinite(vals)])
+
+
+def test_sampling_frequencies_follow_the_nucleus():
+    """Seeded per-row draws reproduce the renormalised nucleus distribution; outside tokens never appear."""
+    from l2reason.backends.hf.backend import _Row
+
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.06, 0.04])  # top_p 0.85 keeps the first three
+    rows = [_Row(0, j, [1], SamplingParams(temperature=1.0, top_p=0.85), j) for j in range(6000)]
+    gens = [torch.Generator().manual_seed(j) for j in range(6000)]
+    logits = probs.log().expand(len(rows), -1).clone()
+    out = HFBackend._sample(None, logits, rows, gens)  # type: ignore[arg-type]
+    counts = torch.bincount(out, minlength=5).double()
+    assert counts[3] == 0 and counts[4] == 0
+    want = torch.tensor([0.4, 0.3, 0.2]) / 0.9
+    freq = counts[:3] / counts.sum()
+    sd = (want * (1 - want) / counts.sum()).sqrt()
+    assert ((freq - want).abs() < 4 * sd).all(), (freq, want)
+    # the same generator seeds give the same draws, whatever the batch
+    again = HFBackend._sample(None, logits[:10], rows[:10], [torch.Generator().manual_seed(j) for j in range(10)])  # type: ignore[arg-type]
+    assert torch.equal(again, out[:10])
+
+
+def test_candidates_share_one_prefill(tiny_backend):
+    """n candidates of one prompt run its prefill once; their first-step norms are the prompt's, bit-equal."""
+    r = tiny_backend.generate(req(n=4, temp=1.0, seed=5, max_new=4))
+    first = [c.norms.array()[0] for c in r.candidates]
+    for f in first[1:]:
+        assert (f == first[0]).all()
+    single = tiny_backend.generate(req(n=1, temp=1.0, seed=5, max_new=4)).candidates[0]
+    torch.testing.assert_close(torch.from_numpy(single.norms.array()[0]), torch.from_numpy(first[0]))

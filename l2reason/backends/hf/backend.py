@@ -91,6 +91,27 @@ class ControllerFactory(Protocol):
     def __call__(self, backend: HFBackend, rows: int, seeds: torch.Tensor) -> LayerController: ...
 
 
+def top_p_support(lg: torch.Tensor, top_p: float, start_k: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nucleus of ``lg [g, V]``: the smallest prefix (by probability) whose mass reaches ``top_p``.
+
+    Returns ``(logits [g, k], token ids [g, k])`` with ``-inf`` outside each
+    row's nucleus. Exact, without sorting the whole vocabulary: the nucleus
+    lies inside the top-k as soon as the top-k mass reaches ``top_p``, so k
+    grows (x4) only for the rare flat distributions that need more.
+    """
+    V = lg.shape[-1]
+    probs = torch.softmax(lg, -1)
+    k = min(start_k, V)
+    while True:
+        vals, inds = torch.topk(probs, k, dim=-1)  # sorted, descending
+        cum = vals.cumsum(-1)
+        if k == V or bool((cum[:, -1] >= top_p).all()):
+            break
+        k = min(k * 4, V)
+    keep = (cum - vals) < top_p  # the first entry is always kept
+    return torch.where(keep, lg.gather(-1, inds), torch.full_like(vals, float("-inf"))), inds
+
+
 @dataclass
 class _Row:
     request: int
@@ -325,23 +346,32 @@ class HFBackend:
         return hook
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row], gens: list[torch.Generator]) -> torch.Tensor:
+        """Greedy or seeded sampling, row by row in effect, batched in compute.
+
+        Rows with the same sampling settings are filtered together (temperature,
+        top-k, top-p); each row then draws from its own generator, so a
+        candidate depends only on its own seed.
+        """
         out = logits.argmax(-1)
+        groups: dict[tuple[float, int | None, float], list[int]] = {}
         for i, r in enumerate(rows):
             s = r.sampling
-            if s.temperature <= 0:
-                continue
-            lg = logits[i] / s.temperature
-            if s.top_k is not None and s.top_k < lg.numel():
-                kth = torch.topk(lg, s.top_k).values[-1]
+            if s.temperature > 0:
+                groups.setdefault((s.temperature, s.top_k, s.top_p), []).append(i)
+        for (temp, top_k, top_p), idx in groups.items():
+            lg = logits[idx] / temp  # [g, V]
+            if top_k is not None and top_k < lg.shape[-1]:
+                kth = torch.topk(lg, top_k, dim=-1).values[:, -1:]
                 lg = lg.masked_fill(lg < kth, float("-inf"))
-            if s.top_p < 1.0:
-                sl, si = torch.sort(lg, descending=True)
-                cum = torch.softmax(sl, -1).cumsum(-1)
-                drop = cum - torch.softmax(sl, -1) >= s.top_p  # keep the smallest prefix with mass >= top_p
-                sl = sl.masked_fill(drop, float("-inf"))
-                lg = torch.full_like(lg, float("-inf")).scatter(0, si, sl)
-            probs = torch.softmax(lg, -1)
-            out[i] = torch.multinomial(probs, 1, generator=gens[i])[0]
+            inds: torch.Tensor | None = None
+            if top_p < 1.0:
+                lg, inds = top_p_support(lg, top_p)
+            # Inverse-CDF draw: exactly one uniform per row and step from the row's own
+            # generator, so a candidate never depends on its siblings (nor on k).
+            cdf = torch.softmax(lg, -1).cumsum(-1)
+            u = torch.stack([torch.rand((), generator=gens[i], device=lg.device) for i in idx]) * cdf[:, -1]
+            c = torch.searchsorted(cdf, u[:, None].contiguous(), right=True)[:, 0].clamp_max(lg.shape[-1] - 1)
+            out[idx] = inds.gather(-1, c[:, None])[:, 0] if inds is not None else c
         return out
 
     @torch.no_grad()
@@ -370,13 +400,22 @@ class HFBackend:
             if c.needs_mlp:
                 cap.mlp_layers.update(c.layers)
 
-        P = max(len(r.prompt_ids) for r in rows)
-        input_ids = torch.full((B, P), self.pad_id, dtype=torch.long, device=device)
-        attn = torch.zeros((B, P), dtype=torch.long, device=device)
-        for i, r in enumerate(rows):
-            input_ids[i, P - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, device=device)
-            attn[i, P - len(r.prompt_ids) :] = 1
+        # Candidates of one prompt share its prefill: each distinct prompt runs
+        # once, then its KV cache, logits and norms are copied to its rows.
+        uniq: dict[tuple[int, ...], int] = {}
+        row2u = torch.tensor(
+            [uniq.setdefault(tuple(r.prompt_ids), len(uniq)) for r in rows], dtype=torch.long, device=device
+        )
+        prompts = list(uniq)
+        U = len(prompts)
+        P = max(len(pids) for pids in prompts)
+        input_ids = torch.full((U, P), self.pad_id, dtype=torch.long, device=device)
+        attn = torch.zeros((U, P), dtype=torch.long, device=device)
+        for u, pids in enumerate(prompts):
+            input_ids[u, P - len(pids) :] = torch.tensor(pids, device=device)
+            attn[u, P - len(pids) :] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        cap.current = torch.zeros(U, len(cap_layers), device=device)
         max_new = max(r.sampling.max_new_tokens for r in rows)
         limits = torch.tensor([r.sampling.max_new_tokens for r in rows], device=device)
         gens = [torch.Generator(device=device).manual_seed(r.seed) for r in rows]
@@ -399,7 +438,7 @@ class HFBackend:
         cache = DynamicCache(config=self.model.config)
         try:
             with self._hooks(cap):
-                cap.valid = ~done
+                cap.valid = torch.ones(U, dtype=torch.bool, device=device)
                 cap.prefill = True
                 out = self.model(
                     input_ids=input_ids,
@@ -410,6 +449,11 @@ class HFBackend:
                     **{self._cache_kw: cache},
                 )
                 cap.prefill = False
+                logits_all = out.logits[:, -1, :]
+                if U != B:
+                    cache.batch_select_indices(row2u)
+                    logits_all = logits_all[row2u]
+                    attn, pos, cap.current = attn[row2u], pos[row2u], cap.current[row2u]
                 # `ix` maps the rows still in the batch to their original index. Without
                 # controllers (whose per-row state would need compacting too), rows that
                 # finish leave the batch and the KV cache, so long outliers cost only
@@ -419,7 +463,7 @@ class HFBackend:
                 compact = not ctrls
                 pad = torch.full((B,), self.pad_id, dtype=torch.long, device=device)
                 for t in range(max_new):
-                    logits = out.logits[:, -1, :].float()  # [b, V]
+                    logits = (logits_all if t == 0 else out.logits[:, -1, :]).float()  # [b, V]
                     active = ~done[ix]
                     norm_buf[ix, t] = torch.where(active[:, None], cap.current, norm_buf[ix, t])
                     nxt = self._sample(logits, [rows[i] for i in ixl], [gens[i] for i in ixl])
