@@ -477,6 +477,7 @@ def _progress(show: bool, passes: list[_Pass]) -> Iterator[Callable[[str, int, i
         TimeRemainingColumn,
     )
 
+    passes_by = {p.name: p for p in passes}
     prog = Progress(
         TextColumn("[bold]{task.description:<18}"),
         BarColumn(),
@@ -489,13 +490,26 @@ def _progress(show: bool, passes: list[_Pass]) -> Iterator[Callable[[str, int, i
         console=Console(stderr=True),
     )
     tasks = {p.name: prog.add_task(p.name, total=p.total, completed=p.done, tps="-") for p in passes}
-    totals: dict[str, list[float]] = {p.name: [0.0, 0.0] for p in passes}
+    totals: dict[str, list[float]] = {p.name: [0.0, 0.0, float(p.done)] for p in passes}
+    totals_of = {p.name: p.total for p in passes}
+    # Without a terminal (nohup, CI logs) the bar is not drawn: write one plain line per batch instead.
+    plain = not prog.console.is_terminal
 
     def advance(name: str, k: int, tokens: int, secs: float) -> None:
         tot = totals[name]
         tot[0] += tokens
         tot[1] += secs
-        prog.update(tasks[name], advance=k, tps=f"{tot[0] / max(tot[1], 1e-9):.1f}")
+        tot[2] += k
+        tps = tot[0] / max(tot[1], 1e-9)
+        prog.update(tasks[name], advance=k, tps=f"{tps:.1f}")
+        if plain:
+            left = totals_of[name] - tot[2]
+            eta = tot[1] / max(tot[2] - (totals_of[name] - len(passes_by[name].todo)), 1) * left
+            prog.console.print(
+                f"{time.strftime('%H:%M:%S')} {name}: {int(tot[2])}/{totals_of[name]} items, "
+                f"{int(tot[0])} tokens in {tot[1]:.0f}s ({tps:.1f} tok/s), ETA {eta / 60:.0f} min",
+                highlight=False,
+            )
 
     with prog:
         yield advance

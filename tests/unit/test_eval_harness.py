@@ -196,3 +196,15 @@ def test_generation_methods_run_on_the_tiny_model(tiny_backend, tmp_path):
     assert set(run.gens) == set(gens)
     assert all(len(v) == 2 and len(v[0].result.candidates) == 1 for v in run.gens.values())
     assert run.samples == []
+
+
+def test_progress_without_a_terminal_logs_one_line_per_batch(clean_run, tiny_backend, tmp_path, capfd):
+    """Under nohup or in CI logs the bar is not drawn; each stored batch prints a plain line with counts."""
+    import shutil
+
+    shutil.copytree(clean_run.path, tmp_path, dirs_exist_ok=True)
+    run_eval(tiny_backend, _cfg(tiny_backend, limit=5), tmp_path, show_progress=True)
+    err = capfd.readouterr().err
+    lines = [x for x in err.splitlines() if " samples: " in x]
+    assert len(lines) == 1 and "5/5 items" in lines[0] and "tok/s" in lines[0] and "ETA 0 min" in lines[0]
+    assert not any(" greedy: " in x for x in err.splitlines())  # nothing left to do in that pass
