@@ -495,6 +495,32 @@ def _paired_cell(p: Paired | None) -> str:
     return f"{100 * p.diff:+.1f} [{100 * p.lo:+.1f}, {100 * p.hi:+.1f}]{star} p={p.p_boot:.3f}; +{p.wins}/−{p.losses} (McN p={p.p_mcnemar:.3f})"
 
 
+def reproduce_command(c: dict[str, Any]) -> str:
+    """The ``l2reason eval`` command that recreates (or resumes) a run with this config."""
+    parts = [
+        "l2reason eval",
+        f"--dataset {c['dataset']}",
+        f"--model {c.get('model') or 'default'}",
+        f"--offset {c['offset']}",
+        f"--limit {c['limit']}",
+        f"-n {c['n']}",
+        f"-t {c['max_new_tokens']}",
+        f"--temperature {c['temperature']}",
+        f"--top-p {c['top_p']}",
+        f"--seed {c['seed']}",
+        f"--methods {','.join(c.get('methods') or []) or 'none'}",
+        f"--gen-methods {','.join(c.get('gen_methods') or []) or 'none'}",
+    ]
+    if c.get("gen_limit"):
+        parts.append(f"--gen-limit {c['gen_limit']}")
+    parts.append(f"--batch-items {c.get('batch_items', 2)}")
+    threads = (c.get("env") or {}).get("torch_threads")
+    if threads:
+        parts.append(f"--threads {threads}")
+    parts.append("--out RUN_DIR")
+    return " ".join(parts)
+
+
 def render_markdown(rep: ReportData, plots: Sequence[str] = ()) -> str:
     """The report as markdown (tables and links to the plots)."""
     c = rep.config
@@ -502,9 +528,11 @@ def render_markdown(rep: ReportData, plots: Sequence[str] = ()) -> str:
     out.append(f"# Evaluation: {c['dataset']} on {c['model_id']}\n")
     out.append(
         f"- items: {rep.n_items} (offset {c['offset']}, limit {c['limit']}); N = {c['n']} samples per item at "
-        f"T = {c['temperature']}, top-p = {c['top_p']}; generation passes: greedy, "
-        f"{c['gen_limit'] or 'all'} items; max new tokens {c['max_new_tokens']}; seed {c['seed']}"
+        f"T = {c['temperature']}, top-p = {c['top_p']}; generation passes: "
+        f"{', '.join(c.get('gen_methods') or []) or 'none'} on {c['gen_limit'] or 'all'} items; "
+        f"max new tokens {c['max_new_tokens']}; seed {c['seed']}"
     )
+    out.append(f"- reproduce: `{reproduce_command(c)}`")
     out.append(f"- default layer band: {rep.band}; ℓ2 scores use a per-item pooled τ (Q3 + 1.5·IQR)")
     env = c.get("env") or {}
     if env:

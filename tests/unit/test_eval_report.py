@@ -188,3 +188,50 @@ def test_cross_fitted_auto_selection_needs_two_folds(tmp_path):
     _append(pass_path(d, "samples"), _item(idx, gold, answers, finish).model_dump_json())
     rep = compute_report(load_run(d), n_boot=100, n_subsamples=10)
     assert all(r.name != "l2-auto-cv" for r in rep.rows)
+
+
+def test_reproduce_command_parses_back_to_the_run_settings():
+    import shlex
+
+    import typer
+
+    from l2reason.cli import app
+    from l2reason.eval.report import render_markdown, reproduce_command
+
+    cfg = RunConfig(
+        dataset="gsm_symbolic:seed=42",
+        model_id="m",
+        num_layers=24,
+        limit=100,
+        offset=3,
+        n=8,
+        max_new_tokens=512,
+        methods=["majority", "l2:B/T"],
+        gen_methods=["greedy", "alrr"],
+        gen_limit=60,
+        batch_items=8,
+        env={"torch_threads": 2},
+    ).model_dump()
+    line = reproduce_command(cfg)
+    args = shlex.split(line)
+    assert args[:2] == ["l2reason", "eval"]
+    ctx = typer.main.get_command(app).commands["eval"].make_context("eval", args[2:])  # type: ignore[attr-defined]
+    p = ctx.params
+    assert (p["dataset"], p["offset"], p["limit"], p["n"], p["max_new_tokens"]) == (
+        "gsm_symbolic:seed=42",
+        3,
+        100,
+        8,
+        512,
+    )
+    assert (p["methods"], p["gen_methods"], p["gen_limit"], p["batch_items"], p["threads"]) == (
+        "majority,l2:B/T",
+        "greedy,alrr",
+        60,
+        8,
+        2,
+    )
+    from l2reason.eval.report import ReportData
+
+    md = render_markdown(ReportData(config=cfg, n_items=0, band=[18]))
+    assert f"reproduce: `{line}`" in md and "generation passes: greedy, alrr on 60 items" in md
