@@ -77,7 +77,10 @@ def dspy_bestofn(be: HFBackend, question: str, max_new: int) -> tuple[int, float
     )
     t0 = time.perf_counter()
     with dspy.context(lm=lm):
-        module(question=question)
+        try:
+            module(question=question)
+        except Exception as e:  # every attempt failed to parse: the tokens were still generated and timed
+            print(f"dspy.BestOfN raised {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
     secs = time.perf_counter() - t0
     toks = 0
     for h in lm.history:
