@@ -76,7 +76,8 @@ def eval_cmd(
         str,
         typer.Option(
             help="generation passes: comma list of greedy, alrr, erss, static-steer, suppress-high, "
-            "suppress-random ('default' = greedy,alrr,erss,suppress-high,suppress-random; 'none')"
+            "suppress-random, suppress-matched ('default' = greedy,alrr,erss,suppress-high,suppress-random,"
+            "suppress-matched; 'none')"
         ),
     ] = "greedy",
     n: Annotated[int, typer.Option("-n", "--n", min=0, help="samples per item (0 = no selection pass)")] = 8,

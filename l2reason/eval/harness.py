@@ -38,7 +38,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,7 +57,7 @@ from l2reason.backends.base import (
 )
 from l2reason.errors import ConfigError
 from l2reason.eval.datasets import Dataset, Item, load_dataset
-from l2reason.eval.methods import generation_config, parse_method_list
+from l2reason.eval.methods import MATCHED_RATE_SOURCE, generation_config, parse_method_list
 
 __all__ = [
     "SAMPLES",
@@ -213,6 +213,11 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]", "_", name)
 
 
+def _base_name(method: str) -> str:
+    """``"suppress-matched:scale=0.2"`` -> ``"suppress-matched"``."""
+    return method.partition(":")[0].strip()
+
+
 def pass_path(run_dir: Path, pass_name: str) -> Path:
     """The JSONL file of a pass."""
     if pass_name == SAMPLES:
@@ -288,7 +293,49 @@ def _messages(item: Item, system: str | None) -> list[Message]:
     return [*msgs, Message(role="user", content=item.question)]
 
 
-def _request(cfg: RunConfig, item: Item, index: int, pass_name: str) -> GenerationRequest:
+def suppression_events(items: Iterable[StoredItem]) -> tuple[int, int]:
+    """``(suppressed (token, layer) events, decode steps x layers)`` over a suppression pass's items."""
+    hits = steps = 0
+    for rec in items:
+        for c in rec.result.candidates:
+            sup = (c.interventions or {}).get("suppress")
+            if sup:
+                hits += int(sum(sup["suppressed_tokens"]))
+                steps += int(c.completion_tokens) * len(sup["suppressed_tokens"])
+    return hits, steps
+
+
+def matched_rate(run_dir: str | os.PathLike[str], pass_name: str, source: str) -> dict[str, Any]:
+    """The random-suppression rate of ``pass_name``, matched to the ``source`` pass of the run.
+
+    The rate is the source's suppressed (token, layer) events over its decode
+    steps times layers, on the items it stored. It is computed once, when the
+    matched pass starts, and kept in ``gen/<pass>.rate.json`` so a resumed or
+    extended run goes on at the same rate.
+
+    Raises:
+        ConfigError: the source pass has stored no items, or reports no suppression.
+    """
+    run_dir = Path(run_dir)
+    path = pass_path(run_dir, pass_name).with_suffix(".rate.json")
+    if path.is_file():
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    done, _ = read_jsonl(pass_path(run_dir, source))
+    hits, steps = suppression_events(done.values())
+    if not steps:
+        raise ConfigError(
+            f"{pass_name!r} matches its random rate to the {source!r} pass, which has stored no suppression "
+            f"in {run_dir}; list {source!r} before it in --gen-methods"
+        )
+    info = {"rate": hits / steps, "source": source, "items": len(done), "events": hits, "token_layers": steps}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return info
+
+
+def _request(
+    cfg: RunConfig, item: Item, index: int, pass_name: str, overrides: dict[str, Any] | None = None
+) -> GenerationRequest:
     if pass_name == SAMPLES:
         sampling = SamplingParams(
             temperature=cfg.temperature,
@@ -311,7 +358,7 @@ def _request(cfg: RunConfig, item: Item, index: int, pass_name: str) -> Generati
         n=1,
         norms=NormSpec(layers="all", per_token=True),
         logprobs=cfg.logprobs or None,
-        interventions=gen.interventions,
+        interventions=[{**iv, **(overrides or {})} for iv in gen.interventions],
         request_id=item.id,
     )
 
@@ -421,6 +468,15 @@ def run_eval(
     for g in cfg.gen_methods:
         generation_config(g)  # unknown option names fail here, before the model runs
     _check_capabilities(backend, cfg.gen_methods)
+    rate_source: dict[str, str] = {}  # matched pass -> the (latest earlier) pass it matches
+    for pos, g in enumerate(cfg.gen_methods):
+        base = MATCHED_RATE_SOURCE.get(_base_name(g))
+        if base is None:
+            continue
+        earlier = [x for x in cfg.gen_methods[:pos] if _base_name(x) == base]
+        if not earlier:
+            raise ConfigError(f"{g!r} matches its random rate to the {base!r} pass: list {base!r} before it")
+        rate_source[g] = earlier[-1]
     ds = dataset if dataset is not None else load_dataset(cfg.dataset)
     if backend.model_id != cfg.model_id:
         raise ConfigError(f"config is for model {cfg.model_id!r} but the backend runs {backend.model_id!r}")
@@ -444,9 +500,12 @@ def run_eval(
             path = pass_path(run_dir, p.name)
             # Generation passes have one row per item: batch N x as many items, same rows per forward.
             k = cfg.batch_items if p.name == SAMPLES else cfg.batch_items * max(cfg.n, 1)
+            overrides = None
+            if p.name in rate_source and p.todo:
+                overrides = {"rate": matched_rate(run_dir, p.name, rate_source[p.name])["rate"]}
             for start in range(0, len(p.todo), k):
                 batch = p.todo[start : start + k]
-                reqs = [_request(cfg, it, i, p.name) for i, it in batch]
+                reqs = [_request(cfg, it, i, p.name, overrides) for i, it in batch]
                 t0 = time.perf_counter()
                 results = backend.generate_many(reqs)
                 secs = time.perf_counter() - t0

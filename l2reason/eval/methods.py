@@ -113,7 +113,12 @@ GENERATION_METHODS: dict[str, list[dict[str, Any]]] = {
     "static-steer": [{"kind": "static_steer"}],  # needs vectors=<json file {layer: [d floats]}>
     "suppress-high": [{"kind": "suppress", "target": "high_norm"}],  # scale high-norm tokens by 0.1
     "suppress-random": [{"kind": "suppress", "target": "random"}],  # same action on 5% random tokens
+    # Random tokens at the rate suppress-high measured in the same run (the harness sets `rate`).
+    "suppress-matched": [{"kind": "suppress", "target": "random"}],
 }
+
+MATCHED_RATE_SOURCE = {"suppress-matched": "suppress-high"}
+"""Generation methods whose random rate is matched to another pass of the run."""
 
 DEFAULT_GENERATION_METHODS: tuple[str, ...] = (
     "greedy",
@@ -121,6 +126,7 @@ DEFAULT_GENERATION_METHODS: tuple[str, ...] = (
     "erss",
     "suppress-high",
     "suppress-random",
+    "suppress-matched",
 )
 
 

@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from l2reason.errors import ConfigError, L2ReasonError
-from l2reason.eval.harness import RunData, StoredItem, load_run, stored_json
+from l2reason.eval.harness import RunData, StoredItem, load_run, pass_path, stored_json, suppression_events
 from l2reason.eval.methods import AUTO, selection_spec
 from l2reason.eval.stats import (
     accuracy_vs_n,
@@ -323,6 +324,17 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
         row = MethodRow(name, "generation", {r.item_id: r.correct[0] for r in items if r.correct})
         row.tokens, row.seconds = _pass_cost(items)
         rows[name] = row
+        hits, steps = suppression_events(items)
+        if steps:
+            msg = f"{name}: suppressed {100 * hits / steps:.2f}% of (token, layer) steps ({hits} of {steps})"
+            rate_file = pass_path(run.path, name).with_suffix(".rate.json")
+            if rate_file.is_file():
+                info = json.loads(rate_file.read_text(encoding="utf-8"))
+                msg += (
+                    f"; random rate {100 * info['rate']:.2f}% matched to {info['source']} "
+                    f"({info['events']} events over {info['token_layers']} token-layers on {info['items']} items)"
+                )
+            rep.notes.append(msg)
 
     for i, row in enumerate(rows.values()):
         if row.correct:

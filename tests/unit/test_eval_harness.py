@@ -155,7 +155,14 @@ def test_method_configs():
     assert parse_method_list("all", "selection")[:2] == ["random", "majority"]
     assert parse_method_list("none", "generation") == []
     assert parse_method_list("all,l2-auto", "selection")[-1] == "l2-auto"
-    assert parse_method_list("default", "generation") == ["greedy", "alrr", "erss", "suppress-high", "suppress-random"]
+    assert parse_method_list("default", "generation") == [
+        "greedy",
+        "alrr",
+        "erss",
+        "suppress-high",
+        "suppress-random",
+        "suppress-matched",
+    ]
     assert parse_method_list("alrr:K=2,g=0.1,erss", "generation") == ["alrr:K=2,g=0.1", "erss"]
     assert generation_config("alrr:K=2,g=0.1").interventions == [{"kind": "alrr", "K": 2, "g": 0.1}]
     assert generation_config("greedy").interventions == []
@@ -208,3 +215,80 @@ def test_progress_without_a_terminal_logs_one_line_per_batch(clean_run, tiny_bac
     lines = [x for x in err.splitlines() if " samples: " in x]
     assert len(lines) == 1 and "5/5 items" in lines[0] and "tok/s" in lines[0] and "ETA 0 min" in lines[0]
     assert not any(" greedy: " in x for x in err.splitlines())  # nothing left to do in that pass
+
+
+class Recording(Wrapped):
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.requests = []
+
+    def generate_many(self, reqs):
+        self.requests.extend(reqs)
+        return super().generate_many(reqs)
+
+
+def test_suppress_matched_uses_the_rate_suppress_high_measured(tiny_backend, tmp_path):
+    if "suppress" not in tiny_backend.capabilities.interventions:
+        pytest.skip("backend lacks suppression")
+    be = Recording(tiny_backend)
+    gens = ['suppress-high:threshold={"warmup":2}', "suppress-matched"]  # short warm-up: hits within 24 steps
+    cfg = _cfg(be, n=0, limit=3, gen_limit=None, gen_methods=gens, max_new_tokens=24)
+    run = run_eval(be, cfg, tmp_path / "run", show_progress=False)
+    hits = sum(
+        sum(c.interventions["suppress"]["suppressed_tokens"]) for r in run.gens[gens[0]] for c in r.result.candidates
+    )
+    steps = sum(
+        c.completion_tokens * len(c.interventions["suppress"]["layers"])
+        for r in run.gens[gens[0]]
+        for c in r.result.candidates
+    )
+    assert hits > 0  # not vacuous: the tiny model has high-norm tokens within 24 steps
+    info = json.loads((tmp_path / "run" / "gen" / "suppress-matched.rate.json").read_text())
+    assert info["rate"] == pytest.approx(hits / steps) and info["items"] == 3 and info["source"] == gens[0]
+    matched = [r for r in be.requests if r.interventions and r.interventions[0].target == "random"]
+    assert len(matched) == 3 and all(r.interventions[0].rate == pytest.approx(hits / steps) for r in matched)
+    high = [r for r in be.requests if r.interventions and r.interventions[0].target == "high_norm"]
+    assert len(high) == 3
+
+    # an extended run goes on at the stored rate, not a recomputed one
+    path = tmp_path / "run" / "gen" / "suppress-matched.rate.json"
+    path.write_text(json.dumps({**info, "rate": 0.5}))
+    be2 = Recording(tiny_backend)
+    run_eval(
+        be2,
+        _cfg(be2, n=0, limit=4, gen_limit=None, gen_methods=gens, max_new_tokens=24),
+        tmp_path / "run",
+        show_progress=False,
+    )
+    again = [r for r in be2.requests if r.interventions[0].target == "random"]
+    assert len(again) == 1 and again[0].interventions[0].rate == 0.5
+
+
+def test_suppress_matched_needs_suppress_high_first(tiny_backend, tmp_path):
+    with pytest.raises(ConfigError, match="list 'suppress-high' before it"):
+        run_eval(tiny_backend, _cfg(tiny_backend, n=0, gen_methods=["suppress-matched"]), tmp_path, show_progress=False)
+    with pytest.raises(ConfigError, match="list 'suppress-high' before it"):
+        run_eval(
+            tiny_backend,
+            _cfg(tiny_backend, n=0, gen_methods=["suppress-matched", "suppress-high"]),
+            tmp_path,
+            show_progress=False,
+        )
+
+
+def test_report_states_suppression_rates_and_the_match(tiny_backend, tmp_path):
+    if "suppress" not in tiny_backend.capabilities.interventions:
+        pytest.skip("backend lacks suppression")
+    from l2reason.eval.report import compute_report
+
+    gens = ['suppress-high:threshold={"warmup":2}', "suppress-matched"]
+    run_eval(
+        tiny_backend,
+        _cfg(tiny_backend, n=0, limit=2, gen_limit=None, gen_methods=gens, max_new_tokens=16),
+        tmp_path,
+        show_progress=False,
+    )
+    rep = compute_report(load_run(tmp_path), n_boot=50, n_subsamples=5)
+    high = next(n for n in rep.notes if n.startswith(gens[0] + ": suppressed"))
+    matched = next(n for n in rep.notes if n.startswith("suppress-matched: suppressed"))
+    assert "matched to " + gens[0] in matched and "matched" not in high
