@@ -151,21 +151,39 @@ def _pass_cost(items: Sequence[StoredItem]) -> tuple[float, float]:
     return float(toks), float(secs)
 
 
-def _auto_overlap(run: RunData) -> tuple[dict[str, Any] | None, str | None]:
-    """The auto selection, or a note why it is not reported (overlap with the calibration split)."""
+def _auto_overlap(run: RunData) -> tuple[dict[str, Any] | None, set[str], str | None]:
+    """The auto selection, the run items it must skip (its calibration split), and a note.
+
+    ``l2-auto`` is scored only on items outside the split it was chosen on; if
+    every item of the run was in it, it is not reported.
+    """
     auto = run.config.auto_selection
     if not auto:
-        return None, None
+        return None, set(), None
     cal_ids = set(auto.get("split", {}).get("item_ids", []))
-    overlap = [r.item_id for r in run.samples if r.item_id in cal_ids]
-    if overlap:
-        return None, (
-            f"l2-auto not reported: {len(overlap)} test items were in its calibration split "
-            f"(e.g. {overlap[0]}); evaluate on a disjoint split (another --offset or seed)"
-        )
     if not cal_ids:
-        return None, "l2-auto not reported: the calibration file does not record its calibration split"
-    return auto, None
+        return None, set(), "l2-auto not reported: the calibration file does not record its calibration split"
+    overlap = {r.item_id for r in run.samples if r.item_id in cal_ids}
+    if overlap and len(overlap) == len(run.samples):
+        return (
+            None,
+            overlap,
+            (
+                f"l2-auto not reported: all {len(overlap)} items were in its calibration split; "
+                "evaluate on a disjoint split (another --offset or seed)"
+            ),
+        )
+    if overlap:
+        return (
+            auto,
+            overlap,
+            (
+                f"l2-auto is scored on the {len(run.samples) - len(overlap)} items outside its calibration split "
+                f"({len(overlap)} of this run's items were in it, e.g. {sorted(overlap)[0]}); its Δ columns compare "
+                "on those items only"
+            ),
+        )
+    return auto, set(), None
 
 
 AUTO_CV = "l2-auto-cv"
@@ -283,7 +301,7 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
     rep = ReportData(config=cfg.model_dump(), n_items=len(run.samples), band=default_band(L))
     if run.skipped:
         rep.notes.append(f"{run.skipped} corrupt results line(s) were skipped while reading the run")
-    auto, auto_note = _auto_overlap(run)
+    auto, auto_skip, auto_note = _auto_overlap(run)
     if auto_note:
         rep.notes.append(auto_note)
 
@@ -302,6 +320,8 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
         row = MethodRow(name, "selection", {})
         try:
             for r in samples:
+                if name == AUTO and r.item_id in auto_skip:
+                    continue  # chosen on this item: never scored on it
                 spec = selection_spec(name, auto=auto, seed=cfg.item_seed(r.index))
                 sel = select_result(r.result, spec, num_layers=L, extractor=_answers_of(r))
                 row.correct[r.item_id] = bool(r.correct[sel.index])
@@ -367,7 +387,9 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
                 continue
             for k, v in _signals(cands, tau).items():
                 per_score.setdefault(k, []).append(np.asarray(v, dtype=float))
-            if auto:
+            if auto and r.item_id in auto_skip:
+                per_score.setdefault(AUTO, []).append(np.full(len(y), np.nan))  # calibration item: left out
+            elif auto:
                 spec = selection_spec(AUTO, auto=auto)
                 sel = select_result(r.result, spec, num_layers=L, extractor=_answers_of(r))
                 per_score.setdefault(AUTO, []).append(np.asarray(sel.scores, dtype=float))

@@ -166,8 +166,16 @@ def test_auto_selection_chooses_where_the_signal_lives_and_is_reported_only_on_d
     assert _row(rep, "l2-auto").acc == 0.75
     overlap = {**choice, "split": {"item_ids": ["hand:1"]}}
     rep = compute_report(load_run(_write_run(tmp_path / "b", overlap, ["majority", "l2-auto"])), n_boot=200)
+    row = _row(rep, "l2-auto")
+    assert sorted(row.correct) == ["hand:0", "hand:2", "hand:3"]  # never scored on its calibration item
+    assert row.acc == pytest.approx(2 / 3) and row.vs_majority is not None and row.vs_majority.n == 3
+    assert any("scored on the 3 items outside its calibration split" in n for n in rep.notes)
+    sig = next(x for x in rep.signals if x["score"] == "l2-auto")
+    assert sig["pairs"] == 2 * 2 + 1 * 3  # items 0 and 2 only; item 1 (1 x 3 pairs) is left out
+    everything = {**choice, "split": {"item_ids": [f"hand:{i}" for i in range(4)]}}
+    rep = compute_report(load_run(_write_run(tmp_path / "c", everything, ["majority", "l2-auto"])), n_boot=200)
     assert all(r.name != "l2-auto" for r in rep.rows)
-    assert any("in its calibration split" in n for n in rep.notes)
+    assert any("all 4 items were in its calibration split" in n for n in rep.notes)
 
 
 def test_cross_fitted_auto_selection_scores_each_item_once_with_a_choice_made_without_it(report):
