@@ -79,6 +79,7 @@ def choose_selection(
     *,
     scores: Sequence[str] | None = None,
     widths: Sequence[int] = BAND_WIDTHS,
+    directions: Sequence[str] = ("high", "low"),
 ) -> dict[str, Any]:
     """Pick the (band, score) with the best within-item AUC on labelled samples.
 
@@ -88,9 +89,11 @@ def choose_selection(
         num_layers: the model's depth.
         scores: ℓ2 scores to try (default: all of ``SCORE_NAMES``).
         widths: band widths to try besides the default band.
+        directions: ``"high"`` (pick the highest score, the paper's rule)
+            and/or ``"low"`` (the lowest: the signal inverted on this model).
 
     Returns:
-        ``{"method": "l2", "score", "layers", "tau": "pooled", "metric":
+        ``{"method": "l2", "score", "layers", "direction", "tau": "pooled", "metric":
         "within_auc", "value", "accuracy", "default_band": {...}, "pairs",
         "table": [top 10 rows]}``.
 
@@ -117,7 +120,7 @@ def choose_selection(
     rows: list[dict[str, Any]] = []
     for band in candidate_bands(num_layers, widths):
         for score in scores:
-            s_in, y_in, hits = [], [], []
+            per_item: list[tuple[np.ndarray, np.ndarray]] = []
             for cands, used, tau, y in prepared:
                 if not all(layer in used for layer in band):
                     break
@@ -126,19 +129,36 @@ def choose_selection(
                 s = l2_scores(sub, tau[cols], score)
                 keep = np.isfinite(s)
                 if keep.any():
-                    s_in.append(s[keep])
-                    y_in.append(y[keep])
-                    hits.append(bool(y[int(np.argmax(np.where(keep, s, -np.inf)))]))
-            if not s_in:
+                    per_item.append((s[keep], y[keep]))
+            if not per_item:
                 continue
-            auc, pairs = within_item_auc(s_in, y_in)
-            rows.append(
-                {"layers": band, "score": score, "value": auc, "pairs": pairs, "accuracy": float(np.mean(hits))}
-            )
+            for direction in directions:
+                sign = 1.0 if direction == "high" else -1.0
+                s_in = [sign * s for s, _ in per_item]
+                y_in = [y for _, y in per_item]
+                hits = [bool(y[int(np.argmax(s))]) for s, y in zip(s_in, y_in, strict=True)]
+                auc, pairs = within_item_auc(s_in, y_in)
+                rows.append(
+                    {
+                        "layers": band,
+                        "score": score,
+                        "direction": direction,
+                        "value": auc,
+                        "pairs": pairs,
+                        "accuracy": float(np.mean(hits)),
+                    }
+                )
     if not rows:
         raise ConfigError("the calibration samples carry no per-layer norms; re-run with norms over all layers")
     default = rows[0]["layers"]
-    rows.sort(key=lambda r: (-np.nan_to_num(r["value"], nan=-1.0), -r["accuracy"], r["layers"] != default))
+    rows.sort(
+        key=lambda r: (
+            -np.nan_to_num(r["value"], nan=-1.0),
+            -r["accuracy"],
+            r["layers"] != default,
+            r["direction"] != "high",
+        )
+    )
     best = rows[0]
     default_rows = [r for r in rows if r["layers"] == default]
     default_best = max(default_rows, key=lambda r: np.nan_to_num(r["value"], nan=-1.0)) if default_rows else None
@@ -146,6 +166,7 @@ def choose_selection(
         "method": "l2",
         "score": best["score"],
         "layers": best["layers"],
+        "direction": best["direction"],
         "tau": "pooled",
         "metric": "within_auc",
         "value": float(best["value"]),

@@ -215,13 +215,20 @@ def calibrate_select_cmd(
         )
     except L2ReasonError as e:
         raise _fail(e) from e
-    t = Table(title="best (layer band, score) by within-item AUC on the calibration split")
-    for col in ("layers", "score", "within AUC", "argmax accuracy", "pairs"):
+    t = Table(title="best (layer band, score, direction) by within-item AUC on the calibration split")
+    for col in ("layers", "score", "pick", "within AUC", "argmax accuracy", "pairs"):
         t.add_column(col)
     for r in choice["table"]:
-        t.add_row(str(r["layers"]), r["score"], f"{r['value']:.3f}", f"{r['accuracy']:.3f}", str(r["pairs"]))
+        t.add_row(
+            str(r["layers"]),
+            r["score"],
+            "highest" if r["direction"] == "high" else "lowest",
+            f"{r['value']:.3f}",
+            f"{r['accuracy']:.3f}",
+            str(r["pairs"]),
+        )
     out.print(t)
     d = choice.get("default_band")
     if d:
-        out.print(f"default band {d['layers']}: best score {d['score']} within AUC {d['value']:.3f}")
+        out.print(f"default band {d['layers']}: best score {d['score']} ({d['direction']}) within AUC {d['value']:.3f}")
     err.print(f"wrote the selection into [bold]{path}[/bold]; evaluate it with `--methods ...,l2-auto` on other items")

@@ -170,8 +170,13 @@ def selection_spec(name: str, auto: dict[str, Any] | None = None, seed: int = 0)
                 "method 'l2-auto' needs a chosen selection in the model's calibration file: "
                 "run `l2reason calibrate --select` first, or drop 'l2-auto' from --methods"
             )
+        direction = auto.get("direction", "high")
         return SelectionSpec(
-            method=auto.get("method", "l2"), score=auto["score"], layers=list(auto["layers"]), tau="pooled"
+            method=auto.get("method", "l2"),
+            score=auto["score"],
+            layers=list(auto["layers"]),
+            tau="pooled",
+            params={"direction": direction} if direction != "high" else {},
         )
     if name in SELECTION_METHODS:
         return SelectionSpec(**SELECTION_METHODS[name], seed=seed)

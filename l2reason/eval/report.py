@@ -212,7 +212,8 @@ def _cross_fitted_auto(samples: list[StoredItem], num_layers: int, notes: list[s
         except L2ReasonError as e:
             notes.append(f"{AUTO_CV}: not scored ({e})")
             return None
-        picks.append(f"layers {choice['layers']} {choice['score']} (within AUC {choice['value']:.3f})")
+        pick = "highest" if choice.get("direction", "high") == "high" else "lowest"
+        picks.append(f"layers {choice['layers']} {pick} {choice['score']} (within AUC {choice['value']:.3f})")
         spec = selection_spec(AUTO, auto=choice)
         for r in folds[f]:
             sel = select_result(r.result, spec, num_layers=num_layers, extractor=_answers_of(r))

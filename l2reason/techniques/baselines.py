@@ -338,8 +338,9 @@ def _l2(
     tau: Any,
     seed: int,
     score: str = DEFAULT_SCORE,
+    direction: str = "high",
 ) -> Selection:
-    return select_l2(cands, tau, score)
+    return select_l2(cands, tau, score, direction)
 
 
 def _l2_vote(

@@ -248,6 +248,7 @@ def select_l2(
     cands: Sequence[CandidateSignals],
     tau: np.ndarray | None,
     score: str = DEFAULT_SCORE,
+    direction: str = "high",
 ) -> Selection:
     """Argmax of an ℓ2 score (ties -> lowest index; unscorable candidates last).
 
@@ -255,6 +256,10 @@ def select_l2(
         cands: N candidates.
         tau: [n_band] calibrated τ_l (unused by ``z_mean``).
         score: one of :data:`SCORE_NAMES` (default ``"B/T"``).
+        direction: ``"high"`` picks the highest score (the paper's rule);
+            ``"low"`` the lowest, for a model whose calibration showed the
+            signal inverted. The returned scores are always "higher =
+            preferred" (negated for ``"low"``).
 
     Returns:
         A :class:`Selection` with ``method="l2"``.
@@ -262,9 +267,13 @@ def select_l2(
     Example:
         See the module docstring.
     """
+    if direction not in ("high", "low"):
+        raise ConfigError(f"direction must be 'high' or 'low', got {direction!r}")
     s = l2_scores(cands, tau, score)
+    if direction == "low":
+        s = -s
     i = _argmax(s)
-    return Selection("l2", i, s.tolist(), cands[i].answer, None, {"score": score})
+    return Selection("l2", i, s.tolist(), cands[i].answer, None, {"score": score, "direction": direction})
 
 
 def select_l2_vote(

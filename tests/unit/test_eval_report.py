@@ -243,3 +243,21 @@ def test_reproduce_command_parses_back_to_the_run_settings():
 
     md = render_markdown(ReportData(config=cfg, n_items=0, band=[18]))
     assert f"reproduce: `{line}`" in md and "generation passes: greedy, alrr on 60 items" in md
+
+
+def test_auto_selection_finds_an_inverted_signal_and_selects_by_it():
+    """Right candidates have the *lower* norm at layer 3: the search finds it as a 'low' direction."""
+    from l2reason.eval.methods import AUTO, selection_spec
+    from l2reason.select import select_result
+
+    items = [_item(i, g, a, f) for i, g, a, f in SAMPLES]
+    choice = choose_selection(items, L, widths=(1,))
+    rows = {(tuple(r["layers"]), r["score"], r["direction"]): r for r in choice["table"]}
+    assert rows[((3,), "A/T", "low")]["value"] == 1.0 and rows[((3,), "A/T", "low")]["accuracy"] == 0.75
+    assert choice["direction"] == "high" and choice["layers"] == [2]  # ties go to the default band, then "high"
+    only_low = choose_selection(items, L, widths=(1,), directions=("low",))
+    assert only_low["direction"] == "low" and only_low["layers"] == [3]
+    spec = selection_spec(AUTO, auto=only_low)
+    assert spec.params == {"direction": "low"}
+    picked = [bool(r.correct[select_result(r.result, spec, num_layers=L).index]) for r in items]
+    assert picked == [True, True, True, False]

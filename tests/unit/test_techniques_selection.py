@@ -46,7 +46,11 @@ CANDS = [cand([1, 1, 1, 1]), cand([3, 3]), cand([5, 1, 1, 1, 1, 1, 1, 1, 1, 4])]
 def test_abcd_scores(score: str, expected: list[float], best: int) -> None:
     assert l2_scores(CANDS, TAU, score).tolist() == pytest.approx(expected, abs=1e-6)
     sel = select_l2(CANDS, TAU, score)
-    assert (sel.method, sel.index, sel.details) == ("l2", best, {"score": score})
+    assert (sel.method, sel.index, sel.details) == ("l2", best, {"score": score, "direction": "high"})
+    low = select_l2(CANDS, TAU, score, direction="low")
+    assert low.index == int(np.argmin(expected)) and low.scores == pytest.approx([-x for x in expected], abs=1e-6)
+    with pytest.raises(ConfigError, match="direction must be 'high' or 'low'"):
+        select_l2(CANDS, TAU, score, direction="up")
 
 
 def test_z_mean() -> None:
