@@ -147,7 +147,8 @@ def test_registry() -> None:
     assert got["self-certainty"] == 1 and got["self-certainty-borda"] == 1
     assert got["deepconf"] == 1 and got["deepconf-tail"] == 1
     assert got["l2"] == 1 and got["l2-vote"] == 1
-    assert select("l2", cs, tau=tau, score="z_mean").details == {"score": "z_mean"}
+    assert select("l2", cs, tau=tau, score="z_mean").details == {"score": "z_mean", "direction": "high"}
+    assert select("l2", cs, tau=tau, direction="low").index != got["l2"]
     assert select("deepconf-tail", cs, tail_tokens=1, keep_frac=1.0).method == "deepconf-tail"
     with pytest.raises(ConfigError, match="unknown selection method 'best'; valid methods: random, majority"):
         select("best", cs)
