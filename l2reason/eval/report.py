@@ -753,6 +753,22 @@ def _json(rep: ReportData) -> str:
     )
 
 
+def _write_per_item(rep: ReportData, run: RunData, path: Path) -> None:
+    """One row per item, one 0/1 column per method (blank: not run on that item), to re-check any comparison."""
+    import csv
+
+    gold = {r.item_id: (r.index, r.gold) for r in run.samples}
+    for items in run.gens.values():
+        for r in items:
+            gold.setdefault(r.item_id, (r.index, r.gold))
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "index", "gold", *(row.name for row in rep.rows)])
+        for item_id, (index, g) in sorted(gold.items(), key=lambda kv: kv[1][0]):
+            cells = [("" if item_id not in row.correct else int(row.correct[item_id])) for row in rep.rows]
+            w.writerow([item_id, index, g, *cells])
+
+
 def write_report(
     run_dir: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
@@ -761,7 +777,7 @@ def write_report(
     n_boot: int = 10_000,
     n_subsamples: int = 200,
 ) -> Path:
-    """Compute and write ``report.md``, ``report.json`` and the plots.
+    """Compute and write ``report.md``, ``report.json``, ``per_item.csv`` and the plots.
 
     Args:
         run_dir: the run folder.
@@ -781,6 +797,7 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     pics = _plots(rep, folder) if plots else []
     (folder / "report.json").write_text(_json(rep), encoding="utf-8")
+    _write_per_item(rep, run, folder / "per_item.csv")
     md = folder / "report.md"
     md.write_text(render_markdown(rep, pics), encoding="utf-8")
     logger.info("wrote %s", md)

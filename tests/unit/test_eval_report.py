@@ -154,6 +154,11 @@ def test_write_report_files(tmp_path):
     for png in ("accuracy.png", "accuracy_vs_n.png", "auc_per_layer.png", "norms_right_vs_wrong.png"):
         assert (md.parent / png).is_file()
     assert (md.parent / "report.json").is_file()
+    import csv
+
+    rows = list(csv.DictReader((md.parent / "per_item.csv").open()))
+    assert [r["item_id"] for r in rows] == ["hand:0", "hand:1", "hand:2", "hand:3"]
+    assert [r["majority"] for r in rows] == ["1", "0", "0", "0"] and [r["greedy"] for r in rows] == ["1", "0", "1", "0"]
 
 
 def test_auto_selection_chooses_where_the_signal_lives_and_is_reported_only_on_disjoint_items(tmp_path):
