@@ -151,6 +151,34 @@ def _pass_cost(items: Sequence[StoredItem]) -> tuple[float, float]:
     return float(toks), float(secs)
 
 
+def _intervention_notes(name: str, items: Sequence[StoredItem], notes: list[str]) -> None:
+    """What ALRR and ERSS did over a generation pass, from each candidate's intervention report."""
+    steps = active = tried = accepted = fires = injections = n = 0
+    layers = 0
+    for r in items:
+        for c in r.result.candidates:
+            iv = c.interventions or {}
+            if "alrr" in iv:
+                a = iv["alrr"]
+                layers = len(a["layers"])
+                steps += int(a["decode_steps"]) * layers
+                active += int(sum(a["active_tokens"]))
+                tried += int(sum(a["passes_tried"]))
+                accepted += int(sum(a["passes_accepted"]))
+            if "erss" in iv:
+                e = iv["erss"]
+                n += 1
+                fires += int(e["fires"])
+                injections += len(e["injections"])
+    if steps:
+        notes.append(
+            f"{name}: {100 * active / steps:.2f}% of (token, layer) steps were active (τ < n < b·τ) over {layers} "
+            f"layers; {tried} re-run passes tried, {accepted} accepted"
+        )
+    if n:
+        notes.append(f"{name}: the trigger fired {fires} times and injected {injections} times over {n} candidates")
+
+
 def _auto_overlap(run: RunData) -> tuple[dict[str, Any] | None, set[str], str | None]:
     """The auto selection, the run items it must skip (its calibration split), and a note.
 
@@ -345,6 +373,7 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
         row = MethodRow(name, "generation", {r.item_id: r.correct[0] for r in items if r.correct})
         row.tokens, row.seconds = _pass_cost(items)
         rows[name] = row
+        _intervention_notes(name, items, rep.notes)
         hits, steps = suppression_events(items)
         if steps:
             msg = f"{name}: suppressed {100 * hits / steps:.2f}% of (token, layer) steps ({hits} of {steps})"

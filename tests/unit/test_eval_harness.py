@@ -292,3 +292,22 @@ def test_report_states_suppression_rates_and_the_match(tiny_backend, tmp_path):
     high = next(n for n in rep.notes if n.startswith(gens[0] + ": suppressed"))
     matched = next(n for n in rep.notes if n.startswith("suppress-matched: suppressed"))
     assert "matched to " + gens[0] in matched and "matched" not in high
+
+
+def test_report_summarises_what_alrr_and_erss_did(tiny_backend, tmp_path):
+    if not {"alrr", "erss"} <= set(tiny_backend.capabilities.interventions):
+        pytest.skip("backend lacks alrr/erss")
+    from l2reason.eval.report import compute_report
+
+    cfg = _cfg(tiny_backend, n=0, limit=2, gen_limit=None, gen_methods=["alrr", "erss"], max_new_tokens=8)
+    run = run_eval(tiny_backend, cfg, tmp_path, show_progress=False)
+    rep = compute_report(load_run(tmp_path), n_boot=50, n_subsamples=5)
+    a = [c.interventions["alrr"] for r in run.gens["alrr"] for c in r.result.candidates]
+    tried = sum(sum(x["passes_tried"]) for x in a)
+    accepted = sum(sum(x["passes_accepted"]) for x in a)
+    note = next(n for n in rep.notes if n.startswith("alrr: "))
+    assert f"{tried} re-run passes tried, {accepted} accepted" in note
+    e = [c.interventions["erss"] for r in run.gens["erss"] for c in r.result.candidates]
+    note = next(n for n in rep.notes if n.startswith("erss: "))
+    fires, inj = sum(x["fires"] for x in e), sum(len(x["injections"]) for x in e)
+    assert note.endswith(f"fired {fires} times and injected {inj} times over 2 candidates")
