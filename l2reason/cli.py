@@ -248,6 +248,11 @@ def calibrate(
     limit: Annotated[int, typer.Option(min=2, help="items for --select")] = 40,
     n: Annotated[int, typer.Option("-n", min=2, help="candidates per item for --select")] = 8,
     batch_items: Annotated[int, typer.Option(min=1, help="items per batch for --select")] = 2,
+    offset: Annotated[int, typer.Option(min=0, help="first item of the --select split")] = 0,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="where --select stores its samples (resumed if it exists)")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's)")] = None,
 ) -> None:
     """Collect decode-token norms on prompts and write a per-layer calibration file.
 
@@ -262,15 +267,15 @@ def calibrate(
             model=model,
             dataset=dataset,
             limit=limit,
-            offset=0,
+            offset=offset,
             n=n,
             max_new_tokens=max_new_tokens or 512,
             temperature=0.7,
             seed=0,
             batch_items=batch_items,
-            run_dir=None,
+            run_dir=run_dir,
             out_file=out,
-            threads=None,
+            threads=threads,
         )
         return
     from l2reason.calibrate import calibrate as run_calibration
