@@ -57,7 +57,7 @@ from l2reason.backends.base import (
 )
 from l2reason.errors import ConfigError
 from l2reason.eval.datasets import Dataset, Item, load_dataset
-from l2reason.eval.methods import MATCHED_RATE_SOURCE, generation_config, parse_method_list
+from l2reason.eval.methods import MATCHED_RATE_SOURCE, _split, generation_config, parse_method_list
 
 __all__ = [
     "SAMPLES",
@@ -211,11 +211,6 @@ class RunData:
 def _safe(name: str) -> str:
     """A file-name-safe version of a method name (``alrr:K=2`` -> ``alrr_K=2``)."""
     return re.sub(r"[^A-Za-z0-9_.=+-]", "_", name)
-
-
-def _base_name(method: str) -> str:
-    """``"suppress-matched:scale=0.2"`` -> ``"suppress-matched"``."""
-    return method.partition(":")[0].strip()
 
 
 def pass_path(run_dir: Path, pass_name: str) -> Path:
@@ -470,10 +465,10 @@ def run_eval(
     _check_capabilities(backend, cfg.gen_methods)
     rate_source: dict[str, str] = {}  # matched pass -> the (latest earlier) pass it matches
     for pos, g in enumerate(cfg.gen_methods):
-        base = MATCHED_RATE_SOURCE.get(_base_name(g))
+        base = MATCHED_RATE_SOURCE.get(_split(g)[0])
         if base is None:
             continue
-        earlier = [x for x in cfg.gen_methods[:pos] if _base_name(x) == base]
+        earlier = [x for x in cfg.gen_methods[:pos] if _split(x)[0] == base]
         if not earlier:
             raise ConfigError(f"{g!r} matches its random rate to the {base!r} pass: list {base!r} before it")
         rate_source[g] = earlier[-1]
@@ -536,7 +531,6 @@ def _progress(show: bool, passes: list[_Pass]) -> Iterator[Callable[[str, int, i
         TimeRemainingColumn,
     )
 
-    passes_by = {p.name: p for p in passes}
     prog = Progress(
         TextColumn("[bold]{task.description:<18}"),
         BarColumn(),
@@ -549,23 +543,24 @@ def _progress(show: bool, passes: list[_Pass]) -> Iterator[Callable[[str, int, i
         console=Console(stderr=True),
     )
     tasks = {p.name: prog.add_task(p.name, total=p.total, completed=p.done, tps="-") for p in passes}
-    totals: dict[str, list[float]] = {p.name: [0.0, 0.0, float(p.done)] for p in passes}
-    totals_of = {p.name: p.total for p in passes}
+    by_name = {p.name: p for p in passes}
+    # tokens, seconds and items of this invocation (resumed items are in `_Pass.done`)
+    totals: dict[str, list[float]] = {p.name: [0.0, 0.0, 0.0] for p in passes}
     # Without a terminal (nohup, CI logs) the bar is not drawn: write one plain line per batch instead.
     plain = not prog.console.is_terminal
 
     def advance(name: str, k: int, tokens: int, secs: float) -> None:
-        tot = totals[name]
+        tot, p = totals[name], by_name[name]
         tot[0] += tokens
         tot[1] += secs
         tot[2] += k
         tps = tot[0] / max(tot[1], 1e-9)
         prog.update(tasks[name], advance=k, tps=f"{tps:.1f}")
         if plain:
-            left = totals_of[name] - tot[2]
-            eta = tot[1] / max(tot[2] - (totals_of[name] - len(passes_by[name].todo)), 1) * left
+            done = p.done + int(tot[2])
+            eta = tot[1] / tot[2] * (p.total - done)
             prog.console.print(
-                f"{time.strftime('%H:%M:%S')} {name}: {int(tot[2])}/{totals_of[name]} items, "
+                f"{time.strftime('%H:%M:%S')} {name}: {done}/{p.total} items, "
                 f"{int(tot[0])} tokens in {tot[1]:.0f}s ({tps:.1f} tok/s), ETA {eta / 60:.0f} min",
                 highlight=False,
             )
