@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ from l2reason.backends.hf.layers import find_decoder_layers, layer_output_tensor
 from l2reason.errors import BackendError, CapabilityError, ConfigError
 from l2reason.signal.band import resolve_layers
 from l2reason.signal.norms import massive_activation_mask, token_norms
+from l2reason.techniques.controllers import CONTROLLERS, LayerController, StepContext, build_controllers
 
 log = logging.getLogger(__name__)
 
@@ -47,48 +48,6 @@ def row_seed(seed: int, index: int) -> int:
     """The seed of candidate ``index`` of a request with base ``seed`` (stable across runs)."""
     h = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 62) - 1)
-
-
-@dataclass
-class StepContext:
-    """What a controller sees at one layer of one decode step.
-
-    Args:
-        step: 0-based decode step (step 0 is the prefill's last position).
-        valid: ``[B]`` bool, False for finished rows (leave them unchanged).
-        seeds: ``[B]`` int64 per-row seeds.
-        rerun: ``f(x [B, d]) -> [B, d]``: the layer applied again to ``x``
-            without writing the KV cache.
-        mlp_out: ``[B, d]`` output of the layer's MLP for this token (the
-            residual entering the MLP is ``x - mlp_out``), when requested.
-        prefill: True at the prefill forward (controllers usually skip it).
-    """
-
-    step: int
-    valid: torch.Tensor
-    seeds: torch.Tensor
-    rerun: Any
-    mlp_out: torch.Tensor | None
-    prefill: bool
-
-
-class LayerController(Protocol):
-    """A per-step intervention, driven by the backend's hooks."""
-
-    layers: list[int]
-    needs_mlp: bool
-
-    def step(self, layer: int, x: torch.Tensor, n: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        """Return the (possibly modified) newest-token state ``[B, d]``."""
-        ...
-
-    def report(self, row: int) -> dict[str, Any]:
-        """What the controller did for one row (JSON-safe)."""
-        ...
-
-
-class ControllerFactory(Protocol):
-    def __call__(self, backend: HFBackend, rows: int, seeds: torch.Tensor) -> LayerController: ...
 
 
 def top_p_support(lg: torch.Tensor, top_p: float, start_k: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,8 +149,6 @@ class HFBackend:
 
         # transformers >= 5.2x names the cache argument `cache` (was `past_key_values`)
         self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        from l2reason.backends.hf.controllers import CONTROLLERS
-
         self.controller_factories.update(CONTROLLERS)
 
     # ---- protocol -----------------------------------------------------
@@ -206,6 +163,10 @@ class HFBackend:
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     @property
     def capabilities(self) -> Capabilities:
@@ -277,17 +238,14 @@ class HFBackend:
         return resolve_layers(spec.layers, self.num_layers)
 
     def _controllers(self, request: GenerationRequest, rows: int, seeds: torch.Tensor) -> list[LayerController]:
-        ctrls: list[LayerController] = []
-        for spec in request.interventions:
-            kind = getattr(spec, "kind", None) or (spec.get("kind") if isinstance(spec, dict) else None)
-            factory = self.controller_factories.get(str(kind))
-            if factory is None:
-                raise CapabilityError(
-                    f"backend {self.name!r} has no intervention {kind!r}; it supports: "
-                    f"{', '.join(sorted(self.controller_factories)) or 'none'}"
-                )
-            ctrls.append(factory(spec, backend=self, rows=rows, seeds=seeds))
-        return ctrls
+        try:
+            return build_controllers(
+                list(request.interventions), info=self, rows=rows, seeds=seeds, factories=self.controller_factories
+            )
+        except CapabilityError as e:
+            raise CapabilityError(
+                f"backend {self.name!r}: {e}; it supports: {', '.join(sorted(self.controller_factories)) or 'none'}"
+            ) from e
 
     @contextmanager
     def _hooks(self, cap: _Capture) -> Iterator[None]:
@@ -326,10 +284,8 @@ class HFBackend:
                 ctx = StepContext(
                     step=cap.step,
                     valid=cap.valid,
-                    seeds=cap.seeds,
                     rerun=_LastTokenRerun(make_rerun(module, args if args else (h,), kwargs), h),
                     mlp_out=cap.mlp_out.get(layer),
-                    prefill=cap.prefill,
                 )
                 for c in ctrls:
                     x_new = c.step(layer, x, token_norms(x), ctx)
