@@ -1,0 +1,83 @@
+"""Start SGLang with the l2reason plugin: ``python -m l2reason_sglang.launch <sglang launch_server args>``.
+
+What it adds to SGLang's own ``sglang.launch_server``:
+
+- ``SGLANG_EXTERNAL_MODEL_PACKAGE=l2reason_sglang.models``, so SGLang builds the
+  plugin's classes for Qwen2/Qwen2.5, Qwen3 and Llama checkpoints;
+- a clear error, before anything loads, for modes the plugin does not support
+  yet: pipeline parallelism, DP attention, speculative decoding, mixed chunked
+  prefill;
+- on a GPU, ``--disable-cuda-graph``: the plugin's layer loop is eager Python
+  (the decode graph would replay without it and return no norms);
+- with ``--device cpu``, SGLang's CPU engine (``SGLANG_USE_CPU_ENGINE=1``) and,
+  unless ``--no-cpu-standin`` is given, the pure-torch stand-in for SGLang's
+  kernel package (``l2reason_sglang/standin``): the package registry has no
+  CPU build of it. The stand-in is test infrastructure for CPU machines; it
+  is never put on the path for a GPU server.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PACKAGE = "l2reason_sglang.models"
+STANDIN_DIR = Path(__file__).resolve().parent / "standin"
+
+#: flag -> why the plugin refuses it (checked on the command line before SGLang starts)
+_UNSUPPORTED_FLAGS = {
+    "--enable-dp-attention": "DP attention",
+    "--speculative-algorithm": "speculative decoding",
+    "--enable-mixed-chunk": "mixed chunked prefill",
+}
+_PP_FLAGS = ("--pp-size", "--pipeline-parallel-size", "--pp")
+
+
+def _value(argv: list[str], flags: tuple[str, ...]) -> str | None:
+    for i, a in enumerate(argv):
+        for f in flags:
+            if a == f and i + 1 < len(argv):
+                return argv[i + 1]
+            if a.startswith(f + "="):
+                return a.split("=", 1)[1]
+    return None
+
+
+def check_args(argv: list[str]) -> None:
+    """Raise ``SystemExit`` with a clear message for a mode the plugin does not support."""
+    for flag, what in _UNSUPPORTED_FLAGS.items():
+        if any(a == flag or a.startswith(flag + "=") for a in argv):
+            raise SystemExit(f"l2reason plugin: {what} ({flag}) is not supported yet; start without it")
+    pp = _value(argv, _PP_FLAGS)
+    if pp is not None and pp != "1":
+        raise SystemExit("l2reason plugin: pipeline parallelism is not supported; use --tp-size / --dp-size")
+    if _value(argv, ("--model-path", "--model")) is None:
+        raise SystemExit("l2reason plugin: give --model-path <folder or hub id>")
+
+
+def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that start SGLang with the plugin."""
+    check_args(argv)
+    args = [a for a in argv if a != "--no-cpu-standin"]
+    env = dict(os.environ if env is None else env)
+    env["SGLANG_EXTERNAL_MODEL_PACKAGE"] = PACKAGE
+    device = _value(args, ("--device",))
+    if device == "cpu":
+        env["SGLANG_USE_CPU_ENGINE"] = "1"
+        if "--no-cpu-standin" not in argv:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(STANDIN_DIR), env.get("PYTHONPATH", "")) if p)
+    elif "--disable-cuda-graph" not in args:
+        args.append("--disable-cuda-graph")
+    return [sys.executable, "-m", "sglang.launch_server", *args], env
+
+
+def main(argv: list[str] | None = None) -> None:
+    cmd, env = build(list(sys.argv[1:] if argv is None else argv))
+    sys.stderr.write(f"l2reason plugin: {' '.join(cmd[1:])}\n")
+    sys.stderr.flush()
+    os.execvpe(cmd[0], cmd, env)
+
+
+if __name__ == "__main__":
+    main()
