@@ -114,7 +114,7 @@ class SlotRuntime:
         self,
         slots: list[int],
         rids: list[str | None],
-        settings: list[EngineSettings | None | Exception],
+        settings: list[EngineSettings | Exception | None],
         *,
         decode: bool,
     ) -> StepPlan:
@@ -236,7 +236,9 @@ class SlotRuntime:
         return out
 
     # ---- slots and groups ------------------------------------------------
-    def _assign(self, slot: int, rid: str | None, s: EngineSettings | None, errors: list[str | None], i: int) -> str | None:
+    def _assign(
+        self, slot: int, rid: str | None, s: EngineSettings | None, errors: list[str | None], i: int
+    ) -> str | None:
         """The slot's group key (building the group, resetting the slot for a new request)."""
         new_request = rid is None or self.slot_rid[slot] != rid
         if new_request:

@@ -155,7 +155,9 @@ def _layers(spec_layers: Any, info: ModelInfo) -> list[int]:
 class _Thresholds:
     """Per-layer, per-row τ_l: adaptive (streaming P² per row) or calibrated."""
 
-    def __init__(self, spec: ThresholdSpec, layers: list[int], info: ModelInfo, rows: int, device: torch.device) -> None:
+    def __init__(
+        self, spec: ThresholdSpec, layers: list[int], info: ModelInfo, rows: int, device: torch.device
+    ) -> None:
         self.spec = spec
         self.states: dict[int, TauState] = {}
         self.fixed: dict[int, torch.Tensor] = {}
@@ -179,7 +181,7 @@ class _Thresholds:
             self.states[layer] = _put(self.states[layer], rows, new)
 
     def reset(self, rows: torch.Tensor) -> None:
-        for layer, st in self.states.items():
+        for st in self.states.values():
             _put(st, rows, tau_init((len(rows),), device=self.device))
 
 
@@ -257,9 +259,7 @@ class ERSSController:
 
     def _fresh(self, rows: int, layer: int, seeds: torch.Tensor) -> Any:
         # a distinct counter-hash stream per layer, same per-row seed
-        return erss_init(
-            rows, self.spec.M, self.d, seeds ^ (layer * 0x9E3779B1), dtype=self.dtype, device=seeds.device
-        )
+        return erss_init(rows, self.spec.M, self.d, seeds ^ (layer * 0x9E3779B1), dtype=self.dtype, device=seeds.device)
 
     def step(self, layer: int, x: torch.Tensor, n: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         rows = ctx.rows
@@ -414,8 +414,6 @@ def build_controllers(
         kind = getattr(spec, "kind", None) or (spec.get("kind") if isinstance(spec, dict) else None)
         factory = table.get(str(kind))
         if factory is None:
-            raise CapabilityError(
-                f"no intervention {kind!r} here; supported: {', '.join(sorted(table)) or 'none'}"
-            )
+            raise CapabilityError(f"no intervention {kind!r} here; supported: {', '.join(sorted(table)) or 'none'}")
         out.append(factory(spec, info=info, rows=rows, seeds=seeds))
     return out

@@ -31,14 +31,14 @@ from l2reason.backends.base import (
     GenerationRequest,
     GenerationResult,
     NormSpec,
-    NormStats,
     SamplingParams,
     TokenLogprobs,
 )
+from l2reason.backends.common import CalibrationMixin
 from l2reason.backends.hf.layers import find_decoder_layers, layer_output_tensor, make_rerun, replace_layer_output
 from l2reason.errors import BackendError, CapabilityError, ConfigError
 from l2reason.signal.band import resolve_layers
-from l2reason.signal.norms import massive_activation_mask, token_norms
+from l2reason.signal.norms import token_norms
 from l2reason.techniques.controllers import CONTROLLERS, LayerController, StepContext, build_controllers
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class _Capture:
     seeds: torch.Tensor | None = None
 
 
-class HFBackend:
+class HFBackend(CalibrationMixin):
     """In-process backend on a Hugging Face transformers causal LM.
 
     Args:
@@ -128,15 +128,7 @@ class HFBackend:
         self.tokenizer = lm.tokenizer
         self.layers, self.layers_path = find_decoder_layers(self.model, layers_path)
         self._lock = threading.RLock()
-        self._calibration = None
-        if calibration is not None:
-            from l2reason.signal.calibration import Calibration
-
-            self._calibration = (
-                calibration
-                if isinstance(calibration, Calibration)
-                else Calibration.load(calibration, expected_model_id=lm.model_id)
-            )
+        self._calibration = self._load_calibration(calibration, lm.model_id)
         self.controller_factories: dict[str, Any] = {}
         eos = self.model.generation_config.eos_token_id if getattr(self.model, "generation_config", None) else None
         ids = {eos} if isinstance(eos, int) else set(eos or [])
@@ -175,17 +167,6 @@ class HFBackend:
             interventions=frozenset(self.controller_factories),
             exact_erss=True,
         )
-
-    @property
-    def calibration(self) -> Any:
-        """The calibration in use: the one given, else the model's default file if it exists."""
-        if self._calibration is None:
-            from l2reason.signal.calibration import Calibration, default_calibration_path
-
-            path = default_calibration_path(self.model_id)
-            if path.is_file():
-                self._calibration = Calibration.load(path, expected_model_id=self.model_id)
-        return self._calibration
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate ``request.n`` candidates for one prompt (one batch)."""
@@ -500,12 +481,7 @@ class HFBackend:
             res = GenerationResult(
                 request_id=req.request_id, model_id=self.model_id, backend=self.name, candidates=cands, seconds=seconds
             )
-            if req.selection is not None:
-                from l2reason.select import apply_selection, select_result
-
-                cal = self.calibration if req.selection.tau == "calibrated" else None
-                apply_selection(res, select_result(res, req.selection, calibration=cal, num_layers=self.num_layers))
-            results.append(res)
+            results.append(self.finish(res, req, self.num_layers))
         return results
 
     def _candidate(
@@ -532,7 +508,7 @@ class HFBackend:
                 text = text[:cut]
         tokens = [self.tokenizer.decode([t]) for t in ids]
         norms = (
-            self._norm_stats(norm_buf[i, :L].cpu(), cap_layers, req.norms)
+            self.norm_stats(norm_buf[i, :L].cpu(), cap_layers, req.norms)
             if req.norms is not None and cap_layers
             else None
         )
@@ -559,52 +535,6 @@ class HFBackend:
             norms=norms,
             interventions=report,
         )
-
-    def _norm_stats(self, norms: torch.Tensor, layers: list[int], spec: NormSpec) -> NormStats:
-        """Summaries of one candidate's ``[T, n_layers]`` norms."""
-        from l2reason.signal.stats import abcd_stats
-
-        T = norms.shape[0]
-        if spec.mask_massive and T > 0:
-            masked_tl = massive_activation_mask(norms.T, factor=spec.massive_factor).T  # [T, n]
-            masked = masked_tl.any(-1)
-        else:
-            masked = torch.zeros(T, dtype=torch.bool)
-        valid = ~masked
-        cnt = valid.sum()
-        mean = (norms * valid[:, None]).sum(0) / cnt.clamp(min=1)
-        stats = NormStats(
-            layers=layers,
-            per_token=norms.tolist() if spec.per_token else None,
-            masked=masked.tolist(),
-            mean=mean.tolist(),
-            T=int(cnt),
-        )
-        tau = self._tau(spec, layers)
-        if tau is not None:
-            s = abcd_stats(norms, tau, valid=valid, tail_frac=spec.tail_frac)
-            stats.tau = tau.tolist()
-            stats.A, stats.B, stats.C, stats.D = s.A.tolist(), s.B.tolist(), s.C.tolist(), s.D.tolist()
-            stats.T_tail = int(s.T_tail.max()) if s.T_tail.numel() else 0
-        return stats
-
-    def calibrated_tau(self, layers: list[int], what: str, alternative: str) -> torch.Tensor:
-        """τ_l of ``layers`` from the model's calibration; a clear error naming ``what`` needs it if there is none."""
-        cal = self.calibration
-        if cal is None:
-            raise ConfigError(
-                f"{what} needs a calibration file for {self.model_id!r}: run `l2reason calibrate` first, or {alternative}"
-            )
-        return cal.tau_for(layers)
-
-    def _tau(self, spec: NormSpec, layers: list[int]) -> torch.Tensor | None:
-        if spec.tau is None:
-            return None
-        if spec.tau == "calibrated":
-            return self.calibrated_tau(layers, "tau='calibrated'", "pass explicit tau values")
-        if len(spec.tau) != len(layers):
-            raise ConfigError(f"tau has {len(spec.tau)} values but {len(layers)} layers are captured ({layers})")
-        return torch.tensor(spec.tau, dtype=torch.float32)
 
 
 class _LastTokenRerun:

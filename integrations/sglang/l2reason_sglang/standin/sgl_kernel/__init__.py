@@ -22,7 +22,8 @@ layer, attention included, takes its torch-native fallback.
 
 from __future__ import annotations
 
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 import torch
 
@@ -51,7 +52,7 @@ def assign_req_to_token_pool_cpu(
     starts = start_offset.tolist()
     ends = end_offset.tolist()
     pos = 0
-    for row, start, end in zip(rows, starts, ends):
+    for row, start, end in zip(rows, starts, ends, strict=True):
         n = end - start
         if n <= 0:
             continue
@@ -65,7 +66,7 @@ def _missing_kernel(name: str) -> Callable[..., NoReturn]:
     def kernel(*args: object, **kwargs: object) -> NoReturn:
         raise NotImplementedError(
             f"sgl_kernel.{name} is not implemented by the CPU test stand-in "
-            f"(integrations/sglang/standin); this code path needs a real sgl_kernel build"
+            f"(l2reason_sglang/standin); this code path needs a real sgl_kernel build"
         )
 
     kernel.__name__ = name

@@ -1,0 +1,104 @@
+"""What every backend does the same way once tokens and norms exist: thresholds, summaries, selection.
+
+The embedded transformers backend and the SGLang client both turn a
+candidate's ``[T, n_layers]`` norms into :class:`~l2reason.backends.base.NormStats`
+and pick a candidate with :mod:`l2reason.select` through these functions, so
+the same request gives the same summaries and the same choice on either engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from l2reason.backends.base import GenerationRequest, GenerationResult, NormSpec, NormStats
+from l2reason.errors import ConfigError
+from l2reason.signal.norms import massive_activation_mask
+
+
+class CalibrationMixin:
+    """The model's calibration file (given, or the default one for ``model_id``) and the τ it holds.
+
+    A class using it sets ``self._calibration`` (a Calibration or None) and has ``model_id``.
+    """
+
+    _calibration: Any
+    model_id: str
+
+    @property
+    def calibration(self) -> Any:
+        """The calibration in use: the one given, else the model's default file if it exists."""
+        if self._calibration is None:
+            from l2reason.signal.calibration import Calibration, default_calibration_path
+
+            path = default_calibration_path(self.model_id)
+            if path.is_file():
+                self._calibration = Calibration.load(path, expected_model_id=self.model_id)
+        return self._calibration
+
+    @staticmethod
+    def _load_calibration(calibration: Any, model_id: str) -> Any:
+        if calibration is None:
+            return None
+        from l2reason.signal.calibration import Calibration
+
+        if isinstance(calibration, Calibration):
+            return calibration
+        return Calibration.load(calibration, expected_model_id=model_id)
+
+    def calibrated_tau(self, layers: list[int], what: str, alternative: str) -> torch.Tensor:
+        """τ_l of ``layers`` from the model's calibration; a clear error naming ``what`` needs it if there is none."""
+        cal = self.calibration
+        if cal is None:
+            raise ConfigError(
+                f"{what} needs a calibration file for {self.model_id!r}: run `l2reason calibrate` first, or {alternative}"
+            )
+        return cal.tau_for(layers)
+
+    def norm_tau(self, spec: NormSpec, layers: list[int]) -> torch.Tensor | None:
+        """The thresholds of a :class:`NormSpec`'s A/B/C/D summaries (None: no summaries)."""
+        if spec.tau is None:
+            return None
+        if spec.tau == "calibrated":
+            return self.calibrated_tau(layers, "tau='calibrated'", "pass explicit tau values")
+        if len(spec.tau) != len(layers):
+            raise ConfigError(f"tau has {len(spec.tau)} values but {len(layers)} layers are captured ({layers})")
+        return torch.tensor(spec.tau, dtype=torch.float32)
+
+    def norm_stats(self, norms: torch.Tensor, layers: list[int], spec: NormSpec) -> NormStats:
+        """Summaries of one candidate's ``[T, n_layers]`` float32 norms."""
+        from l2reason.signal.stats import abcd_stats
+
+        T = norms.shape[0]
+        if spec.mask_massive and T > 0:
+            masked_tl = massive_activation_mask(norms.T, factor=spec.massive_factor).T  # [T, n]
+            masked = masked_tl.any(-1)
+        else:
+            masked = torch.zeros(T, dtype=torch.bool)
+        valid = ~masked
+        cnt = valid.sum()
+        mean = (norms * valid[:, None]).sum(0) / cnt.clamp(min=1)
+        stats = NormStats(
+            layers=layers,
+            per_token=norms.tolist() if spec.per_token else None,
+            masked=masked.tolist(),
+            mean=mean.tolist(),
+            T=int(cnt),
+        )
+        tau = self.norm_tau(spec, layers)
+        if tau is not None:
+            s = abcd_stats(norms, tau, valid=valid, tail_frac=spec.tail_frac)
+            stats.tau = tau.tolist()
+            stats.A, stats.B, stats.C, stats.D = s.A.tolist(), s.B.tolist(), s.C.tolist(), s.D.tolist()
+            stats.T_tail = int(s.T_tail.max()) if s.T_tail.numel() else 0
+        return stats
+
+    def finish(self, result: GenerationResult, request: GenerationRequest, num_layers: int) -> GenerationResult:
+        """Apply the request's selection (if any) to a result whose candidates are complete."""
+        if request.selection is not None:
+            from l2reason.select import apply_selection, select_result
+
+            cal = self.calibration if request.selection.tau == "calibrated" else None
+            apply_selection(result, select_result(result, request.selection, calibration=cal, num_layers=num_layers))
+        return result
