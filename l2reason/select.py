@@ -3,6 +3,12 @@
 The backend calls :func:`apply_selection` when a request carries a
 ``SelectionSpec``; the evaluation harness calls :func:`select_result` on
 stored results to compare every selector on the *same* samples.
+
+Layering: this module sits with the backends (it reads the plain-data
+``GenerationResult`` of :mod:`l2reason.backends.base`, and the HF backend
+calls it), so it imports only the protocol, :mod:`l2reason.signal` and
+:mod:`l2reason.techniques` (the default answer extractor included), never the
+evaluation, DSPy or CLI code (``tests/unit/test_layering.py``).
 """
 
 from __future__ import annotations
@@ -17,17 +23,12 @@ from l2reason.backends.base import GenerationResult, SelectionSpec
 from l2reason.errors import ConfigError
 from l2reason.signal.band import default_band
 from l2reason.signal.threshold import iqr_threshold
+from l2reason.techniques.answers import extract_answer
 from l2reason.techniques.baselines import SELECTORS, select
 from l2reason.techniques.selection import CandidateSignals, Selection
 
 L2_METHODS = ("l2", "l2-vote")
 LOGPROB_METHODS = ("self-certainty", "self-certainty-borda", "deepconf", "deepconf-tail")
-
-
-def _default_extractor() -> Callable[[str], str | None]:
-    from l2reason.eval.answers import extract_answer
-
-    return extract_answer
 
 
 def _columns(
@@ -59,7 +60,7 @@ def candidate_signals(
 
     Masked (massive-activation) tokens become NaN rows, which the ℓ2 scores skip.
     """
-    extract = extractor or _default_extractor()
+    extract = extractor or extract_answer
     used, cols = _columns(result, layers, num_layers)
     out: list[CandidateSignals] = []
     for c in result.candidates:
@@ -111,7 +112,8 @@ def select_result(
         spec: a :class:`SelectionSpec` or just a method name.
         calibration: a ``Calibration`` for ``tau="calibrated"``.
         num_layers: the model's depth (to resolve ``layers="band"``).
-        extractor: final-answer extractor for the vote methods.
+        extractor: final-answer extractor for the vote methods (default
+            :func:`l2reason.techniques.answers.extract_answer`).
     """
     spec = SelectionSpec(method=spec) if isinstance(spec, str) else spec
     if spec.method not in SELECTORS:

@@ -212,7 +212,8 @@ class NormStats(BaseModel):
         masked: ``[T]`` True where a token is excluded (massive activation).
         mean: per-layer mean norm over unmasked decode tokens.
         tau: the thresholds used for A/B/C/D (if any).
-        A, B, C, D: per-layer sums (see TECHNIQUES.md); T, T_tail counts.
+        A, B, C, D: per-layer sums (see ``docs/techniques.md``, "Statistics and
+            scores"); T, T_tail counts.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -3,7 +3,7 @@
 Everything is computed from the stored run (:func:`~l2reason.eval.harness.load_run`);
 nothing is generated again, so ``l2reason report RUN_DIR`` re-renders at will.
 
-What it reports (TECHNIQUES.md, "Baselines every comparison includes"):
+What it reports (the rules and baselines: ``docs/techniques.md``, "Selection rules and baselines"):
 
 - **Accuracy per method** with a 95% percentile-bootstrap CI. Selection
   methods are scored on the same N samples per item; generation methods are

@@ -1,7 +1,7 @@
 """Which decoder layers the signal is read from.
 
 The default *layer band* is the last quarter of the stack minus the final
-layer, ``l ∈ [L − ⌊L/4⌋, L − 2]`` (TECHNIQUES.md, "Shared primitives"): a
+layer, ``l ∈ [L − ⌊L/4⌋, L − 2]`` (``docs/techniques.md``, "Layer band"): a
 24-layer model gives layers 18..22. Layer indices here are 0-based decoder
 layer indices, i.e. ``x_l`` is Hugging Face's ``output_hidden_states[l + 1]``.
 """

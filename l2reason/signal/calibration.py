@@ -1,6 +1,6 @@
 """Calibrated per-layer thresholds: fit, save, load.
 
-The *calibrated* threshold mode (TECHNIQUES.md, "Shared primitives"): ``τ_l``
+The *calibrated* threshold mode (``docs/techniques.md``, "Thresholds τ"): ``τ_l``
 is the q-quantile (default q = 0.95) of layer ``l``'s decode-token norms over
 a calibration set. The result is a small versioned JSON file keyed by model
 id, by default under ``cache_dir()/calibration/<safe model id>.json``.

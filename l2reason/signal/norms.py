@@ -1,11 +1,11 @@
 """Per-token residual-stream norms and the massive-activation mask.
 
 The signal of the paper is ``n_{l,t} = ‖x_{l,t}‖₂``, the L2 norm of the
-residual stream after decoder layer ``l`` at token ``t`` (TECHNIQUES.md,
+residual stream after decoder layer ``l`` at token ``t`` (``docs/techniques.md``,
 "Notation"). Tokens with *massive activations* (BOS and a few other
 positions whose norm is orders of magnitude above the layer median) are
-input-invariant and are excluded from every statistic; this module finds
-them.
+input-invariant and are excluded from every statistic (``docs/techniques.md``,
+"Decode only, and massive activations"); this module finds them.
 """
 
 from __future__ import annotations

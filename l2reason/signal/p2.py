@@ -14,7 +14,8 @@ Differences from the paper's pseudo-code:
   data-dependent Python control flow: every branch is computed for every row
   and chosen with ``torch.where``. ``p2_update`` compiles with
   ``torch.compile(fullgraph=True)`` and allocates nothing on the host, so it
-  can be captured in a CUDA graph (SGLANG.md, "Constraints").
+  can be captured in a CUDA graph (``docs/techniques.md``, "Step functions and
+  randomness").
 - Desired positions are recomputed as ``1 + (n − 1)·dn'`` from the sample count
   instead of being accumulated step by step, which avoids float32 drift on
   long streams (identical in exact arithmetic).

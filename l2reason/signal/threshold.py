@@ -1,7 +1,7 @@
 """The adaptive per-layer threshold ``τ_l = Q3 + k·max(IQR, min_iqr)``.
 
 Tukey's outer fence (k = 1.5, Tukey 1977) over the norms a request has
-produced so far (TECHNIQUES.md, "Shared primitives": the *adaptive* mode,
+produced so far (``docs/techniques.md``, "Thresholds τ": the *adaptive* mode,
 default for interventions). Online, Q1 and Q3 come from two P² estimators
 (:mod:`l2reason.signal.p2`) per row, so the step is a fixed-shape tensor
 function that survives ``torch.compile(fullgraph=True)`` and CUDA-graph

@@ -5,8 +5,9 @@ Per-decode-step functions (``alrr_*``, ``erss_step``, ``static_steer``,
 over rows (one row = one request/candidate): no ``.item()``, no Python
 branching on tensor values, per-row state in NamedTuples, randomness from a
 counter-based hash. They compile with ``torch.compile(fullgraph=True)`` and so
-survive CUDA-graph capture (see SGLANG.md). Selection and baselines are
-post-hoc numpy code.
+survive CUDA-graph capture (see ``docs/techniques.md``, "Step functions and
+randomness"). Selection and baselines are post-hoc numpy code; the voting
+rules group candidates by the final answer of :mod:`l2reason.techniques.answers`.
 
 Example:
     >>> from l2reason.techniques import ALRRSpec, parse_interventions

@@ -1,6 +1,6 @@
 """Adaptive Layer-wise Reasoning Recursion (ALRR), the decision rule.
 
-TECHNIQUES.md §i: at layer l the normal pass gives x⁰ (it writes the KV
+``docs/techniques.md``, "ALRR": at layer l the normal pass gives x⁰ (it writes the KV
 cache) and n⁰ = ‖x⁰‖. The token is *active* if τ < n⁰ < b·τ. While active and
 k < K the caller re-runs the layer, x̃ = f_l(xᵏ), without writing the KV cache,
 and the rule accepts x̃ only if ‖x̃‖ > τ, (‖x̃‖ − ‖xᵏ‖)/‖xᵏ‖ ≥ g and

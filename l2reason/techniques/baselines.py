@@ -1,6 +1,6 @@
 """Baseline selectors every comparison includes, and the selector registry.
 
-TECHNIQUES.md, "Baselines every comparison includes": random pick, majority
+``docs/techniques.md``, "Selection rules and baselines": random pick, majority
 vote (self-consistency), shortest candidate, self-certainty (Kang et al.
 2025, arXiv 2502.18581) and DeepConf-style confidence (Fu et al. 2025,
 "Deep Think with Confidence"). All return the same

@@ -1,6 +1,6 @@
 """Endogenous Reasoning State Steering (ERSS): memory bank, trigger, injection.
 
-TECHNIQUES.md §ii. Per request and steered layer l, keep a bank of the top-M
+``docs/techniques.md``, "ERSS". Per request and steered layer l, keep a bank of the top-M
 past states by norm among those above τ_l; count a streak of consecutive
 "low" steps (n < γ·τ_l); when streak ≥ S, cooldown = 0 and a Bernoulli(p)
 draw passes, the step *fires*: take v* = argmax_{v ∈ bank} cos(v, x) and

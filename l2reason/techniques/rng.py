@@ -2,7 +2,7 @@
 
 A controller step may not touch a global RNG: it runs inside CUDA-graph
 capture and on every tensor-parallel rank, and must give the same draw on
-each (SGLANG.md, "Constraints on the controllers"). So a draw is a pure hash
+each (``docs/techniques.md``, "Step functions and randomness"). So a draw is a pure hash
 of the row's seed and the row's own step counter, like Philox or
 splitmix64 but written with plain int64 tensor ops.
 

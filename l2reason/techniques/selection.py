@@ -1,6 +1,6 @@
 """ℓ2-guided Response Selection (LRS): pick one of N candidates by its norms.
 
-TECHNIQUES.md §iii. For each candidate and band layer l, with a fixed
+``docs/techniques.md``, "Statistics and scores". For each candidate and band layer l, with a fixed
 calibrated τ_l, the statistics A = Σ n_t, B = Σ max(0, n_t − τ_l),
 C = Σ 1[n_t > τ_l] and D = B over the last 30% of steps come from
 :func:`l2reason.signal.stats.abcd_stats`; a score is one of them divided by
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 SCORE_NAMES = ("A/T", "B/T", "C/T", "D/T", "z_mean")
-DEFAULT_SCORE = "B/T"  # TECHNIQUES.md §iii: default mean_l(B_l / T), argmax [open]
+DEFAULT_SCORE = "B/T"  # docs/techniques.md, "Statistics and scores": mean_l(B_l / T), argmax (our choice)
 _NONNEGATIVE = ("A/T", "B/T", "C/T", "D/T")  # norms ≥ 0 ⇒ these scores are ≥ 0
 
 

@@ -3,8 +3,8 @@
 Every spec is a frozen pydantic model that forbids unknown fields; a bad value
 fails with a message that names the field, the allowed range, the value given
 and, where useful, what to use instead. Defaults are the paper's evaluation
-setting (Zhang et al., "The Tell-Tale Norm", arXiv 2606.06188), summarised in
-``/work/shared/TECHNIQUES.md``.
+setting (Zhang et al., "The Tell-Tale Norm", arXiv 2606.06188); ``docs/techniques.md``
+says, for every default, whether it is the paper's or l2reason's.
 
 Layer lists are plain ints (negative = counted from the end, Python style) or
 ``"band"`` (the last quarter minus the final layer). Resolving them against a
@@ -117,9 +117,9 @@ class ThresholdSpec(_Spec):
     """
 
     mode: Literal["adaptive", "calibrated"] = "adaptive"
-    warmup: StrictInt = 32  # TECHNIQUES.md: 32 here (reference code: 200-500 on long traces)
-    k: float = 1.5  # TECHNIQUES.md: τ = Q3 + 1.5·max(IQR, 1e-3) (Tukey fence)
-    min_iqr: float = 1e-3  # TECHNIQUES.md: IQR floor 1e-3
+    warmup: StrictInt = 32  # l2reason: 32 (the paper's reference code: 200-500 on long traces)
+    k: float = 1.5  # paper: τ = Q3 + 1.5·max(IQR, 1e-3) (Tukey fence)
+    min_iqr: float = 1e-3  # paper: IQR floor 1e-3
 
     @field_validator("warmup")
     @classmethod
@@ -138,7 +138,7 @@ class ThresholdSpec(_Spec):
 
 
 class ALRRSpec(_Spec):
-    """Adaptive Layer-wise Reasoning Recursion (TECHNIQUES.md §i).
+    """Adaptive Layer-wise Reasoning Recursion (``docs/techniques.md``, "ALRR").
 
     Args:
         layers: the recursion set (default: the layer band).
@@ -188,7 +188,7 @@ class ALRRSpec(_Spec):
 
 
 class ERSSSpec(_Spec):
-    """Endogenous Reasoning State Steering (TECHNIQUES.md §ii).
+    """Endogenous Reasoning State Steering (``docs/techniques.md``, "ERSS").
 
     Args:
         layers: the steered layers (default: the layer band).

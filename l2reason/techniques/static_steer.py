@@ -1,6 +1,6 @@
 """Classic static steering (the comparison for ERSS): x' = x + α·v.
 
-TECHNIQUES.md §ii, last paragraph: a fixed vector per layer, e.g. the mean
+``docs/techniques.md``, "Static steering": a fixed vector per layer, e.g. the mean
 difference between high-norm and low-norm decode states on a calibration set
 (:func:`steering_vector_from_norms`) or any user vector, added as x + α·v and
 optionally rescaled to the original norm, x' ← x'·‖x‖/‖x'‖.

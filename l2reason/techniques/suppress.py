@@ -1,6 +1,6 @@
 """The paper's causal check: suppress high-norm tokens vs random tokens.
 
-TECHNIQUES.md, "Causal check": damp the residual stream of high-norm tokens
+``docs/techniques.md``, "Suppression (the causal check)": damp the residual stream of high-norm tokens
 (scale by 0.1, or clamp to τ/4) and compare the accuracy drop with damping
 random tokens at the same rate (5%). The random draw is a counter-based hash
 of (row seed, row step), independent of the norm, so it runs in a captured

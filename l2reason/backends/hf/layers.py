@@ -92,7 +92,7 @@ def make_rerun(
     layer attend to the earlier positions plus its *new* keys/values, and then
     restore the cache exactly: ``DynamicLayer.update`` concatenates into a new
     tensor, so the saved tensors are never modified. Later tokens therefore see
-    pass-0 keys/values only, as TECHNIQUES.md requires.
+    pass-0 keys/values only, as ALRR requires (``docs/techniques.md``, "ALRR").
     """
     cache = _cache_from_kwargs(kwargs)
     attn = getattr(module, "self_attn", None)
