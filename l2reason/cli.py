@@ -1,4 +1,4 @@
-"""The ``l2reason`` command: ask, trace, calibrate, demo, models."""
+"""The ``l2reason`` command: ask, trace, calibrate, demo, serve, models."""
 
 from __future__ import annotations
 
@@ -26,23 +26,35 @@ console = Console()
 err = Console(stderr=True)
 
 ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="'default', 'fast', packaged:<name>, a .gguf, a folder or a hub id")
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="'default', 'fast', packaged:<name>, a .gguf, a folder, a hub id, or an SGLang server sglang://host:port",
+    ),
 ]
 MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", "-t", min=1, help="generation limit")]
 
 
 def _backend(model: str) -> Any:
-    from l2reason.backends.hf import HFBackend
+    from l2reason.backends.shared import is_server_spec, make_backend
     from l2reason.errors import L2ReasonError
 
-    with err.status(f"loading {model} (the first time, the packaged model is assembled and converted: ~1 min)"):
+    what = (
+        f"connecting to {model}"
+        if is_server_spec(model)
+        else f"loading {model} (the first time, the packaged model is assembled and converted: ~1 min)"
+    )
+    t0 = time.perf_counter()
+    with err.status(what):
         try:
-            be = HFBackend(model)
+            be = make_backend(model)
         except L2ReasonError as e:
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
     err.print(
-        f"[dim]model {be.model_id}: {be.num_layers} layers x {be.hidden_size}, loaded in {be.loaded.load_seconds:.1f}s[/dim]"
+        f"[dim]model {be.model_id} ({be.name}): {be.num_layers} layers x {be.hidden_size}, "
+        f"ready in {time.perf_counter() - t0:.1f}s[/dim]"
     )
     return be
 
@@ -398,6 +410,55 @@ def demo(
     (out / "answers.json").write_text(json.dumps(records, indent=2))
     console.print(f"{ntok} tokens in {secs:.1f}s ({ntok / secs:.1f} tok/s batched)")
     console.print(f"wrote [bold]{png}[/bold], [bold]{page}[/bold] and [bold]{out / 'answers.json'}[/bold]")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(
+    ctx: typer.Context,
+    model: ModelOpt = "default",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 30000,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    device: Annotated[str, typer.Option(help="'cuda' (GPU) or 'cpu' (slow; for trying it out)")] = "cuda",
+    tp: Annotated[int, typer.Option(min=1, help="tensor-parallel size (GPUs per replica)")] = 1,
+    dp: Annotated[int, typer.Option(min=1, help="data-parallel replicas")] = 1,
+    python: Annotated[str | None, typer.Option(help="SGLang environment's Python (default .venv-sglang)")] = None,
+    log: Annotated[Path, typer.Option(help="server log file")] = Path("sglang-server.log"),
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the server to be ready")] = 900.0,
+) -> None:
+    """Start SGLang with the l2reason plugin; extra arguments go to sglang.launch_server.
+
+    Example: l2reason serve -m default --device cpu -- --context-length 2048
+    """
+    from l2reason.backends.sglang import SGLangBackend
+    from l2reason.backends.sglang.server import SGLangServer
+    from l2reason.errors import L2ReasonError
+
+    extra = [a for a in ctx.args if a != "--"]
+    try:
+        server = SGLangServer(
+            model, port=port, host=host, device=device, tp=tp, dp=dp, extra_args=extra, python=python, log_path=log
+        )
+        with err.status(f"starting SGLang with the l2reason plugin on {server.url} (log: {log})"):
+            server.start(timeout=timeout)
+            be = SGLangBackend(server.url)  # the plugin self-check: per-token norms must come back
+    except L2ReasonError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    spec = f"sglang://{host}:{port}"
+    console.print(f"[green]l2reason + SGLang ready[/green] at {server.url} ({be.model_id}, {be.num_layers} layers)")
+    console.print(f"  CLI:    l2reason ask '2+2?' --model {spec}")
+    console.print(f"  DSPy:   l2reason.configure_dspy({spec!r})")
+    console.print(f"  Python: SGLangBackend({spec!r})")
+    console.print("Ctrl-C stops the server.")
+    try:
+        while server.proc is not None and server.proc.poll() is None:
+            time.sleep(1.0)
+        err.print(f"[red]the server exited (code {server.proc.returncode if server.proc else '?'})[/red]; log: {log}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 @app.command()

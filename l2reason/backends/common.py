@@ -8,6 +8,7 @@ the same request gives the same summaries and the same choice on either engine.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -15,6 +16,39 @@ import torch
 from l2reason.backends.base import GenerationRequest, GenerationResult, NormSpec, NormStats
 from l2reason.errors import ConfigError
 from l2reason.signal.norms import massive_activation_mask
+
+
+def row_seed(seed: int, index: int) -> int:
+    """The seed of candidate ``index`` of a request with base ``seed`` (stable across runs and engines)."""
+    h = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 62) - 1)
+
+
+def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
+    """The prompt's token ids: chat messages through the model's chat template, or raw text.
+
+    A tokenizer without a chat template gets ``role: content`` lines and an
+    ``assistant:`` cue.
+
+    Raises:
+        ConfigError: the prompt encodes to no tokens.
+    """
+    tok = tokenizer
+    if request.messages is not None:
+        if getattr(tok, "chat_template", None) is None:
+            text = "\n".join(f"{m.role}: {m.content}" for m in request.messages) + "\nassistant:"
+            ids = tok(text, add_special_tokens=True)["input_ids"]
+        else:
+            msgs = [m.model_dump() for m in request.messages]
+            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+    else:
+        ids = tok(request.prompt, add_special_tokens=True)["input_ids"]
+    ids = [int(i) for i in ids]
+    if not ids:
+        raise ConfigError("the prompt encodes to zero tokens")
+    return ids
 
 
 class CalibrationMixin:

@@ -22,13 +22,33 @@ def register_backend(name: str, backend: Any) -> None:
         _BACKENDS[name] = backend
 
 
+def is_server_spec(spec: str) -> bool:
+    """True for a model spec that names an SGLang server (``sglang://host:port``, ``http(s)://…``)."""
+    return spec.startswith(("sglang://", "http://", "https://"))
+
+
+def make_backend(spec: str, **kwargs: Any) -> Any:
+    """A new backend for a model spec: an SGLang server address gives an
+    :class:`~l2reason.backends.sglang.SGLangBackend`, anything else an
+    :class:`~l2reason.backends.hf.HFBackend` (packaged name, .gguf, folder, hub id).
+
+    Example:
+        >>> be = make_backend("sglang://127.0.0.1:30000")  # doctest: +SKIP
+    """
+    if is_server_spec(spec):
+        from l2reason.backends.sglang import SGLangBackend
+
+        return SGLangBackend(spec, **kwargs)
+    from l2reason.backends.hf import HFBackend
+
+    return HFBackend(spec, **kwargs)
+
+
 def get_backend(name: str) -> Any:
-    """The backend registered as ``name``; else load ``HFBackend(name)`` once and register it."""
+    """The backend registered as ``name``; else :func:`make_backend` it once and register it."""
     with _BACKENDS_LOCK:
         be = _BACKENDS.get(name)
         if be is None:
-            from l2reason.backends.hf import HFBackend
-
-            be = HFBackend(name)
+            be = make_backend(name)
             _BACKENDS[name] = be
         return be

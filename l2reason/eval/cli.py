@@ -49,10 +49,10 @@ def _env(threads: int) -> dict[str, Any]:
 
 
 def _load_backend(model: str) -> Any:
-    from l2reason.backends.hf import HFBackend
+    from l2reason.backends.shared import make_backend
 
     with err.status(f"loading {model}"):
-        return HFBackend(model)
+        return make_backend(model)
 
 
 def _threads(threads: int | None) -> int:

@@ -7,7 +7,8 @@ scalars through. Each generated token comes back with one record under
 :data:`TOKEN_KEY` (SGLang: ``meta_info["l2r"]``, one entry per completion
 token)::
 
-    {"n": [norm per requested layer], "r": {controller reports} | absent, "e": "error" | absent}
+    {"n": [norm per requested layer], "sc": self-certainty | absent,
+     "r": {controller reports} | absent, "e": "error" | absent}
 
 ``n`` is the ℓ2 norm of the residual stream after each requested decoder layer
 at the position that produced the token (the convention of
@@ -50,6 +51,8 @@ class EngineSettings(BaseModel):
             :func:`~l2reason.techniques.specs.parse_interventions`), run at
             decode steps in this order.
         seed: the request's seed for the controllers' counter-based RNG.
+        sc: also return each token's self-certainty (``"sc"``), computed from
+            the engine's full next-token logits (temperature 1).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -57,6 +60,7 @@ class EngineSettings(BaseModel):
     layers: list[int] = Field(default_factory=list)
     interventions: list[dict[str, Any]] = Field(default_factory=list)
     seed: int = Field(0, ge=0, lt=2**63)
+    sc: bool = False
 
     @field_validator("v")
     @classmethod

@@ -68,6 +68,7 @@ class StepPlan:
         by_layer: layer -> [(controller, batch rows [b], slots [b])] to run there.
         reports: per row, the controllers whose reports it gets.
         errors: per row, why its settings were ignored (None = fine).
+        settings: per row, its settings (None: none, or rejected).
         mlp_layers: layers where some controller wants the MLP output.
         steps: ``[B]`` each row's decode step (1 = first), at decode passes.
     """
@@ -80,6 +81,7 @@ class StepPlan:
     by_layer: dict[int, list[tuple[LayerController, torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
     reports: list[list[LayerController]] = field(default_factory=list)
     errors: list[str | None] = field(default_factory=list)
+    settings: list[EngineSettings | None] = field(default_factory=list)
     mlp_layers: set[int] = field(default_factory=set)
     steps: torch.Tensor | None = None
 
@@ -151,6 +153,7 @@ class SlotRuntime:
             row_cols=[[col[layer] for layer in s.layers] if s is not None else [] for s in good],
             reports=[[] for _ in range(B)],
             errors=errors,
+            settings=good,
         )
         members: dict[str, list[int]] = {}
         for i, s in enumerate(good):

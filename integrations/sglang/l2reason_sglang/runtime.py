@@ -39,6 +39,7 @@ themselves are fixed-shape tensor code, see ``docs/sglang.md``).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -233,7 +234,16 @@ def attach_records(model: Any, output: Any) -> Any:
     if plan is None or output is None or not hasattr(output, "customized_info"):
         return output
     info = dict(output.customized_info or {})
-    info[TOKEN_KEY] = model._l2r_runtime.records(plan)
+    records = model._l2r_runtime.records(plan)
+    logits = getattr(output, "next_token_logits", None)
+    want = [i for i, s in enumerate(plan.settings) if s is not None and s.sc]
+    if want and logits is not None and logits.shape[0] == len(records):
+        # SC_t = -(1/V) Σ_j log(V p_j) = -log V - mean_j log p_j   (Kang et al. 2025), temperature 1
+        logp = torch.log_softmax(logits[want].float(), -1)
+        sc = (-math.log(logp.shape[-1]) - logp.mean(-1)).tolist()
+        for i, v in zip(want, sc, strict=True):
+            records[i] = {**(records[i] or {}), "sc": v}
+    info[TOKEN_KEY] = records
     output.customized_info = info
     model._l2r_plan = None
     return output

@@ -13,7 +13,6 @@ generation raises. Calls are serialised by a lock, so threads (DSPy's
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -34,7 +33,7 @@ from l2reason.backends.base import (
     SamplingParams,
     TokenLogprobs,
 )
-from l2reason.backends.common import CalibrationMixin
+from l2reason.backends.common import CalibrationMixin, encode_prompt, row_seed
 from l2reason.backends.hf.layers import find_decoder_layers, layer_output_tensor, make_rerun, replace_layer_output
 from l2reason.errors import BackendError, CapabilityError, ConfigError
 from l2reason.signal.band import resolve_layers
@@ -42,12 +41,6 @@ from l2reason.signal.norms import token_norms
 from l2reason.techniques.controllers import CONTROLLERS, LayerController, StepContext, build_controllers
 
 log = logging.getLogger(__name__)
-
-
-def row_seed(seed: int, index: int) -> int:
-    """The seed of candidate ``index`` of a request with base ``seed`` (stable across runs)."""
-    h = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 62) - 1)
 
 
 def top_p_support(lg: torch.Tensor, top_p: float, start_k: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,22 +189,7 @@ class HFBackend(CalibrationMixin):
 
     # ---- internals ----------------------------------------------------
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        tok = self.tokenizer
-        if request.messages is not None:
-            if getattr(tok, "chat_template", None) is None:
-                text = "\n".join(f"{m.role}: {m.content}" for m in request.messages) + "\nassistant:"
-                ids = tok(text, add_special_tokens=True)["input_ids"]
-            else:
-                msgs = [m.model_dump() for m in request.messages]
-                ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-                if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                    ids = ids["input_ids"]
-        else:
-            ids = tok(request.prompt, add_special_tokens=True)["input_ids"]
-        ids = [int(i) for i in ids]
-        if not ids:
-            raise ConfigError("the prompt encodes to zero tokens")
-        return ids
+        return encode_prompt(self.tokenizer, request)
 
     def resolve_norm_layers(self, spec: NormSpec | None) -> list[int]:
         if spec is None:

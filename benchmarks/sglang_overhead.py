@@ -1,0 +1,198 @@
+"""The SGLang plugin's cost: decode tok/s with norm capture and interventions vs SGLang's own forward.
+
+One SGLang server with the plugin; requests without l2reason settings take
+SGLang's stock forward (the plugin steps aside), so "stock" and every plugin
+mode run on the same server build, same batch, interleaved in each round (the
+order alternates). Each call: ``--batch`` distinct prompts, greedy,
+``--max-new-tokens`` tokens each (``ignore_eos``). In the same run, the
+embedded transformers backend decodes the same batch (band norms), for the
+SGLang vs transformers comparison on this machine.
+
+Usage:
+    python benchmarks/sglang_overhead.py [--rounds 3] [--batch 8] [--max-new-tokens 32] [--device cpu]
+
+Writes ``docs/results/sglang_overhead.md`` (and ``.json``) with the machine,
+versions and command, after every round (a killed run keeps what it measured).
+Not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from l2reason.backends.sglang.server import SGLangServer  # noqa: E402
+from l2reason.serving import EngineSettings  # noqa: E402
+
+PROMPTS = [
+    "A baker makes 12 muffins per tray and bakes 7 trays. She sells 59. How many are left? Think step by step.",
+    "Tom has 3 boxes with 18 marbles each and gives away 14. How many are left? Think step by step.",
+    "def fibonacci(n):",
+    "Explain why the sky is blue in two sentences.",
+    "A train travels 60 km in 45 minutes. What is its speed in km/h?",
+    "Write a haiku about autumn.",
+    "List three prime numbers greater than 50.",
+    "If x + 7 = 19, what is x? Show your work.",
+]
+
+BAND = [18, 19, 20, 21, 22]
+MODES: dict[str, EngineSettings | None] = {
+    "stock": None,
+    "norms-band": EngineSettings(layers=BAND),
+    "norms-all": EngineSettings(layers=list(range(24))),
+    "alrr": EngineSettings(layers=BAND, interventions=[{"kind": "alrr"}]),
+    "alrr-static": EngineSettings(layers=BAND, interventions=[{"kind": "alrr", "mode": "static"}]),
+    "erss": EngineSettings(layers=BAND, interventions=[{"kind": "erss"}]),
+}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions(python: Path) -> dict[str, str]:
+    code = "import sglang, torch, transformers; print(sglang.__version__, torch.__version__, transformers.__version__)"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    import torch
+    import transformers
+
+    return {
+        "sglang": out[0],
+        "sglang_env_torch": out[1],
+        "sglang_env_transformers": out[2],
+        "hf_backend_torch": torch.__version__,
+        "hf_backend_transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--no-hf", action="store_true", help="skip the transformers-backend comparison")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "sglang_overhead"))
+    args = ap.parse_args()
+    prompts = (PROMPTS * ((args.batch + len(PROMPTS) - 1) // len(PROMPTS)))[: args.batch]
+    extra = ["--dtype", args.dtype, "--context-length", "2048", "--max-total-tokens", "16384"]
+    srv = SGLangServer(args.model, device=args.device, extra_args=extra, log_path=ROOT / "out" / "bench-sglang.log")
+    out: dict = {
+        "command": " ".join(["python", *sys.argv]),
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "max_new_tokens": args.max_new_tokens,
+        "cpu": cpu_model(),
+        "versions": versions(srv.python),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "tok_s": {m: [] for m in MODES},
+        "ratio_vs_stock": {m: [] for m in MODES if m != "stock"},
+    }
+    with srv:
+        out["ready_seconds"] = round(srv.ready_seconds, 1)
+
+        def call(settings: EngineSettings | None) -> float:
+            sp: dict = {"temperature": 0.0, "max_new_tokens": args.max_new_tokens, "ignore_eos": True}
+            if settings is not None:
+                sp["custom_params"] = settings.encode()
+            t = time.perf_counter()
+            res = srv.generate({"text": prompts, "sampling_params": sp})
+            dt = time.perf_counter() - t
+            return sum(len(r["output_ids"]) for r in res) / dt
+
+        call(None)  # warm-up
+        for r in range(args.rounds):
+            order = list(MODES) if r % 2 == 0 else list(reversed(MODES))
+            got = {m: call(MODES[m]) for m in order}
+            for m, v in got.items():
+                out["tok_s"][m].append(round(v, 3))
+                if m != "stock":
+                    out["ratio_vs_stock"][m].append(round(v / got["stock"], 4))
+            write(args, out)
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{m} {v:.2f}" for m, v in got.items()), flush=True)
+    if not args.no_hf:
+        out["hf_backend_tok_s"] = hf_rate(args, prompts)
+        write(args, out)
+
+
+def hf_rate(args: argparse.Namespace, prompts: list[str]) -> list[float]:
+    """The embedded backend on the same batch (band norms), after the server has stopped."""
+    import torch
+
+    from l2reason.backends.base import GenerationRequest, NormSpec, SamplingParams
+    from l2reason.backends.hf import HFBackend
+
+    be = HFBackend(args.model)
+    torch.set_num_threads(torch.get_num_threads())
+    reqs = [
+        GenerationRequest(prompt=p, sampling=SamplingParams(max_new_tokens=args.max_new_tokens), norms=NormSpec())
+        for p in prompts
+    ]
+    rates = []
+    for _ in range(args.rounds):
+        t = time.perf_counter()
+        res = be.generate_many(reqs)
+        rates.append(round(sum(x.completion_tokens for x in res) / (time.perf_counter() - t), 3))
+    return rates
+
+
+def write(args: argparse.Namespace, out: dict) -> None:
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(out, indent=2))
+    med = {m: statistics.median(v) for m, v in out["tok_s"].items() if v}
+    ratio = {m: statistics.median(v) for m, v in out["ratio_vs_stock"].items() if v}
+    lines = [
+        "# SGLang plugin overhead",
+        "",
+        f"Command: `{out['command']}`  ",
+        f"Date: {out['date']}; model {out['model']} ({out['dtype']}) on SGLang's {out['device']} path; "
+        f"batch {out['batch']} x {out['max_new_tokens']} new tokens (greedy, ignore_eos); "
+        f"{len(out['tok_s']['stock'])} interleaved rounds.  ",
+        f"Machine: {out['cpu']}; versions: {out['versions']}.  ",
+        f"Server ready in {out.get('ready_seconds', '?')} s.",
+        "",
+        "Decode throughput per call (all prompts' tokens / wall time of the batched `/generate`).",
+        "`stock` = requests without l2reason settings, which run SGLang's own forward on the same server.",
+        "",
+        "| mode | median tok/s | median ratio to stock (same round) |",
+        "|---|---|---|",
+    ]
+    for m in MODES:
+        if m in med:
+            r = "-" if m == "stock" else f"{ratio[m]:.3f} ({100 * (1 - ratio[m]):+.1f}% cost)"
+            lines.append(f"| {m} | {med[m]:.2f} | {r} |")
+    if out.get("hf_backend_tok_s"):
+        hf = statistics.median(out["hf_backend_tok_s"])
+        lines += [
+            "",
+            f"Transformers backend, same batch and prompts (raw text, band norms), same machine, after the server "
+            f"stopped: median {hf:.2f} tok/s ({out['hf_backend_tok_s']}); SGLang stock / transformers = "
+            f"{med['stock'] / hf:.2f}.",
+        ]
+    lines += ["", "Per-round values are in the `.json` next to this file.", ""]
+    path.with_suffix(".md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""The SGLang runtime end to end: a real SGLang 0.5.23 server (CPU, torch-native path) with the plugin.
+
+One server for the module (fp32, so norms compare with the transformers
+backend's); short greedy requests. The server's log is kept in ``out/test-logs``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams, SelectionSpec
+from l2reason.errors import BackendError, CapabilityError, ConfigError
+from l2reason.serving import TOKEN_KEY, EngineSettings
+
+pytestmark = [pytest.mark.real, pytest.mark.ci, pytest.mark.sglang]
+
+LOGS = Path("out/test-logs")
+SERVER_ARGS = ["--dtype", "float32", "--context-length", "2048", "--max-total-tokens", "8192"]
+PROMPTS = ["def fibonacci(n):", "The capital of France is"]
+Q = "Tom has 3 boxes of 18 marbles and gives 14 away. How many are left? Think step by step."
+
+
+@pytest.fixture(scope="module")
+def server():
+    from l2reason.backends.sglang.server import SGLangServer, free_port
+
+    port = free_port()
+    srv = SGLangServer("default", port=port, device="cpu", extra_args=SERVER_ARGS, log_path=LOGS / f"sglang-{port}.log")
+    srv.start(timeout=900)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def backend(server):
+    from l2reason.backends.sglang import SGLangBackend
+
+    return SGLangBackend(server.url, model="default")
+
+
+@pytest.fixture(scope="module")
+def hf():
+    from l2reason.backends.hf import HFBackend
+
+    return HFBackend("default")
+
+
+def raw(server, prompts, max_new, settings=None, **extra):
+    sp = {"temperature": 0.0, "max_new_tokens": max_new, **extra}
+    if settings is not None:
+        sp["custom_params"] = settings.encode()
+    out = server.generate({"text": prompts, "sampling_params": sp})
+    return out if isinstance(out, list) else [out]
+
+
+def chat(n=1, max_new=16, temp=0.0, **kw):
+    return GenerationRequest(
+        messages=[Message(role="user", content=Q)],
+        n=n,
+        sampling=SamplingParams(max_new_tokens=max_new, temperature=temp, seed=0),
+        **kw,
+    )
+
+
+NOOPS = [
+    {"kind": "alrr", "K": 0},
+    {"kind": "erss", "beta": 0.0, "S": 1, "p": 1.0, "C": 0, "c_min": -1.0, "threshold": {"warmup": 1}},
+    {"kind": "static_steer", "vectors": {12: [1.0] * 896}, "alpha": 0.0},
+    {"kind": "suppress", "target": "random", "rate": 0.0},
+]
+
+
+def test_plugin_on_with_nothing_to_do_gives_the_stock_tokens(server):
+    stock = raw(server, PROMPTS, 12)  # no settings: SGLang's own forward
+    norms = raw(server, PROMPTS, 12, EngineSettings(layers=list(range(24))))
+    noop = raw(server, PROMPTS, 12, EngineSettings(layers=[18, 22], interventions=NOOPS))
+    for s, a, b in zip(stock, norms, noop, strict=True):
+        assert s["output_ids"] == a["output_ids"] == b["output_ids"]
+        assert TOKEN_KEY not in s["meta_info"]
+        recs = a["meta_info"][TOKEN_KEY]
+        assert len(recs) == len(a["output_ids"]) and all(len(r["n"]) == 24 for r in recs)
+        rep = b["meta_info"][TOKEN_KEY][-1]["r"]
+        assert rep["alrr"]["passes_tried"] == [0] * 5 and rep["erss"]["fires"] > 0  # β=0: fired, changed nothing
+        assert rep["static_steer"]["steered_tokens"] == len(b["output_ids"]) - 1
+
+
+def test_stock_sglang_server_gives_the_same_tokens_and_no_plugin_is_a_clear_error(server):
+    from l2reason.backends.sglang import SGLangBackend
+    from l2reason.backends.sglang.server import SGLangServer, free_port
+
+    port = free_port()
+    with SGLangServer(
+        "default", port=port, device="cpu", extra_args=SERVER_ARGS, plugin=False, log_path=LOGS / f"stock-{port}.log"
+    ) as stock:
+        plain = raw(stock, PROMPTS, 12)
+        with pytest.raises(BackendError, match="without the l2reason plugin"):
+            SGLangBackend(stock.url)
+    ours = raw(server, PROMPTS, 12, EngineSettings(layers=[0, 23], interventions=[{"kind": "alrr", "K": 0}]))
+    assert [o["output_ids"] for o in plain] == [o["output_ids"] for o in ours]
+
+
+def test_norms_equal_the_transformers_backend(backend, hf):
+    req = chat(max_new=10, norms=NormSpec(layers="all", mask_massive=False))
+    a, b = backend.generate(req).candidates[0], hf.generate(req).candidates[0]
+    assert a.text == b.text and a.completion_tokens == b.completion_tokens == 10
+    na, nb = a.norms.array(), b.norms.array()
+    assert na.shape == nb.shape == (10, 24)
+    # fp32 on both sides; different kernels (SGLang's torch-native attention vs transformers' SDPA)
+    np.testing.assert_allclose(na, nb, rtol=2e-3, atol=1e-3)  # row 0 = the prompt's last position
+
+
+def test_alrr_changes_the_states_as_the_transformers_backend_does(backend, hf):
+    static = chat(max_new=12, logprobs=1, interventions=[{"kind": "alrr", "mode": "static"}])
+    plain = chat(max_new=12, logprobs=1)
+    a, p = backend.generate(static).candidates[0], backend.generate(plain).candidates[0]
+    rep = a.interventions["alrr"]
+    assert rep["passes_accepted"] == [rep["decode_steps"]] * 5 and rep["decode_steps"] == 11
+    # the re-run changes the band states and the next-token distribution (here not the greedy text)
+    assert not np.allclose(a.norms.array()[1:], p.norms.array()[1:], rtol=1e-2)
+    assert not np.allclose(a.logprobs.logprob, p.logprobs.logprob, atol=1e-3)
+    # the same controllers as the embedded backend: same passes, same states (fp32, kernel tolerance)
+    h = hf.generate(static).candidates[0]
+    assert h.interventions["alrr"] == rep and h.text == a.text
+    np.testing.assert_allclose(a.norms.array(), h.norms.array(), rtol=2e-3, atol=1e-3)
+    adaptive = backend.generate(
+        chat(max_new=24, interventions=[{"kind": "alrr", "g": 0.0, "b": 10.0, "threshold": {"warmup": 4, "k": 0.0}}])
+    )
+    rep = adaptive.candidates[0].interventions["alrr"]
+    assert sum(rep["passes_tried"]) > 0 and sum(rep["passes_accepted"]) > 0
+
+
+def test_recursion_leaves_the_kv_cache_as_it_was(server, backend):
+    # Re-run only the last layer: it changes no later layer, so the K/V this request leaves in the radix
+    # cache must be exactly what a plain pass writes. A continuation that reuses them must then match
+    # one computed from scratch; a leaked re-run write at layer 23 would change it.
+    ids = backend.tokenizer(PROMPTS[0])["input_ids"]
+    s = EngineSettings(layers=[23], interventions=[{"kind": "alrr", "mode": "static", "layers": [23]}])
+    first = server.generate(
+        {"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": 12, "custom_params": s.encode()}}
+    )
+    assert first["meta_info"][TOKEN_KEY][-1]["r"]["alrr"]["passes_accepted"] == [11]
+    cont = ids + first["output_ids"]
+    probe = {
+        "input_ids": cont,
+        "sampling_params": {
+            "temperature": 0,
+            "max_new_tokens": 6,
+            "custom_params": EngineSettings(layers=[23]).encode(),
+        },
+    }
+    cached = server.generate(probe)
+    assert cached["meta_info"].get("cached_tokens", 1) > 0
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(server.url + "/flush_cache", method="POST"), timeout=60).read()
+    fresh = server.generate(probe)
+    assert cached["output_ids"] == fresh["output_ids"]
+    nc = [r["n"][0] for r in cached["meta_info"][TOKEN_KEY]]
+    nf = [r["n"][0] for r in fresh["meta_info"][TOKEN_KEY]]
+    np.testing.assert_allclose(nc, nf, rtol=1e-4)
+
+
+def test_concurrent_requests_keep_their_own_state_and_a_reused_slot_starts_clean(server):
+    steer = EngineSettings(
+        layers=[12, 20],
+        interventions=[
+            {"kind": "static_steer", "vectors": {12: [0.05] * 896}, "alpha": 4.0},
+            {"kind": "erss", "layers": [20], "S": 2, "p": 1.0, "C": 1, "c_min": -1.0, "threshold": {"warmup": 2}},
+        ],
+        seed=5,
+    )
+    plain = EngineSettings(layers=[12, 20])
+    alone_a = raw(server, [PROMPTS[0]], 12, steer)[0]
+    alone_b = raw(server, [PROMPTS[1]], 12, plain)[0]
+    # the two in one batch, and again from two threads at once
+    both = server.generate(
+        {
+            "text": PROMPTS,
+            "sampling_params": [
+                {"temperature": 0, "max_new_tokens": 12, "custom_params": steer.encode()},
+                {"temperature": 0, "max_new_tokens": 12, "custom_params": plain.encode()},
+            ],
+        }
+    )
+    got: dict[int, dict] = {}
+
+    def run(i, text, s):
+        got[i] = raw(server, [text], 12, s)[0]
+
+    ts = [
+        threading.Thread(target=run, args=(0, PROMPTS[0], steer)),
+        threading.Thread(target=run, args=(1, PROMPTS[1], plain)),
+    ]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for a, b in ((both[0], got[0]), (both[1], got[1])):
+        ref = alone_a if a is both[0] else alone_b
+        for x in (a, b):
+            assert x["output_ids"] == ref["output_ids"]
+            np.testing.assert_allclose(
+                [r["n"] for r in x["meta_info"][TOKEN_KEY]], [r["n"] for r in ref["meta_info"][TOKEN_KEY]], rtol=1e-4
+            )
+    rep = [x["meta_info"][TOKEN_KEY][-1]["r"] for x in (alone_a, both[0], got[0])]
+    assert rep[0] == rep[1] == rep[2] and rep[0]["erss"]["fires"] > 0  # same fresh state every time
+    assert "r" not in alone_b["meta_info"][TOKEN_KEY][-1]
+    assert alone_a["output_ids"] != raw(server, [PROMPTS[0]], 12, plain)[0]["output_ids"]  # steering did something
+
+
+def test_n8_selection_in_one_call(backend):
+    from l2reason.select import select_result
+
+    r = backend.generate(chat(n=8, max_new=40, temp=0.8, logprobs=5, selection=SelectionSpec(method="l2")))
+    assert len(r.candidates) == 8 and len({c.text for c in r.candidates}) > 1  # seeded per candidate
+    sel = r.selection
+    assert sel["method"] == "l2" and sel["index"] == max(range(8), key=lambda i: (sel["scores"][i], -i))
+    for method in ("majority", "deepconf", "self-certainty"):
+        out = select_result(r, SelectionSpec(method=method), num_layers=backend.num_layers)
+        assert 0 <= out.index < 8
+    c = r.candidates[0]
+    assert len(c.logprobs.logprob) == len(c.logprobs.self_certainty) == c.completion_tokens
+    assert all(math.isfinite(x) and x > 0 for x in c.logprobs.self_certainty)
+    # the same request again gives the same candidates (per-candidate seeds)
+    again = backend.generate(chat(n=8, max_new=40, temp=0.8, logprobs=5, selection=SelectionSpec(method="l2")))
+    assert [x.text for x in again.candidates] == [x.text for x in r.candidates]
+
+
+def test_dspy_l2selectbest_against_the_server(server):
+    import dspy
+
+    import l2reason
+
+    spec = "sglang://" + server.url.split("://", 1)[1]
+    l2reason.configure_dspy(spec, max_tokens=96)
+    solve = l2reason.L2SelectBest(dspy.Predict("question -> answer"), n=3)
+    pred = solve(question="What is 12 + 30?")
+    assert pred.l2.calls and all(len(c) == 3 for c in pred.l2.candidate_scores) and pred.l2.score is not None
+    assert isinstance(pred.answer, str) and pred.answer
+
+
+def test_error_paths(server, backend):
+    from l2reason.backends.sglang import SGLangBackend
+    from l2reason.backends.sglang.server import free_port
+
+    with pytest.raises(BackendError, match="cannot reach the SGLang server"):
+        SGLangBackend(f"http://127.0.0.1:{free_port()}", retries=1, backoff=0.01)
+    with pytest.raises(ConfigError, match="not an SGLang server address"):
+        SGLangBackend("ftp://nowhere")
+    with pytest.raises(ConfigError, match="serves"):
+        SGLangBackend(server.url, model="fast")
+    # bad settings reach the plugin raw: reported per token, the server keeps serving
+    bad = server.generate(
+        {"text": PROMPTS[0], "sampling_params": {"max_new_tokens": 2, "custom_params": {"l2reason": "{not json"}}}
+    )
+    assert "invalid l2reason settings" in bad["meta_info"][TOKEN_KEY][0]["e"]
+    bad = server.generate(
+        {
+            "text": PROMPTS[0],
+            "sampling_params": {"max_new_tokens": 2, "custom_params": {"l2reason": json.dumps({"layers": [99]})}},
+        }
+    )
+    assert "do not exist" in bad["meta_info"][TOKEN_KEY][0]["e"]
+    # the client refuses before sending
+    with pytest.raises(CapabilityError, match="calibrated"):
+        backend.generate(chat(interventions=[{"kind": "erss", "threshold": {"mode": "calibrated"}}]))
+    with pytest.raises(ConfigError, match="896"):
+        backend.generate(chat(interventions=[{"kind": "static_steer", "vectors": {3: [1.0, 2.0]}}]))
+    assert backend.generate(chat(max_new=2)).candidates[0].completion_tokens == 2
