@@ -6,7 +6,7 @@ What it adds to SGLang's own ``sglang.launch_server``:
   plugin's classes for Qwen2/Qwen2.5, Qwen3 and Llama checkpoints;
 - a clear error, before anything loads, for modes the plugin does not support
   yet: pipeline parallelism, DP attention, speculative decoding, mixed chunked
-  prefill;
+  prefill, context parallelism, torch.compile capture;
 - on a GPU, ``--disable-cuda-graph``: the plugin's layer loop is eager Python
   (the decode graph would replay without it and return no norms);
 - with ``--device cpu``, SGLang's CPU engine (``SGLANG_USE_CPU_ENGINE=1``) and,
@@ -30,6 +30,10 @@ _UNSUPPORTED_FLAGS = {
     "--enable-dp-attention": "DP attention",
     "--speculative-algorithm": "speculative decoding",
     "--enable-mixed-chunk": "mixed chunked prefill",
+    "--enable-prefill-cp": "context-parallel prefill",
+    # captures the decode step (CUDA graphs / CPU graph runner): the plugin's loop is eager Python
+    # (and SGLang 0.5.23's CPU graph runner does not start with the torch-native attention backend)
+    "--enable-torch-compile": "torch.compile graph capture",
 }
 _PP_FLAGS = ("--pp-size", "--pipeline-parallel-size", "--pp")
 
@@ -52,6 +56,9 @@ def check_args(argv: list[str]) -> None:
     pp = _value(argv, _PP_FLAGS)
     if pp is not None and pp != "1":
         raise SystemExit("l2reason plugin: pipeline parallelism is not supported; use --tp-size / --dp-size")
+    cp = _value(argv, ("--attn-cp-size",))
+    if cp is not None and cp != "1":
+        raise SystemExit("l2reason plugin: context-parallel attention (--attn-cp-size) is not supported yet")
     if _value(argv, ("--model-path", "--model")) is None:
         raise SystemExit("l2reason plugin: give --model-path <folder or hub id>")
 
