@@ -56,6 +56,16 @@ def test_cpu_gets_the_cpu_engine_and_the_standin_gpu_gets_neither():
     assert cmd.count("--disable-cuda-graph") == 1  # the plugin's loop is eager (see docs/sglang.md)
 
 
+def test_stock_mode_keeps_the_cpu_setup_without_the_plugin():
+    cmd, env = launch.build(
+        [*BASE, "--device", "cpu", "--no-l2reason-plugin"], env={"SGLANG_EXTERNAL_MODEL_PACKAGE": "x"}
+    )
+    assert "SGLANG_EXTERNAL_MODEL_PACKAGE" not in env and env["SGLANG_USE_CPU_ENGINE"] == "1"
+    assert Path(env["PYTHONPATH"]) == launch.STANDIN_DIR and "--no-l2reason-plugin" not in cmd
+    cmd, env = launch.build([*BASE, "--device", "cuda", "--no-l2reason-plugin", "--enable-torch-compile"], env={})
+    assert "--disable-cuda-graph" not in cmd and "--enable-torch-compile" in cmd  # stock SGLang, as asked
+
+
 def test_standin_fails_loudly_for_kernels_it_does_not_have():
     import importlib.util
 

@@ -64,17 +64,25 @@ def check_args(argv: list[str]) -> None:
 
 
 def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment that start SGLang with the plugin."""
-    check_args(argv)
-    args = [a for a in argv if a != "--no-cpu-standin"]
+    """The command line and environment that start SGLang with the plugin.
+
+    ``--no-l2reason-plugin`` starts stock SGLang with the same CPU set-up (for A/B comparisons).
+    """
+    plugin = "--no-l2reason-plugin" not in argv
+    if plugin:
+        check_args(argv)
+    args = [a for a in argv if a not in ("--no-cpu-standin", "--no-l2reason-plugin")]
     env = dict(os.environ if env is None else env)
-    env["SGLANG_EXTERNAL_MODEL_PACKAGE"] = PACKAGE
+    if plugin:
+        env["SGLANG_EXTERNAL_MODEL_PACKAGE"] = PACKAGE
+    else:
+        env.pop("SGLANG_EXTERNAL_MODEL_PACKAGE", None)
     device = _value(args, ("--device",))
     if device == "cpu":
         env["SGLANG_USE_CPU_ENGINE"] = "1"
         if "--no-cpu-standin" not in argv:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(STANDIN_DIR), env.get("PYTHONPATH", "")) if p)
-    elif "--disable-cuda-graph" not in args:
+    elif plugin and "--disable-cuda-graph" not in args:
         args.append("--disable-cuda-graph")
     return [sys.executable, "-m", "sglang.launch_server", *args], env
 

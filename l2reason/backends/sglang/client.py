@@ -41,12 +41,14 @@ from l2reason.backends.common import CalibrationMixin, encode_prompt, row_seed
 from l2reason.errors import BackendError, CapabilityError, ConfigError
 from l2reason.serving.settings import TOKEN_KEY, EngineSettings
 from l2reason.signal.band import resolve_layers
+from l2reason.techniques.controllers import CONTROLLERS
+from l2reason.techniques.specs import check_vectors
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SGLangBackend", "parse_url"]
 
-_INTERVENTIONS = frozenset({"alrr", "erss", "static_steer", "suppress"})
+_INTERVENTIONS = frozenset(CONTROLLERS)  # the plugin runs the same controllers
 
 
 def parse_url(spec: str) -> str:
@@ -183,8 +185,6 @@ class SGLangBackend(CalibrationMixin):
                 )
         for s in req.interventions:  # vector sizes and layers, before the server sees them
             if getattr(s, "kind", None) == "static_steer":
-                from l2reason.techniques.specs import check_vectors
-
                 check_vectors(s, self.hidden_size, self.num_layers)
         if req.norms is not None and req.norms.tau not in (None, "calibrated"):
             self.norm_tau(req.norms, layers)  # length check now, not after generating

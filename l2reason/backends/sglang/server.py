@@ -108,27 +108,12 @@ class SGLangServer:
             args += ["--dp-size", str(dp)]
         args += list(extra_args or [])
         self.plugin = plugin
-        if plugin:
-            self.cmd = [str(self.python), "-m", "l2reason_sglang.launch", *args]
-            self.env = dict(os.environ)
-        else:
-            self.cmd, self.env = self._stock(args, device)
+        # the plugin's launcher also starts stock SGLang (same CPU set-up) for comparisons
+        self.cmd = [str(self.python), "-m", "l2reason_sglang.launch", *args]
+        if not plugin:
+            self.cmd.append("--no-l2reason-plugin")
+        self.env = dict(os.environ)
         self.proc: subprocess.Popen[bytes] | None = None
-
-    def _stock(self, args: list[str], device: str) -> tuple[list[str], dict[str, str]]:
-        """Stock SGLang with the same CPU set-up the plugin's launcher makes (for A/B comparisons)."""
-        out = subprocess.run(
-            [str(self.python), "-c", "import l2reason_sglang.launch as m; print(m.STANDIN_DIR)"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        env = dict(os.environ)
-        if device == "cpu":
-            env["SGLANG_USE_CPU_ENGINE"] = "1"
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (out.stdout.strip(), env.get("PYTHONPATH", "")) if p)
-        env.pop("SGLANG_EXTERNAL_MODEL_PACKAGE", None)
-        return [str(self.python), "-m", "sglang.launch_server", *args], env
 
     # ---- life cycle -----------------------------------------------------
     def start(self, timeout: float = 600.0) -> SGLangServer:
