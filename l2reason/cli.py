@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -17,13 +18,58 @@ from rich.table import Table
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+console = Console()
+err = Console(stderr=True)
+
+
+def user_error_message(e: BaseException) -> str | None:
+    """The one-line message of a user mistake, or None for a bug (which keeps its traceback).
+
+    User mistakes: any error l2reason raises on purpose, a pydantic validation
+    error, a file that cannot be read or written, a file that is not UTF-8.
+    """
+    from pydantic import ValidationError
+
+    from l2reason.errors import L2ReasonError
+
+    if isinstance(e, L2ReasonError):
+        return str(e)
+    if isinstance(e, ValidationError):
+        from l2reason.backends.validate import brief
+
+        return f"invalid {e.title}: {brief(e)}"
+    if isinstance(e, UnicodeDecodeError):
+        return f"a file is not valid UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+    if isinstance(e, OSError) and (e.filename is not None or isinstance(e, FileNotFoundError | PermissionError)):
+        where = f": {e.filename}" if e.filename is not None else ""
+        return f"{e.strerror or e}{where}"
+    return None
+
+
+class _Group(typer.core.TyperGroup):
+    """Every command's user mistakes end as ``error: ...`` and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as e:  # click's own exits/usage errors pass through untouched
+            import click
+
+            if isinstance(e, click.exceptions.ClickException | click.exceptions.Exit | click.exceptions.Abort):
+                raise
+            msg = user_error_message(e)
+            if msg is None:
+                raise
+            err.print(f"[red]error:[/red] {msg}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from e
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     help="l2reason: the ℓ2 norm of an LLM's residual stream as a signal for reasoning.",
 )
-console = Console()
-err = Console(stderr=True)
 
 ModelOpt = Annotated[
     str,
@@ -108,6 +154,8 @@ SELECT_CHOICES = (
     "self-certainty-borda",
     "deepconf",
     "deepconf-tail",
+    "l2-probe",
+    "l2-probe-vote",
 )
 
 
@@ -149,6 +197,11 @@ def ask(
         update["n"] = n
         update["selection"] = SelectionSpec(method=select, score=score)
         update["logprobs"] = 5
+        if select.startswith("l2-probe"):  # the probe reads every layer and the evaluation's top-20 logprobs
+            from l2reason.backends.base import NormSpec
+
+            update["norms"] = NormSpec(layers="all")
+            update["logprobs"] = 20
     try:
         from l2reason.backends.base import GenerationRequest
 
@@ -211,6 +264,25 @@ def ask(
     )
 
 
+def _parse_layers(text: str) -> Any:
+    """``all``, ``band`` or comma-separated ints, checked before any model loads."""
+    from l2reason.errors import LayerError
+
+    t = text.strip()
+    if t in ("all", "band"):
+        return t
+    parts = [x.strip() for x in t.split(",")]
+    if not t or any(not p for p in parts):
+        raise LayerError(f"--layers {text!r}: give 'all', 'band' or comma-separated layer indices such as 18,19,20")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise LayerError(
+            f"--layers {text!r}: {', '.join(p for p in parts if not p.lstrip('-').isdigit())} is not a layer index; "
+            "give 'all', 'band' or comma-separated integers"
+        ) from None
+
+
 @app.command()
 def trace(
     question: Annotated[str, typer.Argument(help="the question")],
@@ -221,12 +293,17 @@ def trace(
     layers: Annotated[str, typer.Option(help="'all', 'band', or comma-separated indices")] = "all",
 ) -> None:
     """Draw a layers x tokens heatmap of norms and an HTML page with tokens coloured by norm."""
+    from l2reason.files import check_output_file
     from l2reason.signal.band import default_band
     from l2reason.viz import norm_heatmap, norm_html
 
-    spec: Any = layers if layers in ("all", "band") else [int(x) for x in layers.split(",") if x.strip()]
+    check_output_file(out, "--out", (".png", ".svg", ".pdf"))  # before the model loads
+    check_output_file(html or out.with_suffix(".html"), "--html")
+
+    spec = _parse_layers(layers)
+    req = _request(question, max_new_tokens, 0.0, 0, layers=spec)
     be = _backend(model)
-    res = be.generate(_request(question, max_new_tokens, 0.0, 0, layers=spec))
+    res = be.generate(req)
     c = res.candidates[0]
     console.print(c.text)
     png = norm_heatmap(c, out, title=f"{be.model_id}: ‖x‖ / layer median")
@@ -292,14 +369,15 @@ def calibrate(
         return
     from l2reason.calibrate import calibrate as run_calibration
     from l2reason.data import PROBLEMS
+    from l2reason.files import check_output_file, read_text_file
     from l2reason.signal.calibration import default_calibration_path
 
     texts = [p for p, _ in PROBLEMS]
+    if out is not None:
+        check_output_file(out, "--out")  # before the model loads
     if prompts is not None:
-        if not prompts.is_file():
-            err.print(f"[red]error:[/red] prompts file {prompts} does not exist")
-            raise typer.Exit(2)
-        texts = [line.strip() for line in prompts.read_text().splitlines() if line.strip()]
+        text = read_text_file(prompts, "--prompts file")  # ConfigError: missing, a directory, not UTF-8
+        texts = [line.strip() for line in text.splitlines() if line.strip()]
         if not texts:
             err.print(f"[red]error:[/red] {prompts} holds no prompts (one per line)")
             raise typer.Exit(2)
@@ -352,8 +430,10 @@ def demo(
     """The main job: answer a few grade-school math problems, show norm summaries, write a heatmap."""
     from l2reason.data import PROBLEMS
     from l2reason.eval.answers import answers_equal, extract_answer
+    from l2reason.files import check_output_dir
     from l2reason.viz import norm_heatmap, norm_html
 
+    check_output_dir(out, "--out")  # before the model loads
     be = _backend(model)
     chosen = PROBLEMS[:problems]
     reqs = [_request(q, max_new_tokens, 0.0, 0, layers="all") for q, _ in chosen]

@@ -34,3 +34,21 @@ class CapabilityError(L2ReasonError):
 
 class BackendError(L2ReasonError, RuntimeError):
     """A backend failed while serving a request (dead server, generation error)."""
+
+
+class PartialResultsError(BackendError):
+    """A batch failed part-way: ``results`` keeps what finished (``None`` where a request failed).
+
+    Raised by ``generate_many`` when a later group of requests fails after
+    earlier groups finished; ``__cause__`` is the original error and
+    ``failed`` lists the positions of the requests without a result.
+    """
+
+    def __init__(self, message: str, results: list, failed: list[int]) -> None:
+        super().__init__(message)
+        self.results = results
+        self.failed = failed
+
+
+class L2ReasonWarning(UserWarning):
+    """Something went wrong that l2reason handled without failing (e.g. a candidate stopped on a non-finite state)."""

@@ -4,6 +4,12 @@ The backend calls :func:`apply_selection` when a request carries a
 ``SelectionSpec``; the evaluation harness calls :func:`select_result` on
 stored results to compare every selector on the *same* samples.
 
+Only survivors are selected from: candidates that online pruning stopped
+(``finish_reason="pruned"``) or that stopped on a non-finite state
+(``"nonfinite"``) take no part (no vote, no share of the pooled τ); their
+scores are NaN (``None`` once applied) and ``details["survivors"]`` lists the
+others. If no candidate survives, all of them are used.
+
 Layering: this module sits with the backends (it reads the plain-data
 ``GenerationResult`` of :mod:`l2reason.backends.base`, and the HF backend
 calls it), so it imports only the protocol, :mod:`l2reason.signal` and
@@ -18,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from l2reason.backends.base import GenerationResult, SelectionSpec
 from l2reason.errors import ConfigError
@@ -25,6 +32,7 @@ from l2reason.signal.band import default_band
 from l2reason.signal.threshold import iqr_threshold
 from l2reason.techniques.answers import extract_answer
 from l2reason.techniques.baselines import SELECTORS, select
+from l2reason.techniques.probe import PROBE_METHODS, Probe
 from l2reason.techniques.selection import CandidateSignals, Selection
 
 L2_METHODS = ("l2", "l2-vote")
@@ -103,6 +111,7 @@ def select_result(
     calibration: Any = None,
     num_layers: int | None = None,
     extractor: Callable[[str], str | None] | None = None,
+    probe: Any = None,
 ) -> Selection:
     """Run one selector on a finished result (without generating again).
 
@@ -110,15 +119,93 @@ def select_result(
         result: a result with ``n`` candidates (norms and, for the logprob
             baselines, logprobs).
         spec: a :class:`SelectionSpec` or just a method name.
-        calibration: a ``Calibration`` for ``tau="calibrated"``.
+        calibration: a ``Calibration`` for ``tau="calibrated"``, and whose
+            ``probe`` the ``l2-probe`` methods use when ``probe`` is not given.
         num_layers: the model's depth (to resolve ``layers="band"``).
         extractor: final-answer extractor for the vote methods (default
             :func:`l2reason.techniques.answers.extract_answer`).
+        probe: a fitted :class:`~l2reason.techniques.probe.Probe` (or its
+            dict) for ``l2-probe`` / ``l2-probe-vote``; it reads the norms of
+            its own layers (``probe.layers``), whatever ``spec.layers`` says.
     """
-    spec = SelectionSpec(method=spec) if isinstance(spec, str) else spec
+    if isinstance(spec, str):
+        try:
+            spec = SelectionSpec(method=spec)
+        except ValidationError as e:
+            raise ConfigError(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from e
     if spec.method not in SELECTORS:
         raise ConfigError(f"unknown selection method {spec.method!r}; valid: {', '.join(sorted(SELECTORS))}")
-    cands, used = candidate_signals(result, layers=spec.layers, num_layers=num_layers, extractor=extractor)
+    keep = survivors(result)
+    if len(keep) < len(result.candidates):
+        # Pruned (and non-finite) candidates take no part: select among the survivors, map back.
+        sub = result.model_copy(update={"candidates": [result.candidates[i] for i in keep]})
+        sel = select_result(sub, spec, calibration=calibration, num_layers=num_layers, extractor=extractor, probe=probe)
+        return _on_all(sel, keep, len(result.candidates))
+    layers: Sequence[int] | str = spec.layers
+    if spec.method in PROBE_METHODS:
+        probe = resolve_probe(probe, calibration, spec.method)
+        layers = probe.layers
+        try:
+            cands, used = candidate_signals(result, layers=layers, num_layers=num_layers, extractor=extractor)
+        except ConfigError as e:
+            raise ConfigError(f"{e}; the probe reads layers {layers}: request NormSpec(layers='all')") from e
+    else:
+        cands, used = candidate_signals(result, layers=layers, num_layers=num_layers, extractor=extractor)
+    return select_candidates(cands, used, spec, calibration=calibration, probe=probe)
+
+
+EXCLUDED = ("pruned", "nonfinite")
+"""Finish reasons whose candidates selection leaves out (if any candidate is left)."""
+
+
+def survivors(result: GenerationResult) -> list[int]:
+    """The candidates selection considers: all but the pruned and non-finite ones (all, if none is left)."""
+    keep = [i for i, c in enumerate(result.candidates) if c.finish_reason not in EXCLUDED]
+    return keep or list(range(len(result.candidates)))
+
+
+def _on_all(sel: Selection, keep: list[int], n: int) -> Selection:
+    """A selection made on the survivors ``keep``, expressed on all ``n`` candidates (NaN scores for the others)."""
+    scores = [float("nan")] * n
+    for k, s in zip(keep, sel.scores, strict=True):
+        scores[k] = s
+    details = dict(sel.details)
+    if isinstance(details.get("kept"), list):
+        details["kept"] = [keep[int(k)] for k in details["kept"]]
+    details["survivors"] = list(keep)
+    return Selection(sel.method, keep[sel.index], scores, sel.answer, sel.groups, details)
+
+
+def resolve_probe(probe: Any, calibration: Any, method: str = "l2-probe") -> Probe:
+    """The probe to use: the one given, else the calibration's ``probe`` section.
+
+    Raises:
+        ConfigError: neither holds a probe.
+    """
+    if probe is None and calibration is not None:
+        probe = getattr(calibration, "probe", None)
+    if probe is None:
+        raise ConfigError(
+            f"selection {method!r} needs a fitted probe and the model's calibration has none: run "
+            "`l2reason calibrate --select` (it fits one on a labelled split), or pass probe=..."
+        )
+    return Probe.from_dict(probe)
+
+
+def select_candidates(
+    cands: Sequence[CandidateSignals],
+    used: list[int],
+    spec: SelectionSpec,
+    *,
+    calibration: Any = None,
+    probe: Any = None,
+) -> Selection:
+    """Run one selector on prepared candidates (``band_norms`` columns = ``used``).
+
+    :func:`select_result` is :func:`candidate_signals` followed by this; the
+    evaluation calls it directly on subsets of an item's candidates (accuracy
+    vs N), so every curve point is computed by exactly the rule of the table.
+    """
     tau = None
     params = dict(spec.params)
     if spec.method in L2_METHODS:
@@ -135,6 +222,8 @@ def select_result(
             tau = np.asarray(spec.tau, dtype=np.float64)
     if spec.method in LOGPROB_METHODS and any(c.token_self_certainty is None for c in cands):
         raise ConfigError(f"selection {spec.method!r} needs logprobs: set GenerationRequest(logprobs=k) (k >= 1)")
+    if spec.method in PROBE_METHODS:
+        params["probe"] = resolve_probe(probe, calibration, spec.method)
     sel = select(spec.method, cands, tau=tau, seed=spec.seed, **params)
     sel.details.setdefault("layers", used)
     if tau is not None:

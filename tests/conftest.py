@@ -50,7 +50,7 @@ def make_tiny(arch: str = "qwen2", seed: int = 0, layers: int = 4):
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=4096,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=1,

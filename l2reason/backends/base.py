@@ -20,8 +20,51 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from l2reason.errors import ConfigError
+from l2reason.limits import (
+    MAX_ABS_VALUE,
+    MAX_LOGPROBS,
+    MAX_MASSIVE_FACTOR,
+    MAX_N,
+    MAX_NEW_TOKENS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+)
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def brief(e: Any) -> str:
+    """A pydantic ``ValidationError`` as one short line per error: ``field: message``."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _no_repeats(v: Any) -> Any:
+    if isinstance(v, list):
+        if not v:
+            raise ValueError('layers must not be empty: list layer indices or use "band"')
+        if len(set(v)) != len(v):
+            raise ValueError(f"layers must not repeat an index (got {v})")
+    return v
+
+
+def _check_tau(v: Any) -> Any:
+    if isinstance(v, list):
+        if not v:
+            raise ValueError("tau must not be empty: one threshold per layer")
+        bad = [x for x in v if not (np.isfinite(x) and 0 < x <= MAX_ABS_VALUE)]
+        if bad:
+            raise ValueError(f"tau values must be finite and in (0, {MAX_ABS_VALUE:g}] (got {bad[:3]})")
+    return v
 
 
 class Message(BaseModel):
@@ -29,7 +72,7 @@ class Message(BaseModel):
 
     model_config = _FROZEN
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    content: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
 class SamplingParams(BaseModel):
@@ -46,25 +89,37 @@ class SamplingParams(BaseModel):
     """
 
     model_config = _FROZEN
-    temperature: float = Field(0.0, ge=0.0, le=10.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=10.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=1, le=10_000_000)
     max_new_tokens: int = 256
     stop: list[str] = Field(default_factory=list)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @field_validator("max_new_tokens")
     @classmethod
     def _max_new(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"max_new_tokens must be >= 1 (got {v})")
+        if not 1 <= v <= MAX_NEW_TOKENS:
+            raise ValueError(
+                f"max_new_tokens must be in [1, {MAX_NEW_TOKENS}] (got {v}); "
+                "the model's context length bounds it further"
+            )
         return v
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_str(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v  # one stop string, not its characters
 
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: list[str]) -> list[str]:
         if any(s == "" for s in v):
             raise ValueError("stop strings must be non-empty")
+        if len(v) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings (got {len(v)})")
+        if any(len(s) > MAX_STOP_CHARS for s in v):
+            raise ValueError(f"stop strings must be at most {MAX_STOP_CHARS} characters")
         return v
 
 
@@ -87,16 +142,16 @@ class NormSpec(BaseModel):
     layers: list[int] | Literal["band", "all"] = "band"
     per_token: bool = True
     tau: list[float] | Literal["calibrated"] | None = None
-    tail_frac: float = Field(0.3, gt=0.0, le=1.0)
+    tail_frac: float = Field(0.3, gt=0.0, le=1.0, allow_inf_nan=False)
     mask_massive: bool = True
-    massive_factor: float = Field(20.0, gt=1.0)
+    massive_factor: float = Field(20.0, gt=1.0, le=MAX_MASSIVE_FACTOR, allow_inf_nan=False)
+
+    _layers = field_validator("layers")(lambda v: _no_repeats(v))
 
     @field_validator("tau")
     @classmethod
     def _tau(cls, v: Any) -> Any:
-        if isinstance(v, list) and not all(np.isfinite(x) and x > 0 for x in v):
-            raise ValueError(f"tau values must be finite and > 0 (got {v})")
-        return v
+        return _check_tau(v)
 
 
 class SelectionSpec(BaseModel):
@@ -122,8 +177,123 @@ class SelectionSpec(BaseModel):
     score: str = "B/T"
     tau: Literal["calibrated", "pooled"] | list[float] = "pooled"
     layers: list[int] | Literal["band"] = "band"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    _layers = field_validator("layers")(lambda v: _no_repeats(v))
+
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: Any) -> Any:
+        return _check_tau(v)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        from l2reason.techniques.baselines import SELECTORS
+
+        if v not in SELECTORS:
+            raise ValueError(f"unknown selection method {v!r}; valid: {', '.join(sorted(SELECTORS))}")
+        return v
+
+    @field_validator("score")
+    @classmethod
+    def _score(cls, v: str) -> str:
+        from l2reason.techniques.selection import SCORE_NAMES
+
+        if v not in SCORE_NAMES:
+            raise ValueError(f"unknown ℓ2 score {v!r}; valid: {', '.join(SCORE_NAMES)}")
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for k, x in v.items():
+            if isinstance(x, bool) or x is None or isinstance(x, str):
+                continue
+            if not isinstance(x, int | float) or not np.isfinite(x) or abs(x) > MAX_ABS_VALUE:
+                raise ValueError(f"selection parameter {k!r} must be a finite number, bool or string (got {x!r})")
+        return v
+
+
+class PruneSpec(BaseModel):
+    """Online pruning: stop a request's weakest candidates while they are generated.
+
+    Each row (candidate) turns every generated token into a signal (``score``);
+    its *running score* at ``L`` generated tokens is the mean signal over its
+    last ``min(window, L)`` tokens, and its *lowest score* the minimum of the
+    running score from ``L = warmup`` on. A still-running row is pruned as
+    soon as its lowest score is below the threshold: it leaves the batch (and
+    the KV cache), keeps the tokens it generated so far (exactly the prefix it
+    would have generated anyway), ends with ``finish_reason="pruned"``, and
+    takes no part in the request's selection. Higher scores are better.
+    ``docs/techniques.md``, "Online pruning", has the rule in full.
+
+    Args:
+        score: the per-token signal: ``"confidence"`` (DeepConf token
+            confidence ``-mean(top-k logprobs)``; needs ``logprobs >= 1``),
+            ``"self-certainty"`` (needs ``logprobs`` set) or ``"l2"`` (the
+            norms of ``layers``, see ``l2_stat``).
+        threshold: a fixed value (e.g. chosen on a calibration split), or
+            ``"first-finished"``: set once ``first`` rows of the request have
+            finished on their own, as the ``quantile``-quantile of their lowest
+            scores (DeepConf's online mode). Nothing is pruned before it is set.
+        first: rows that must finish before ``"first-finished"`` sets the
+            threshold (must be below ``n``).
+        quantile: which quantile of the finished rows' lowest scores becomes
+            the threshold (0 = the lowest, 1 = the highest; DeepConf keeping
+            90% uses 0.1).
+        warmup: tokens a row generates before it can be pruned.
+        window: tokens in the running mean (DeepConf's group size is 2048).
+        min_keep: rows never pruned: pruning stops once only this many
+            unpruned rows of the request are left (lowest scores go first).
+        layers: the layers of the ``"l2"`` signal (``"band"`` = the default band).
+        l2_stat: ``"mean"`` (mean norm over ``layers``) or ``"exceedance"``
+            (fraction of ``layers`` whose norm exceeds ``tau``).
+        tau: per-layer thresholds for ``l2_stat="exceedance"``: one float per
+            layer or ``"calibrated"`` (the model's calibration file).
+        direction: ``"high"`` keeps rows with high signals; ``"low"`` negates
+            the signal (prunes rows whose signal runs high).
+
+    Example:
+        >>> PruneSpec(score="confidence", threshold="first-finished", warmup=32).window
+        2048
+    """
+
+    model_config = _FROZEN
+    score: Literal["confidence", "self-certainty", "l2"] = "confidence"
+    threshold: float | Literal["first-finished"] = "first-finished"
+    first: int = Field(2, ge=1, le=MAX_N)
+    quantile: float = Field(0.1, ge=0.0, le=1.0, allow_inf_nan=False)
+    warmup: int = Field(64, ge=0, le=MAX_STEPS)
+    window: int = Field(2048, ge=1, le=MAX_STEPS)
+    min_keep: int = Field(1, ge=1, le=MAX_N)
+    layers: list[int] | Literal["band"] = "band"
+    l2_stat: Literal["mean", "exceedance"] = "mean"
+    tau: list[float] | Literal["calibrated"] | None = None
+    direction: Literal["high", "low"] = "high"
+
+    _layers = field_validator("layers")(lambda v: _no_repeats(v))
+
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: Any) -> Any:
+        return _check_tau(v)
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, v: Any) -> Any:
+        if isinstance(v, float) and not (np.isfinite(v) and abs(v) <= MAX_ABS_VALUE):
+            raise ValueError(f"threshold must be finite and within ±{MAX_ABS_VALUE:g} (got {v}), or 'first-finished'")
+        return v
+
+    @model_validator(mode="after")
+    def _l2(self) -> PruneSpec:
+        if self.score == "l2" and self.l2_stat == "exceedance" and self.tau is None:
+            raise ValueError("l2_stat='exceedance' needs tau: one float per layer or 'calibrated'")
+        if self.tau is not None and not (self.score == "l2" and self.l2_stat == "exceedance"):
+            raise ValueError("tau is only used by score='l2' with l2_stat='exceedance'; drop it")
+        return self
 
 
 class GenerationRequest(BaseModel):
@@ -143,16 +313,24 @@ class GenerationRequest(BaseModel):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     n: int = 1
     norms: NormSpec | None = Field(default_factory=NormSpec)
-    logprobs: int | None = Field(None, ge=0, le=50)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     interventions: list[Any] = Field(default_factory=list)
     selection: SelectionSpec | None = None
+    prune: PruneSpec | None = None
     request_id: str | None = None
 
     @field_validator("n")
     @classmethod
     def _n(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"n (candidates per prompt) must be >= 1 (got {v})")
+        if not 1 <= v <= MAX_N:
+            raise ValueError(f"n (candidates per prompt) must be in [1, {MAX_N}] (got {v})")
+        return v
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_len(cls, v: str | None) -> str | None:
+        if v is not None and len(v) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt has {len(v)} characters; at most {MAX_PROMPT_CHARS}")
         return v
 
     @field_validator("interventions", mode="before")
@@ -160,7 +338,13 @@ class GenerationRequest(BaseModel):
     def _interventions(cls, v: Any) -> Any:
         from l2reason.techniques.specs import parse_interventions
 
-        return parse_interventions(list(v or []))
+        if v is None:
+            return []
+        if isinstance(v, dict) or not isinstance(v, list | tuple):
+            raise ValueError(
+                f"interventions must be a list of intervention specs or dicts with a 'kind' (got {type(v).__name__})"
+            )
+        return parse_interventions(list(v))
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerationRequest:
@@ -171,19 +355,45 @@ class GenerationRequest(BaseModel):
                 raise ValueError("messages is empty: give at least one user message")
             if not any(m.content.strip() for m in self.messages):
                 raise ValueError("every message is empty: give the model something to answer")
+            if not any(m.content.strip() for m in self.messages if m.role in ("user", "tool")):
+                raise ValueError(
+                    "no user message has content: give the model a question (system and assistant turns alone "
+                    "are not one)"
+                )
         if self.prompt is not None and not self.prompt.strip():
             raise ValueError("prompt is empty: give the model something to answer")
         return self
 
+    @model_validator(mode="after")
+    def _prune(self) -> GenerationRequest:
+        p = self.prune
+        if p is None:
+            return self
+        if self.n <= p.min_keep:
+            raise ValueError(
+                f"prune needs n > prune.min_keep (got n={self.n}, min_keep={p.min_keep}): nothing could be pruned"
+            )
+        if p.threshold == "first-finished" and p.first >= self.n:
+            raise ValueError(
+                f"prune.first={p.first} rows must finish before the threshold is set, but n={self.n}: use first < n"
+            )
+        if p.score == "confidence" and not self.logprobs:
+            raise ValueError(
+                "prune score 'confidence' needs top-k logprobs: set logprobs=k with k >= 1 (DeepConf uses 20)"
+            )
+        if p.score == "self-certainty" and self.logprobs is None:
+            raise ValueError("prune score 'self-certainty' needs logprobs: set logprobs=k (any k >= 0)")
+        return self
+
     @classmethod
     def build(cls, **kw: Any) -> GenerationRequest:
-        """Like the constructor, but raises :class:`ConfigError` with pydantic's message."""
+        """Like the constructor, but raises :class:`ConfigError` with one line per bad field."""
         from pydantic import ValidationError
 
         try:
             return cls(**kw)
         except ValidationError as e:
-            raise ConfigError(f"invalid generation request: {e}") from e
+            raise ConfigError(f"invalid generation request: {brief(e)}") from e
 
 
 class TokenLogprobs(BaseModel):
@@ -248,12 +458,22 @@ class NormStats(BaseModel):
 
 
 class Candidate(BaseModel):
-    """One generated candidate."""
+    """One generated candidate.
+
+    ``finish_reason``: ``eos``, ``stop`` (a stop string), ``length`` (the
+    token limit), ``pruned`` (online pruning stopped it; see
+    :class:`PruneSpec`) or ``nonfinite`` (its hidden state became inf/NaN; it
+    stopped before emitting a token from it, with an ``L2ReasonWarning``).
+    Pruned and non-finite candidates take no part in selection. ``prune``
+    (requests with ``prune``): ``pruned``, ``step`` (tokens generated when
+    pruned), ``score`` (the last running score) and ``lowest`` (the lowest
+    running score since the warm-up).
+    """
 
     model_config = ConfigDict(extra="forbid")
     index: int
     text: str
-    finish_reason: Literal["stop", "eos", "length"]
+    finish_reason: Literal["stop", "eos", "length", "pruned", "nonfinite"]
     prompt_tokens: int
     completion_tokens: int
     tokens: list[str] | None = None
@@ -261,10 +481,16 @@ class Candidate(BaseModel):
     norms: NormStats | None = None
     interventions: dict[str, Any] = Field(default_factory=dict)
     score: float | None = None
+    prune: dict[str, Any] | None = None
 
 
 class GenerationResult(BaseModel):
-    """What a backend returns for one request."""
+    """What a backend returns for one request.
+
+    ``prune`` (requests with ``prune``): the ``threshold`` used and the step it
+    was set (``threshold_step``), the ``pruned`` candidate indices with their
+    ``pruned_steps``, and the number of ``survivors``.
+    """
 
     model_config = ConfigDict(extra="forbid")
     request_id: str | None = None
@@ -272,6 +498,7 @@ class GenerationResult(BaseModel):
     backend: str
     candidates: list[Candidate]
     selection: dict[str, Any] | None = None
+    prune: dict[str, Any] | None = None
     seconds: float = 0.0
 
     @property
@@ -301,6 +528,7 @@ class Capabilities(BaseModel):
     batched_candidates: bool = True
     interventions: frozenset[str] = frozenset()
     exact_erss: bool = False
+    pruning: bool = False
 
 
 @runtime_checkable

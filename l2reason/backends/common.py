@@ -69,6 +69,10 @@ class CalibrationMixin:
             path = default_calibration_path(self.model_id)
             if path.is_file():
                 self._calibration = Calibration.load(path, expected_model_id=self.model_id)
+        if self._calibration is not None:
+            # sizes against the model loaded now: a calibration of another model or conversion is refused
+            sizes = {"num_layers": getattr(self, "num_layers", None), "hidden_size": getattr(self, "hidden_size", None)}
+            self._calibration.check_model(**{k: v for k, v in sizes.items() if isinstance(v, int)})
         return self._calibration
 
     @staticmethod
@@ -133,6 +137,8 @@ class CalibrationMixin:
         if request.selection is not None:
             from l2reason.select import apply_selection, select_result
 
-            cal = self.calibration if request.selection.tau == "calibrated" else None
+            # the l2-probe methods read the fitted probe from the model's calibration file
+            needs_cal = request.selection.tau == "calibrated" or request.selection.method.startswith("l2-probe")
+            cal = self.calibration if needs_cal else None
             apply_selection(result, select_result(result, request.selection, calibration=cal, num_layers=num_layers))
         return result

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 __all__ = ["AsyncL2Engine", "L2CallSettings", "L2Engine", "get_backend", "register_backend"]
 
 _LOGPROB_K = 5  # top-k logprobs requested for the logprob-based selectors (DeepConf uses top-k means)
+_PROBE_LOGPROB_K = 20  # the l2-probe's confidence features: the evaluation's top-k
 _MAX_OCCURRENCES = 65_536  # distinct requests whose occurrence count an engine remembers (LRU)
 
 from l2reason.backends.shared import get_backend, register_backend  # noqa: E402  (re-exported)
@@ -64,7 +65,8 @@ class L2CallSettings(BaseModel):
             with ``n > 1`` and no selection the default (``l2``, ``B/T``) is used.
         interventions: intervention specs as dicts (``{"kind": "erss", ...}``).
         layers: the layers whose norms are captured (``"band"``, ``"all"`` or indices).
-        score: the ℓ2 score reported as ``score`` for each call.
+        score: the ℓ2 score reported as ``score`` for each call, or ``"probe"``
+            (the ``l2-probe`` selection's logit of the chosen candidate).
         tau: thresholds for the A/B/C/D scores: ``"pooled"`` (Q3 + 1.5·IQR of
             this call's candidates' norms, no calibration needed) or
             ``"calibrated"`` (the backend's calibration file).
@@ -95,8 +97,8 @@ class L2CallSettings(BaseModel):
     def _score(cls, v: str) -> str:
         from l2reason.techniques.selection import SCORE_NAMES
 
-        if v not in SCORE_NAMES:
-            raise ValueError(f"unknown score {v!r}; valid scores: {', '.join(SCORE_NAMES)}")
+        if v not in (*SCORE_NAMES, "probe"):
+            raise ValueError(f"unknown score {v!r}; valid scores: {', '.join(SCORE_NAMES)}, probe")
         return v
 
     @classmethod
@@ -260,6 +262,7 @@ class L2Engine:
 
         from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams, SelectionSpec
         from l2reason.select import LOGPROB_METHODS
+        from l2reason.techniques.probe import PROBE_METHODS
 
         if request.tools:
             raise UnsupportedFeatureError(
@@ -317,15 +320,19 @@ class L2Engine:
         selection = None
         if settings.n > 1 or settings.selection is not None:
             sel = dict(settings.selection or {})
-            sel.setdefault("score", settings.score)
+            sel.setdefault("score", settings.score if settings.score != "probe" else "B/T")
             sel.setdefault("tau", settings.tau)
             selection = SelectionSpec(**sel)
         logprobs = _LOGPROB_K if selection is not None and selection.method in LOGPROB_METHODS else None
+        layers = settings.layers
+        if selection is not None and selection.method in PROBE_METHODS:
+            logprobs = _PROBE_LOGPROB_K  # the probe's confidence features were fitted with the evaluation's top-20
+            layers = "all" if layers == "band" else layers  # it reads every layer's norms
         gen = GenerationRequest.build(
             messages=messages,
             sampling=sampling,
             n=settings.n,
-            norms=NormSpec(layers=settings.layers, per_token=True),  # selection needs per-token norms
+            norms=NormSpec(layers=layers, per_token=True),  # selection needs per-token norms
             logprobs=logprobs,
             interventions=settings.interventions,
             selection=selection,
@@ -463,6 +470,8 @@ def summarize(
         log.debug("no l2 scores for this call: %s", e)
 
     sel = result.selection
+    if sel and str(sel.get("method") or "").startswith("l2-probe"):
+        per_score["probe"] = [None if v is None else _finite(v) for v in sel.get("scores") or []]
     chosen = result.chosen_index
     cands_out = []
     for i, c in enumerate(result.candidates):
@@ -470,7 +479,7 @@ def summarize(
             "index": c.index,
             "finish_reason": c.finish_reason,
             "completion_tokens": c.completion_tokens,
-            "scores": {s: per_score[s][i] for s in SCORE_NAMES},
+            "scores": {s: v[i] if i < len(v) else None for s, v in per_score.items()},
         }
         if c.norms is not None:
             d["mean"] = [_finite(x) for x in c.norms.mean]

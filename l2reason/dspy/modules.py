@@ -373,9 +373,14 @@ class L2SelectBest(_L2Module):
     Args:
         module: any DSPy module or program.
         n: candidates (call level) or runs (program level), ``>= 1``.
-        score: the ℓ2 score (``B/T`` default; ``A/T``, ``C/T``, ``D/T``, ``z_mean``).
+        score: the ℓ2 score (``B/T`` default; ``A/T``, ``C/T``, ``D/T``, ``z_mean``),
+            or ``"probe"``: select with the learned probe stored in the
+            backend's calibration file by ``l2reason calibrate --select``
+            (``l2-probe``; call level only; the calls then capture every
+            layer's norms and the top-20 logprobs the probe reads).
         vote: call level: ℓ2-weighted vote over extracted final answers
-            (``l2-vote``) instead of argmax of the score.
+            (``l2-vote``, or ``l2-probe-vote`` with ``score="probe"``) instead
+            of argmax of the score.
         level: ``"call"`` (default): every LM call inside samples ``n``
             candidates in one batched backend call and keeps the best;
             ``"program"``: run the whole program ``n`` times (different
@@ -410,7 +415,13 @@ class L2SelectBest(_L2Module):
         method: str | None = None,
         tau: Literal["pooled", "calibrated"] = "pooled",
     ) -> None:
-        super().__init__(module, score=score)
+        probe = score == "probe"
+        super().__init__(module, score="B/T" if probe else score)
+        self.score = score
+        if probe and level != "call":
+            raise ConfigError('score="probe" selects within one LM call: use level="call"')
+        if probe and method is not None and not method.startswith("l2-probe"):
+            raise ConfigError(f'score="probe" selects with the probe; method {method!r} would ignore it')
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"n must be an integer >= 1 (got {n!r})")
         if level not in ("call", "program"):
@@ -428,7 +439,10 @@ class L2SelectBest(_L2Module):
         self.vote = vote
         self.level = level
         self.temperature = float(temperature)
-        self.method = method or ("l2-vote" if vote else "l2")
+        if probe:
+            self.method = method or ("l2-probe-vote" if vote else "l2-probe")
+        else:
+            self.method = method or ("l2-vote" if vote else "l2")
         self.tau = tau
 
     def call_settings(self) -> dict[str, Any]:
@@ -436,9 +450,15 @@ class L2SelectBest(_L2Module):
         if self.level == "call" and self.n > 1:
             s.update(
                 n=self.n,
-                selection={"method": self.method, "score": self.score, "tau": self.tau},
+                selection={
+                    "method": self.method,
+                    "score": "B/T" if self.score == "probe" else self.score,
+                    "tau": self.tau,
+                },
                 temperature=self.temperature,
             )
+            if self.score == "probe":
+                s["layers"] = "all"
         return s
 
     def _report(self, calls: list[dict[str, Any]]) -> L2Report:

@@ -193,7 +193,11 @@ def calibrate_select(
     model: str = "default",
     show_progress: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
-    """Sample a calibration split, choose the selection, write it into the calibration file.
+    """Sample a calibration split, choose the selection and fit the probe, write both into the calibration file.
+
+    The probe (``l2-probe``, :mod:`l2reason.techniques.probe`) is fitted on
+    the same samples with every feature (``both``) and stored in the file's
+    ``probe`` section with the split's item ids.
 
     If the model has no calibration file yet, one is fitted from the same
     samples' decode-token norms (every layer, massive activations excluded).
@@ -233,6 +237,14 @@ def calibrate_select(
         gen_methods=[],
         batch_items=batch_items,
     )
+    sizes = {
+        "expected_model_id": backend.model_id,
+        "expected_num_layers": backend.num_layers,
+        "expected_hidden_size": backend.hidden_size,
+    }
+    path = Path(out) if out is not None else default_calibration_path(backend.model_id)
+    if path.exists() or path.is_symlink():  # a corrupt or foreign file fails now, not after the sampling
+        Calibration.load(path, **sizes)
     run = run_eval(backend, cfg, run_dir, show_progress=show_progress)
     choice = choose_selection(run.samples, backend.num_layers)
     choice["split"] = {
@@ -242,9 +254,8 @@ def calibrate_select(
         "n": n,
         "item_ids": [r.item_id for r in run.samples],
     }
-    path = Path(out) if out is not None else default_calibration_path(backend.model_id)
     try:
-        cal = Calibration.load(path, expected_model_id=backend.model_id)
+        cal = Calibration.load(path, **sizes)
     except CalibrationError:
         if path.exists():
             raise
@@ -265,5 +276,17 @@ def calibrate_select(
             n_prompts=len(run.samples),
         )
         logger.info("no calibration file at %s: fitted one from the calibration samples", path)
-    cal.with_selection(choice).save(path)
+    cal = cal.with_selection(choice)
+    try:
+        from l2reason.eval.probe import fit_on_items
+
+        probe = fit_on_items(
+            run.samples,
+            "both",
+            info={"split": choice["split"], "model_id": backend.model_id, "logprobs": cfg.logprobs},
+        )
+        cal = cal.with_probe(probe.to_dict())
+    except ConfigError as e:
+        logger.warning("no probe fitted on the calibration split: %s", e)
+    cal.save(path)
     return path, choice

@@ -50,9 +50,13 @@ def _env(threads: int) -> dict[str, Any]:
 
 def _load_backend(model: str) -> Any:
     from l2reason.backends.shared import make_backend
+    from l2reason.errors import L2ReasonError
 
     with err.status(f"loading {model}"):
-        return make_backend(model)
+        try:
+            return make_backend(model)
+        except L2ReasonError as e:
+            raise _fail(e) from e
 
 
 def _threads(threads: int | None) -> int:
@@ -99,22 +103,28 @@ def eval_cmd(
     from l2reason.errors import L2ReasonError
     from l2reason.eval.datasets import load_dataset
     from l2reason.eval.harness import RunConfig, run_eval
-    from l2reason.eval.methods import AUTO, parse_method_list
+    from l2reason.eval.methods import AUTO, PROBE, PROBE_VOTE, parse_method_list
+    from l2reason.files import check_output_dir
 
+    run_dir = out_dir or Path("runs") / f"{dataset.replace(':', '_').replace('=', '')}-n{n}"
     try:
         ds = load_dataset(dataset)  # fail on a bad name before the model loads
         sel = parse_method_list(methods, "selection")
         gens = parse_method_list(gen_methods, "generation")
+        check_output_dir(run_dir, "--out")
     except L2ReasonError as e:
         raise _fail(e) from e
     nthreads = _threads(threads)
     be = _load_backend(model)
     auto = None
-    if AUTO in sel:
-        cal = be.calibration
-        auto = cal.selection if cal is not None else None
-    run_dir = out_dir or Path("runs") / f"{dataset.replace(':', '_').replace('=', '')}-n{n}"
     try:
+        if AUTO in sel:
+            cal = be.calibration  # a corrupt or foreign calibration file fails here, before any sampling
+            auto = cal.selection if cal is not None else None
+        probe = None
+        if PROBE in sel or PROBE_VOTE in sel:
+            cal = be.calibration
+            probe = cal.probe if cal is not None else None
         cfg = RunConfig(
             dataset=ds.name if hasattr(ds, "name") else dataset,
             model=model,
@@ -132,6 +142,7 @@ def eval_cmd(
             gen_limit=gen_limit,
             batch_items=batch_items,
             auto_selection=auto,
+            probe=probe,
             env=_env(nthreads),
         )
         run = run_eval(be, cfg, run_dir, dataset=ds)
@@ -153,13 +164,19 @@ def report_cmd(
     n_boot: Annotated[int, typer.Option(min=100, help="bootstrap resamples")] = 10_000,
 ) -> None:
     """Re-render the markdown report, report.json and plots of a run (nothing is generated)."""
-    from l2reason.errors import L2ReasonError
+    from l2reason.errors import ConfigError, L2ReasonError
     from l2reason.eval.report import write_report
+    from l2reason.files import check_output_dir
 
     try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"{run_dir} is a file; give the run folder written by `l2reason eval`")
+        check_output_dir(out_dir if out_dir is not None else run_dir / "report", "--out")
         md = write_report(run_dir, out_dir, plots=plots, n_boot=n_boot)
     except L2ReasonError as e:
         raise _fail(e) from e
+    except OSError as e:
+        raise _fail(ValueError(f"cannot write the report: {e}")) from e
     from rich.markdown import Markdown
 
     text = md.read_text(encoding="utf-8")
@@ -191,9 +208,13 @@ def calibrate_select_cmd(
     from l2reason.errors import L2ReasonError
     from l2reason.eval.autocal import calibrate_select
     from l2reason.eval.datasets import load_dataset
+    from l2reason.files import check_output_dir, check_output_file
 
     try:
         load_dataset(dataset)
+        if out_file is not None:
+            check_output_file(out_file, "--out")
+        check_output_dir(run_dir or Path("runs/calibrate-select"), "--run-dir")
     except L2ReasonError as e:
         raise _fail(e) from e
     _threads(threads)
@@ -231,4 +252,22 @@ def calibrate_select_cmd(
     d = choice.get("default_band")
     if d:
         out.print(f"default band {d['layers']}: best score {d['score']} ({d['direction']}) within AUC {d['value']:.3f}")
-    err.print(f"wrote the selection into [bold]{path}[/bold]; evaluate it with `--methods ...,l2-auto` on other items")
+    from l2reason.signal.calibration import Calibration
+
+    probe = Calibration.load(path).probe
+    if probe:
+        info = probe.get("info") or {}
+        from l2reason.techniques.probe import Probe
+
+        top = Probe.from_dict(probe).top_effects(8)
+        auc = info.get("train_within_auc")
+        out.print(
+            f"probe (l2-probe): {len(probe['features'])} features, penalty {probe['l2']:g}, fitted on "
+            f"{info.get('mixed_items')} items with right and wrong candidates ({info.get('candidates')} candidates); "
+            f"within-item AUC on the split {'–' if auc is None else f'{auc:.3f}'}; largest effects (logit per SD): "
+            + ", ".join(f"{n} {w:+.2f}" for n, w in top)
+        )
+    err.print(
+        f"wrote the selection and the probe into [bold]{path}[/bold]; evaluate them with "
+        "`--methods ...,l2-auto,l2-probe,l2-probe-vote` on other items"
+    )

@@ -25,10 +25,12 @@ add your own.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import json
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +66,18 @@ EVALS_TASKS = ("multistep-word-problems", "math_for_5th-grader", "linear_equatio
 """The ``evals`` tasks this module was written and tested against."""
 
 _EVALS_INSTALL = 'pip install --no-deps "evals==3.0.1.post1"'
+MAX_SIZE = 10_000_000
+"""Largest ``size`` of a generated dataset (items are generated lazily; a full listing must stay possible)."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of lists/objects accepted on one JSONL line."""
+RG_OPTION_LIMITS = {"min_terms": 1000, "max_terms": 1000, "min_digits": 1000, "max_digits": 1000}
+"""Upper bounds of reasoning_gym options that size each generated item (``max_terms=10**20`` would never finish)."""
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a value, cut to 60 characters, with its JSON type."""
+    text = repr(value)
+    return f"{text[:57]}... ({type(value).__name__})" if len(text) > 60 else f"{text} ({type(value).__name__})"
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,10 @@ class Dataset(Protocol):
 
 def _window(n_total: int, limit: int | None, offset: int) -> range:
     """The indices ``items(limit, offset)`` covers, checking both arguments."""
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise ConfigError(f"offset must be an integer >= 0, got {offset!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise ConfigError(f"limit must be an integer >= 0 or None, got {limit!r}")
     if offset < 0:
         raise ConfigError(f"offset must be >= 0, got {offset}")
     if limit is not None and limit < 0:
@@ -155,18 +173,30 @@ class ReasoningGym:
         family = family or self.family
         if not family:
             raise ConfigError("ReasoningGym needs a family name, e.g. ReasoningGym('leg_counting')")
+        if not isinstance(family, str):
+            raise ConfigError(f"the reasoning_gym family must be a name (str), got {family!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"{family}: seed must be an integer, got {seed!r} (e.g. '{family}:seed=7')")
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise ConfigError(f"{family}: size must be an integer, got {size!r} (e.g. '{family}:size=100')")
         if size <= 0:
             raise ConfigError(f"size must be positive, got {size}")
+        if size > MAX_SIZE:
+            raise ConfigError(f"size must be at most {MAX_SIZE}, got {size}; use limit/offset to pick items")
         import reasoning_gym
 
+        registry = reasoning_gym.factory.DATASETS
+        if family not in registry:
+            raise ConfigError(f"reasoning_gym has no dataset {family!r}; pick one of {sorted(registry)}")
+        config_cls = registry[family][1]
+        _check_rg_config(family, config_cls, config)
         try:
             self._ds = reasoning_gym.create_dataset(family, seed=seed, size=size, **config)
-        except ValueError as e:
+        except Exception as e:  # reasoning_gym validates with asserts, ValueError, TypeError, ...
             raise ConfigError(
-                f"reasoning_gym has no dataset {family!r}; pick one of {sorted(reasoning_gym.factory.DATASETS)}"
+                f"bad config for reasoning_gym {family!r}: {config} ({e or type(e).__name__}); "
+                f"its options: {_rg_options(config_cls)}"
             ) from e
-        except (TypeError, AssertionError) as e:
-            raise ConfigError(f"bad config for reasoning_gym {family!r}: {config} ({e or 'rejected'})") from e
         self.family, self.seed, self.size = family, seed, size
         self.config = dict(config)
         options = ",".join(f"{k}={v}" for k, v in {"seed": seed, **dict(sorted(config.items()))}.items())
@@ -174,12 +204,26 @@ class ReasoningGym:
         # their own name, the others under the "rg:" prefix.
         prefix = "" if family in DATASETS and family not in _POSITIONAL else "rg:"
         self.name = f"{prefix}{family}:{options}"
-        if parse_number(str(self._ds[0]["answer"])) is None:
+        first = self._entry(0)
+        if parse_number(str(first["answer"])) is None:
             logger.warning(
                 "%s answers are not numbers (%r); numeric scoring will be poor",
                 family,
-                self._ds[0]["answer"],
+                first["answer"],
             )
+
+    def _entry(self, i: int) -> dict[str, Any]:
+        """Item ``i`` from reasoning_gym; a generator failure is a ConfigError naming the config."""
+        try:
+            entry = self._ds[i]
+        except Exception as e:  # a config reasoning_gym accepted but cannot generate from
+            raise ConfigError(
+                f"reasoning_gym {self.family!r} with {self.config or 'the default config'} cannot generate "
+                f"item {i} ({type(e).__name__}: {e}); change the dataset options"
+            ) from e
+        if not isinstance(entry, dict) or not isinstance(entry.get("question"), str) or "answer" not in entry:
+            raise ConfigError(f"reasoning_gym {self.family!r} item {i} has no question/answer; pick another family")
+        return entry
 
     def __len__(self) -> int:
         return self.size
@@ -188,7 +232,7 @@ class ReasoningGym:
         """Items ``offset .. offset + limit``; see :class:`Dataset`."""
         out = []
         for i in _window(self.size, limit, offset):
-            entry = self._ds[i]
+            entry = self._entry(i)
             gold = str(entry["answer"])
             meta = {**entry.get("metadata", {}), "seed": self.seed, "gold_raw": gold}
             out.append(
@@ -374,33 +418,76 @@ class EvalsJSONL:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(1-based line number, object) for each non-blank line; ConfigError naming a bad line."""
+    """(1-based line number, object) for each non-blank line; ConfigError naming a bad line.
+
+    Every line must be UTF-8 (a leading BOM is allowed) and one strict JSON
+    object: ``NaN``/``Infinity`` (not JSON) and objects nested deeper than
+    :data:`MAX_JSON_DEPTH` are refused with the line number.
+    """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
+    except IsADirectoryError as e:
+        raise ConfigError(f"{path} is a directory; give the path of a .jsonl file") from e
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror or e}") from e
-    if lines and lines[0].startswith("version https://git-lfs"):
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    if data.startswith(b"version https://git-lfs"):
         raise ConfigError(f"{path} is a Git LFS pointer, not data; fetch the real file")
     rows = []
-    for n, line in enumerate(lines, start=1):
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"{path}:{n}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); save the file as UTF-8"
+            ) from e
         if not line.strip():
             continue
+
+        def _constant(name: str, n: int = n) -> Any:
+            raise ConfigError(f"{path}:{n}: {name} is not a JSON value; write numbers as finite numbers or strings")
+
         try:
-            row = json.loads(line)
+            row = json.loads(line, parse_constant=_constant)
+        except ConfigError:
+            raise
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from e
+        except RecursionError as e:
+            raise ConfigError(f"{path}:{n}: JSON nested too deeply; each line must be one flat JSON object") from e
+        except ValueError as e:  # e.g. an integer with more digits than Python converts
+            raise ConfigError(f"{path}:{n}: unusable JSON ({e})") from e
         if not isinstance(row, dict):
             raise ConfigError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        if _depth(row) > MAX_JSON_DEPTH:
+            raise ConfigError(f"{path}:{n}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
         rows.append((n, row))
     return rows
+
+
+def _depth(obj: Any) -> int:
+    """How deeply lists and dicts nest (iterative: no recursion limit)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict | list):
+            deepest = max(deepest, d)
+            if d <= MAX_JSON_DEPTH:
+                stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
+    return deepest
 
 
 class JSONLDataset:
     """Your own JSONL file: one ``{"question": str, "answer": str | number}`` per line.
 
-    An optional ``"id"`` field is used as the item id (else ``jsonl:<stem>:<index>``);
-    every other field goes to ``meta``. Blank lines are skipped. Scoring is the
-    same as for GSM-Symbolic.
+    An optional ``"id"`` field (a string or an integer) is used as the item id
+    (else ``jsonl:<stem>:<index>``); every other field goes to ``meta``. Blank
+    lines are skipped. Scoring is the same as for GSM-Symbolic.
+
+    The file must be UTF-8 with one strict JSON object per line. A missing
+    field, a ``NaN``/``Infinity`` anywhere, a non-finite answer (``1e999``), an
+    id that is a list, object, bool or null, a line that is not UTF-8 or not
+    JSON: each is a :class:`~l2reason.errors.ConfigError` naming the line.
 
     Args:
         path: the ``.jsonl`` file.
@@ -414,18 +501,45 @@ class JSONLDataset:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path).expanduser()
-        if not self.path.is_file():
-            raise ConfigError(f"no JSONL file at {self.path}")
+        if not isinstance(path, str | Path) or not str(path).strip():
+            raise ConfigError(f"a JSONL dataset needs a file path, e.g. 'jsonl:data/mine.jsonl'; got {path!r}")
+        try:
+            self.path = Path(path).expanduser()
+            is_file = self.path.is_file()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{str(path)!r} is not a usable file path ({e})") from e
+        if not is_file:
+            what = "a directory, not a JSONL file" if self.path.is_dir() else "no JSONL file"
+            raise ConfigError(f"{what} at {self.path}")
         self.name = f"jsonl:{self.path}"
         self._items: list[Item] = []
         seen: set[str] = set()
         for index, (n, row) in enumerate(_read_jsonl(self.path)):
-            question, answer = row.get("question"), row.get("answer")
+            for key in ("question", "answer"):
+                if key not in row:
+                    raise ConfigError(
+                        f"{self.path}:{n}: {key!r} is missing; each line needs 'question' (string) and "
+                        f"'answer' (string or number), optionally 'id' (string or integer); got keys {sorted(row)}"
+                    )
+            question, answer = row["question"], row["answer"]
             if not isinstance(question, str) or not question.strip():
-                raise ConfigError(f"{self.path}:{n}: 'question' must be a non-empty string")
+                raise ConfigError(f"{self.path}:{n}: 'question' must be a non-empty string, got {_short(question)}")
             if isinstance(answer, bool) or not isinstance(answer, str | int | float) or str(answer).strip() == "":
-                raise ConfigError(f"{self.path}:{n}: 'answer' must be a non-empty string or a number")
+                raise ConfigError(
+                    f"{self.path}:{n}: 'answer' must be a non-empty string or a number, got {_short(answer)}"
+                )
+            if isinstance(answer, float) and not math.isfinite(answer):
+                raise ConfigError(f"{self.path}:{n}: 'answer' must be a finite number, got {answer!r}")
+            if "id" in row:
+                rid = row["id"]
+                if (
+                    isinstance(rid, bool)
+                    or not isinstance(rid, str | int)
+                    or (isinstance(rid, str) and not rid.strip())
+                ):
+                    raise ConfigError(
+                        f"{self.path}:{n}: 'id' must be a non-empty string or an integer, got {_short(rid)}"
+                    )
             item_id = str(row["id"]) if "id" in row else f"jsonl:{self.path.stem}:{index}"
             if item_id in seen:
                 raise ConfigError(f"{self.path}:{n}: duplicate id {item_id!r}")
@@ -487,12 +601,18 @@ def _valid_names() -> list[str]:
 
 
 def _parse_value(text: str) -> Any:
-    """``"7"`` -> 7, ``"0.5"`` -> 0.5, ``"true"`` -> True, else the text."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
+    """``"7"`` -> 7, ``"0.5"`` -> 0.5, ``"true"`` -> True, else the text (``"nan"``, ``"inf"`` stay text)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if math.isfinite(value):
+            return value
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
@@ -526,11 +646,15 @@ def load_dataset(name: str, **kw: Any) -> Dataset:
         >>> ds.name, len(ds.items(limit=5))
         ('gsm_symbolic:seed=7', 5)
     """
+    if not isinstance(name, str):
+        raise ConfigError(f"a dataset name is a string such as 'gsm_symbolic:seed=7', got {name!r}")
     prefix, _, rest = name.strip().partition(":")
     factory = DATASETS.get(prefix)
     if factory is None:
         raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(_valid_names())}")
     if prefix == "jsonl":
+        if not rest.strip():
+            raise ConfigError(f"dataset {name!r} needs a file path: 'jsonl:/path/to/file.jsonl'")
         options: dict[str, Any] = {"path": rest}
     elif prefix in _POSITIONAL:
         arg, _, opts = rest.partition(":")
@@ -546,5 +670,51 @@ def load_dataset(name: str, **kw: Any) -> Dataset:
     try:
         inspect.signature(factory).bind(**options)
     except TypeError as e:
-        raise ConfigError(f"dataset {prefix!r} does not take {options}: {e}") from e
+        raise ConfigError(f"dataset {prefix!r} does not take {options}: {e}; {_allowed_options(factory)}") from e
     return factory(**options)
+
+
+def _allowed_options(factory: Any) -> str:
+    """What options a factory takes, for error messages."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return "see its documentation"
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    more = any(p.kind == p.VAR_KEYWORD for p in params)
+    text = f"it takes {', '.join(named) or 'no options'}"
+    return text + (" and the reasoning_gym config fields of its family" if more else "")
+
+
+def _rg_options(config_cls: Any) -> str:
+    """``name: type`` of a reasoning_gym config dataclass (seed and size are ours)."""
+    fields = [f for f in dataclasses.fields(config_cls) if f.name not in ("seed", "size")]
+    return ", ".join(f"{f.name}: {getattr(f.type, '__name__', f.type)}" for f in fields) or "none"
+
+
+def _check_rg_config(family: str, config_cls: Any, config: dict[str, Any]) -> None:
+    """Unknown keys and plainly mistyped values of a reasoning_gym config, as a ConfigError listing the fields."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls) if f.name not in ("seed", "size")}
+    unknown = sorted(set(config) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"reasoning_gym {family!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {_rg_options(config_cls)} (plus seed and size)"
+        )
+    for key, value in config.items():
+        want = fields[key].type
+        want = {"int": int, "float": float, "bool": bool, "str": str}.get(want, want) if isinstance(want, str) else want
+        ok = {
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, int | float) and not isinstance(value, bool),
+            bool: isinstance(value, bool),
+            str: isinstance(value, str),
+        }.get(want, True)
+        if not ok:
+            raise ConfigError(
+                f"reasoning_gym {family!r}: option {key} must be {want.__name__}, got {value!r}; "
+                f"its options: {_rg_options(config_cls)}"
+            )
+        limit = RG_OPTION_LIMITS.get(key)
+        if limit is not None and isinstance(value, int) and value > limit:
+            raise ConfigError(f"reasoning_gym {family!r}: option {key} must be at most {limit}, got {value}")

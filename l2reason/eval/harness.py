@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ __all__ = [
     "RunConfig",
     "RunData",
     "StoredItem",
+    "items_sha256",
     "load_run",
     "read_jsonl",
     "run_eval",
@@ -120,6 +122,12 @@ class RunConfig(BaseModel):
             (generation passes, one row per item, take ``batch_items x n``).
         auto_selection: the calibration file's chosen selection (for
             ``l2-auto``), snapshot when the run starts.
+        probe: the calibration file's fitted probe (for ``l2-probe`` and
+            ``l2-probe-vote``), snapshot when the run starts.
+        items_hashed: how many dataset items (from ``offset``) ``items_sha256`` covers.
+        items_sha256: content hash of those items (:func:`items_sha256`), recorded on
+            start; a resume whose dataset gives other items is refused. ``None`` in
+            run folders written before it existed (recorded on their next start).
         created_at: ISO timestamp of the first start.
         env: machine and library versions (for the report).
     """
@@ -143,6 +151,9 @@ class RunConfig(BaseModel):
     gen_limit: int | None = Field(None, ge=1)
     batch_items: int = Field(2, ge=1)
     auto_selection: dict[str, Any] | None = None
+    probe: dict[str, Any] | None = None
+    items_hashed: int = Field(0, ge=0)
+    items_sha256: str | None = None
     created_at: str = ""
     env: dict[str, Any] = Field(default_factory=dict)
 
@@ -314,7 +325,15 @@ def matched_rate(run_dir: str | os.PathLike[str], pass_name: str, source: str) -
     run_dir = Path(run_dir)
     path = pass_path(run_dir, pass_name).with_suffix(".rate.json")
     if path.is_file():
-        return dict(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            info = json.loads(path.read_bytes())
+            float(info["rate"])
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            raise ConfigError(
+                f"{path} is corrupt ({type(e).__name__}: {e}); delete it to measure the rate again "
+                f"from the {source!r} pass"
+            ) from e
+        return dict(info)
     done, _ = read_jsonl(pass_path(run_dir, source))
     hits, steps = suppression_events(done.values())
     if not steps:
@@ -394,23 +413,111 @@ def _check_capabilities(backend: Any, gen_methods: Sequence[str]) -> None:
         )
 
 
-def _open_config(run_dir: Path, cfg: RunConfig) -> RunConfig:
-    """Write ``config.json`` for a new run, or check it against the stored one and update it."""
+def items_sha256(items: Sequence[Item]) -> str:
+    """Content hash of dataset items: what the model is shown and scored against.
+
+    Covers each item's id, question, gold answer and system prompt (an item's
+    ``meta["system"]``), in order; other metadata (line numbers, raw golds) is
+    not part of it.
+    """
+    h = hashlib.sha256()
+    for it in items:
+        rec = [it.id, it.question, it.answer, it.meta.get("system")]
+        h.update(json.dumps(rec, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def _describe_change(run_dir: Path, now: Sequence[Item]) -> str:
+    """The first stored item that differs from the dataset's items now ("" if none is found)."""
+    by_id = {it.id: it for it in now}
+    gen_dir = run_dir / "gen"
+    files = [pass_path(run_dir, SAMPLES), *(sorted(gen_dir.glob("*.jsonl")) if gen_dir.is_dir() else [])]
+    for f in files:
+        done, _ = read_jsonl(f)
+        for rec in sorted(done.values(), key=lambda r: r.index):
+            it = by_id.get(rec.item_id)
+            if it is None:
+                return f"stored item {rec.item_id!r} is no longer among its items"
+            for what, x, y in (("question", rec.question, it.question), ("gold answer", rec.gold, it.answer)):
+                if x != y:
+                    return f"item {rec.item_id!r} has another {what} (stored {x[:60]!r}, now {y[:60]!r})"
+    return ""
+
+
+def _stale(run_dir: Path, cfg: RunConfig, what: str) -> ConfigError:
+    return ConfigError(
+        f"the dataset {cfg.dataset!r} changed since the run in {run_dir} started: {what}. Its stored results "
+        f"belong to the old items and would be mixed with new ones. Pass a new --out folder to evaluate the "
+        f"data as it is now, delete {run_dir} to start this run over, or restore the old data to resume."
+    )
+
+
+def _check_stored_items(
+    run_dir: Path, cfg: RunConfig, wanted: Sequence[tuple[int, Item]], done: dict[str, StoredItem]
+) -> None:
+    """Refuse to resume if a stored item's question or gold differs from the dataset's item of that id."""
+    for _, it in wanted:
+        rec = done.get(it.id)
+        if rec is None:
+            continue
+        for what, x, y in (("question", rec.question, it.question), ("gold answer", rec.gold, it.answer)):
+            if x != y:
+                raise _stale(run_dir, cfg, f"item {it.id!r} has another {what} (stored {x[:60]!r}, now {y[:60]!r})")
+
+
+def _open_config(run_dir: Path, cfg: RunConfig, ds: Dataset, items: Sequence[Item]) -> RunConfig:
+    """Write ``config.json`` for a new run, or check it against the stored one and update it.
+
+    The stored ``items_sha256`` must match the hash of the same number of
+    items taken from the dataset now; the record is extended when ``limit``
+    grows.
+    """
     path = run_dir / "config.json"
+    fingerprint = {"items_hashed": len(items), "items_sha256": items_sha256(items)}
     if path.is_file():
         try:
-            old = RunConfig.model_validate_json(path.read_text(encoding="utf-8"))
+            old = RunConfig.model_validate_json(path.read_bytes())
         except (ValidationError, ValueError) as e:
             raise ConfigError(f"{path} is not a valid run config ({e}); pass a new --out folder") from e
         cfg.check_resumable(old)
-        cfg = cfg.model_copy(update={"created_at": old.created_at})
+        if old.items_sha256 is not None:
+            n_old = old.items_hashed
+            now = items if n_old == len(items) else ds.items(n_old, cfg.offset)
+            if len(now) < n_old:
+                raise _stale(run_dir, cfg, f"it gave {n_old} items from offset {cfg.offset}, it now gives {len(now)}")
+            digest = items_sha256(now)
+            if digest != old.items_sha256:
+                what = (
+                    f"the content hash of its {n_old} items from offset {cfg.offset} differs "
+                    f"(stored sha256 {old.items_sha256[:12]}…, now {digest[:12]}…)"
+                )
+                detail = _describe_change(run_dir, now)
+                raise _stale(run_dir, cfg, f"{what}; {detail}" if detail else what)
+            if n_old > len(items):  # a smaller limit: keep the record of every item stored
+                fingerprint = {"items_hashed": n_old, "items_sha256": old.items_sha256}
+        else:
+            logger.info("%s: recording the dataset's content hash (run folder from an older l2reason)", run_dir)
+        cfg = cfg.model_copy(update={"created_at": old.created_at, **fingerprint})
     else:
-        cfg = cfg.model_copy(update={"created_at": datetime.now(UTC).isoformat(timespec="seconds")})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+        cfg = cfg.model_copy(update={"created_at": datetime.now(UTC).isoformat(timespec="seconds"), **fingerprint})
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write the run folder {run_dir}: {e.strerror or e}; pass a writable --out folder"
+        ) from e
     return cfg
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """The run folder must be a folder (or not exist yet)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(
+            f"{run_dir} is a file, not a run folder; pass a folder path for --out (it is created if missing)"
+        )
 
 
 @dataclass
@@ -454,6 +561,7 @@ def run_eval(
         CapabilityError: the backend lacks an intervention a method needs.
     """
     run_dir = Path(run_dir)
+    _check_run_dir(run_dir)
     cfg = cfg.model_copy(
         update={
             "methods": parse_method_list(cfg.methods, "selection"),
@@ -475,16 +583,17 @@ def run_eval(
     ds = dataset if dataset is not None else load_dataset(cfg.dataset)
     if backend.model_id != cfg.model_id:
         raise ConfigError(f"config is for model {cfg.model_id!r} but the backend runs {backend.model_id!r}")
-    cfg = _open_config(run_dir, cfg)
     items = ds.items(cfg.limit, cfg.offset)
     if not items:
         raise ConfigError(f"dataset {cfg.dataset!r} has no items at offset {cfg.offset}")
+    cfg = _open_config(run_dir, cfg, ds, items)
     indexed = [(cfg.offset + i, it) for i, it in enumerate(items)]
     passes: list[_Pass] = []
     names = ([SAMPLES] if cfg.n > 0 else []) + list(cfg.gen_methods)
     for name in names:
         wanted = indexed if name == SAMPLES else indexed[: cfg.gen_limit or len(indexed)]
         done, _ = read_jsonl(pass_path(run_dir, name))
+        _check_stored_items(run_dir, cfg, wanted, done)
         todo = [(i, it) for i, it in wanted if it.id not in done]
         passes.append(_Pass(name, todo, len(wanted) - len(todo), len(wanted)))
         if len(todo) < len(wanted):
@@ -579,7 +688,13 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
     path = run_dir / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not an evaluation run (no config.json); run `l2reason eval --out {run_dir}`")
-    cfg = RunConfig.model_validate_json(path.read_text(encoding="utf-8"))
+    try:
+        cfg = RunConfig.model_validate_json(path.read_bytes())
+    except (ValidationError, ValueError) as e:
+        first = str(e).splitlines()[0][:200]
+        raise ConfigError(f"{path} is not a valid run config ({first}); it was not written by `l2reason eval`") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from e
     data = RunData(run_dir, cfg)
     recs, data.skipped = read_jsonl(pass_path(run_dir, SAMPLES))
     data.samples = sorted(recs.values(), key=lambda r: r.index)

@@ -38,6 +38,8 @@ from l2reason.techniques.selection import SCORE_NAMES
 
 __all__ = [
     "AUTO",
+    "PROBE",
+    "PROBE_VOTE",
     "DEFAULT_GENERATION_METHODS",
     "DEFAULT_SELECTION_METHODS",
     "GENERATION_METHODS",
@@ -53,6 +55,13 @@ AUTO = "l2-auto"
 """The ℓ2 rule chosen by ``l2reason calibrate --select`` (layer band + score),
 read from the model's calibration file when the evaluation starts."""
 
+PROBE = "l2-probe"
+"""Argmax of the probe fitted by ``l2reason calibrate --select`` (read from the model's calibration file)."""
+PROBE_VOTE = "l2-probe-vote"
+"""The probe-weighted answer vote of the same probe."""
+NEEDS_CALIBRATION = (AUTO, PROBE, PROBE_VOTE)
+"""Methods read from the calibration file; never part of ``all``."""
+
 # name -> SelectionSpec keyword arguments. The ℓ2 rules come in every score
 # variant; "l2" alone is the default score (B/T) on the default band.
 SELECTION_METHODS: dict[str, dict[str, Any]] = {
@@ -66,6 +75,8 @@ SELECTION_METHODS: dict[str, dict[str, Any]] = {
     **{f"l2:{s}": {"method": "l2", "score": s} for s in SCORE_NAMES},
     **{f"l2-vote:{s}": {"method": "l2-vote", "score": s} for s in SCORE_NAMES},
 }
+SELECTION_METHODS[PROBE] = {"method": "l2-probe"}
+SELECTION_METHODS[PROBE_VOTE] = {"method": "l2-probe-vote"}
 SELECTION_METHODS["l2"] = SELECTION_METHODS["l2:B/T"]
 SELECTION_METHODS["l2-vote"] = SELECTION_METHODS["l2-vote:B/T"]
 
@@ -156,9 +167,10 @@ def selection_spec(name: str, auto: dict[str, Any] | None = None, seed: int = 0)
 
     Args:
         name: a key of :data:`SELECTION_METHODS`, ``l2:score=<s>`` /
-            ``l2-vote:score=<s>``, or ``l2-auto``.
+            ``l2-vote:score=<s>``, ``l2-auto``, ``l2-probe`` or ``l2-probe-vote``
+            (the probe itself is passed to the selector separately).
         auto: the calibration file's ``selection`` dict (for ``l2-auto``).
-        seed: the seed of the ``random`` selector.
+        seed: the seed of the ``random`` selector and of the argmax rules' tie-break.
 
     Raises:
         ConfigError: an unknown name (the message lists the valid ones), or
@@ -176,6 +188,7 @@ def selection_spec(name: str, auto: dict[str, Any] | None = None, seed: int = 0)
             score=auto["score"],
             layers=list(auto["layers"]),
             tau="pooled",
+            seed=seed,
             params={"direction": direction} if direction != "high" else {},
         )
     if name in SELECTION_METHODS:
@@ -228,7 +241,19 @@ def generation_config(name: str) -> GenerationConfig:
             path = Path(text)
             if not path.is_file():
                 raise ConfigError(f"static-steer vectors file {path} does not exist (JSON {{layer: [floats]}})")
-            ivs[0]["vectors"] = {int(k): v for k, v in json.loads(path.read_text()).items()}
+            from l2reason.files import read_text_file
+
+            try:
+                raw = json.loads(read_text_file(path, "static-steer vectors file"))
+                if not isinstance(raw, dict):
+                    raise TypeError(f"a JSON {type(raw).__name__}, not an object")
+                ivs[0]["vectors"] = {int(k): v for k, v in raw.items()}
+            except (ValueError, TypeError, RecursionError) as e:
+                if isinstance(e, ConfigError):
+                    raise
+                raise ConfigError(
+                    f"static-steer vectors file {path} is not a JSON object {{layer: [floats]}} ({e})"
+                ) from e
         else:
             ivs[0][key] = _value(text)
     if base == "static-steer" and "vectors" not in ivs[0]:
@@ -245,7 +270,7 @@ def generation_config(name: str) -> GenerationConfig:
 def parse_method_list(text: str | list[str] | tuple[str, ...], kind: str) -> list[str]:
     """Split a comma/space separated method list and check every name.
 
-    ``"all"`` or ``"default"`` stands for the default list (``"all,l2-auto"``
+    ``"all"`` or ``"default"`` stands for the default list (``"all,l2-auto,l2-probe"``
     adds to it); ``"none"`` or ``""`` means no methods. Names with options use ``;`` between methods when
     the options hold commas (``"alrr:K=2,g=0.1;erss"``).
 

@@ -21,9 +21,21 @@ What it reports (the rules and baselines: ``docs/techniques.md``, "Selection rul
   only if its within-item AUC beats −length's.
 - **Per layer, all layers**: the same AUCs of the mean norm and of ``B/T`` at
   each single layer: where in depth the signal lives for this model.
-- **Accuracy vs N** (1, 2, 4, … N) by subsampling the stored candidates.
-  Score-based rules use the score computed with all N candidates' pooled τ (an
-  approximation for ℓ2 scores at N < stored N).
+- **The learned probe** (``l2-probe-cv``): an L2-regularised logistic
+  regression over per-candidate hidden-state and confidence features,
+  cross-fitted on item halves (every item scored once by a probe fitted
+  without it), as argmax and as a probe-weighted vote, plus ablations with
+  confidence features only, ℓ2 features only and the base features only; the
+  paired difference "both" − "confidence only" (accuracy and within-item AUC,
+  paired-bootstrap CIs) answers "do the norms add information?".
+- **Accuracy vs N** (1, 2, 4, … N): each point applies exactly the table's
+  rule (same selector, same seed, same tie-breaks, pooled τ recomputed on the
+  subset) to subsets of the stored candidates: every subset of size N when
+  there are at most ``n_subsamples`` of them, else that many random ones. At
+  the stored N it is the table's value; at N = 1 it is the mean accuracy of a
+  single sample over all candidates (the table's ``sample@1`` is candidate 0).
+- **Ties**: for the argmax rules, the share of items whose best score was
+  shared by several candidates (broken by a seeded draw among the tied).
 - **Cost**: generated tokens and wall seconds per item of each pass, and the
   **truncation rate** (samples cut off at the token limit) with the accuracy
   of cut-off vs finished samples.
@@ -50,12 +62,9 @@ import numpy as np
 
 from l2reason.errors import ConfigError, L2ReasonError
 from l2reason.eval.harness import RunData, StoredItem, load_run, pass_path, stored_json, suppression_events
-from l2reason.eval.methods import AUTO, selection_spec
+from l2reason.eval.methods import AUTO, PROBE, PROBE_VOTE, selection_spec
 from l2reason.eval.stats import (
-    accuracy_vs_n,
     bootstrap_ci,
-    majority_selector,
-    max_score_selector,
     mcnemar,
     paired_bootstrap,
     roc_auc,
@@ -69,7 +78,13 @@ logger = logging.getLogger(__name__)
 
 GREEDY = "greedy"
 MAJORITY = "majority"
-CURVE_METHODS = ("majority", "l2:B/T", "l2:z_mean", "self-certainty", "deepconf", "shortest")
+CURVE_METHODS = ("majority", "l2:B/T", "l2:z_mean", "self-certainty", "deepconf", "shortest", "l2-probe-cv")
+PROBE_CV = "l2-probe-cv"
+"""Report row: the probe (all features), 2-fold cross-fitted on the run's own items, argmax."""
+PROBE_VOTE_CV = "l2-probe-vote-cv"
+"""Report row: the same cross-fitted probe, probe-weighted answer vote."""
+PROBE_ABLATIONS = ("confidence", "l2", "base")
+"""Feature sets of the ablation rows ``l2-probe-cv:<set>`` (argmax)."""
 
 
 @dataclass
@@ -110,6 +125,7 @@ class MethodRow:
     seconds: float = float("nan")
     vs_greedy: Paired | None = None
     vs_majority: Paired | None = None
+    ties: int | None = None  # items whose best score several candidates shared (argmax rules only)
 
 
 @dataclass
@@ -126,6 +142,8 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     band: list[int] = field(default_factory=list)
     norm_dist: dict[str, Any] = field(default_factory=dict)
+    probe: dict[str, Any] = field(default_factory=dict)
+    curve_sizes: dict[int, int] = field(default_factory=dict)
 
 
 def _ci(values: Sequence[bool], n_boot: int, seed: int) -> tuple[float, float, float]:
@@ -218,7 +236,9 @@ AUTO_CV = "l2-auto-cv"
 """Report row: the auto-calibrated ℓ2 selection, 2-fold cross-fitted on the run's own items."""
 
 
-def _cross_fitted_auto(samples: list[StoredItem], num_layers: int, notes: list[str]) -> MethodRow | None:
+def _cross_fitted_auto(
+    samples: list[StoredItem], num_layers: int, notes: list[str], seeds: dict[str, int] | None = None
+) -> MethodRow | None:
     """Auto-calibrated selection scored only on items it was not chosen on.
 
     The items are split in two folds by index parity; the (band, score) chosen
@@ -242,8 +262,8 @@ def _cross_fitted_auto(samples: list[StoredItem], num_layers: int, notes: list[s
             return None
         pick = "highest" if choice.get("direction", "high") == "high" else "lowest"
         picks.append(f"layers {choice['layers']} {pick} {choice['score']} (within AUC {choice['value']:.3f})")
-        spec = selection_spec(AUTO, auto=choice)
         for r in folds[f]:
+            spec = selection_spec(AUTO, auto=choice, seed=(seeds or {}).get(r.item_id, 0))
             sel = select_result(r.result, spec, num_layers=num_layers, extractor=_answers_of(r))
             row.correct[r.item_id] = bool(r.correct[sel.index])
     notes.append(
@@ -251,6 +271,117 @@ def _cross_fitted_auto(samples: list[StoredItem], num_layers: int, notes: list[s
         f"and the reverse ({picks[1]})"
     )
     return row
+
+
+def _probe_overlap(run: RunData) -> tuple[dict[str, Any] | None, set[str], str | None]:
+    """The run's probe (from the calibration file), the items it must skip (fitted on them), and a note."""
+    probe = run.config.probe
+    if not probe:
+        return None, set(), None
+    info = probe.get("info") or {}
+    fit_ids = set(info.get("item_ids") or []) | set((info.get("split") or {}).get("item_ids") or [])
+    if not fit_ids:
+        return None, set(), "l2-probe not reported: the probe does not record the items it was fitted on"
+    overlap = {r.item_id for r in run.samples if r.item_id in fit_ids}
+    if overlap and len(overlap) == len(run.samples):
+        return (
+            None,
+            overlap,
+            f"l2-probe not reported: all {len(overlap)} items were in its calibration split; evaluate on other items",
+        )
+    if overlap:
+        return (
+            probe,
+            overlap,
+            (
+                f"l2-probe is scored on the {len(run.samples) - len(overlap)} items outside the split it was fitted "
+                f"on ({len(overlap)} of this run's items were in it); its Δ columns compare on those items only"
+            ),
+        )
+    return probe, set(), None
+
+
+def _probe_cv(
+    samples: list[StoredItem], cfg: Any, rep: ReportData, n_boot: int
+) -> tuple[list[Any], dict[str, Any], list[MethodRow]]:
+    """Cross-fitted probe rows: ``l2-probe-cv`` (argmax), ``l2-probe-vote-cv`` and the ablations.
+
+    Returns the items' probe inputs, feature set -> :class:`~l2reason.eval.probe.CrossFit`,
+    and the rows. ``rep.probe`` receives the "do norms add information?" comparison.
+    """
+    from l2reason.backends.base import SelectionSpec
+    from l2reason.eval.probe import cross_fit, item_inputs, paired_auc_bootstrap
+    from l2reason.select import select_candidates
+
+    try:
+        inputs = [item_inputs(r) for r in samples]
+    except L2ReasonError as e:
+        rep.notes.append(f"{PROBE_CV}: not scored ({e})")
+        return [], {}, []
+    by_id = {it.item_id: it for it in inputs}
+    fits: dict[str, Any] = {}
+    for fs in ("both", *PROBE_ABLATIONS):
+        try:
+            fits[fs] = cross_fit(inputs, fs)
+        except L2ReasonError as e:
+            rep.notes.append(f"{_probe_name(fs)}: not scored ({e})")
+    rows: list[MethodRow] = []
+    for fs, cf in fits.items():
+        rules = [("l2-probe", _probe_name(fs))] + ([("l2-probe-vote", PROBE_VOTE_CV)] if fs == "both" else [])
+        for method, name in rules:
+            row = MethodRow(name, "selection", {})
+            ties = tie_items = 0
+            try:
+                for r in samples:
+                    if r.item_id not in cf.scores:
+                        continue
+                    pr = cf.probe_for(r.item_id)  # fitted on the other half: never on this item
+                    cands = _restrict_cands(by_id[r.item_id], pr.layers)
+                    spec = SelectionSpec(method=method, seed=cfg.item_seed(r.index))
+                    sel = select_candidates(cands, pr.layers, spec, probe=pr)
+                    row.correct[r.item_id] = bool(r.correct[sel.index])
+                    if "n_tied" in sel.details:
+                        tie_items += 1
+                        ties += int(sel.details["n_tied"] > 1)
+            except L2ReasonError as e:
+                rep.notes.append(f"{name}: not scored ({e})")
+                continue
+            row.ties = ties if tie_items else None
+            rows.append(row)
+    if "both" in fits:
+        f = fits["both"]
+        picks = []
+        for fold, half in zip(f.folds, ("even", "odd"), strict=True):
+            top = fold.probe.top_effects(5)
+            picks.append(
+                f"scored the {half}-index items with penalty {fold.probe.l2:g} "
+                f"(largest effects, logit per SD: {', '.join(f'{n} {w:+.2f}' for n, w in top)})"
+            )
+        rep.notes.append(f"{PROBE_CV}: a probe fitted on the other half of the items " + "; ".join(picks))
+    rows_by = {r.name: r for r in rows}
+    if PROBE_CV in rows_by and _probe_name("confidence") in rows_by:
+        a, b = rows_by[PROBE_CV].correct, rows_by[_probe_name("confidence")].correct
+        common = [k for k in a if k in b]
+        labels = [by_id[k].labels for k in common]
+        auc = paired_auc_bootstrap(
+            [fits["both"].scores[k] for k in common],
+            [fits["confidence"].scores[k] for k in common],
+            labels,
+            n_boot=n_boot,
+            seed=7,
+        )
+        rep.probe = {"accuracy": {"a": PROBE_CV, "b": _probe_name("confidence"), "items": len(common)}, "auc": auc}
+    return inputs, fits, rows
+
+
+def _probe_name(feature_set: str) -> str:
+    return PROBE_CV if feature_set == "both" else f"{PROBE_CV}:{feature_set}"
+
+
+def _restrict_cands(it: Any, layers: list[int]) -> list[Any]:
+    from l2reason.eval.probe import _restrict
+
+    return _restrict(it, list(layers))
 
 
 def _signals(cands: list[Any], tau: np.ndarray) -> dict[str, np.ndarray]:
@@ -270,13 +401,19 @@ def _signals(cands: list[Any], tau: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _layer_stats(item: StoredItem) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Per candidate and layer: mean norm and B/T with the item's pooled τ. ``[N, L]`` each."""
+def _layer_stats(item: StoredItem, pre: Any = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Per candidate and layer: mean norm and B/T with the item's pooled τ. ``[N, L]`` each.
+
+    ``pre``: the item's probe inputs (every captured layer) when already built.
+    """
     from l2reason.select import candidate_signals, pooled_tau
 
-    c0 = item.result.candidates[0]
-    layers = c0.norms.layers if c0.norms is not None else []
-    cands, used = candidate_signals(item.result, layers=layers, extractor=_answers_of(item))
+    if pre is not None:
+        cands, used = pre.cands, pre.layers
+    else:
+        c0 = item.result.candidates[0]
+        layers = c0.norms.layers if c0.norms is not None else []
+        cands, used = candidate_signals(item.result, layers=layers, extractor=_answers_of(item))
     tau = pooled_tau(cands)  # [L]
     N, L = len(cands), len(used)
     mean = np.full((N, L), np.nan)
@@ -333,6 +470,9 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
     auto, auto_skip, auto_note = _auto_overlap(run)
     if auto_note:
         rep.notes.append(auto_note)
+    probe, probe_skip, probe_note = _probe_overlap(run)
+    if probe_note:
+        rep.notes.append(probe_note)
 
     # -- selection methods on the stored samples ------------------------------------------
     samples = [r for r in run.samples if r.result.candidates]
@@ -342,28 +482,46 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
         ref1 = MethodRow("sample@1", "reference", {r.item_id: r.correct[0] for r in samples})
         orc = MethodRow(f"oracle@{cfg.n}", "reference", {r.item_id: any(r.correct) for r in samples})
         rows[ref1.name], rows[orc.name] = ref1, orc
-    methods = [m for m in cfg.methods if m != AUTO] + ([AUTO] if auto and AUTO in cfg.methods else [])
+    probe_methods = (PROBE, PROBE_VOTE)
+    methods = [m for m in cfg.methods if m != AUTO and m not in probe_methods]
+    methods += [AUTO] if auto and AUTO in cfg.methods else []
+    methods += [m for m in probe_methods if probe and m in cfg.methods]
     if AUTO in cfg.methods and not auto and not auto_note:
         rep.notes.append("l2-auto not reported: no chosen selection in the calibration file when the run started")
+    if any(m in cfg.methods for m in probe_methods) and not probe and not probe_note:
+        rep.notes.append("l2-probe not reported: no fitted probe in the calibration file when the run started")
     for name in methods:
         row = MethodRow(name, "selection", {})
+        ties = tie_items = 0
         try:
             for r in samples:
                 if name == AUTO and r.item_id in auto_skip:
                     continue  # chosen on this item: never scored on it
+                if name in probe_methods and r.item_id in probe_skip:
+                    continue  # fitted on this item: never scored on it
                 spec = selection_spec(name, auto=auto, seed=cfg.item_seed(r.index))
-                sel = select_result(r.result, spec, num_layers=L, extractor=_answers_of(r))
+                sel = select_result(r.result, spec, num_layers=L, extractor=_answers_of(r), probe=probe)
                 row.correct[r.item_id] = bool(r.correct[sel.index])
+                if "n_tied" in sel.details:
+                    tie_items += 1
+                    ties += int(sel.details["n_tied"] > 1)
         except L2ReasonError as e:
             rep.notes.append(f"{name}: not scored ({e})")
             continue
+        row.ties = ties if tie_items else None
         row.tokens, row.seconds = tok_s, sec_s
         rows[name] = row
+    cross_probes: dict[str, Any] = {}
+    inputs: list[Any] = []
     if samples and cfg.n > 1:
-        cv = _cross_fitted_auto(samples, L, rep.notes)
+        cv = _cross_fitted_auto(samples, L, rep.notes, seeds={r.item_id: cfg.item_seed(r.index) for r in samples})
         if cv is not None:
             cv.tokens, cv.seconds = tok_s, sec_s
             rows[cv.name] = cv
+        inputs, cross_probes, probe_rows = _probe_cv(samples, cfg, rep, n_boot)
+        for row in probe_rows:
+            row.tokens, row.seconds = tok_s, sec_s
+            rows[row.name] = row
     for name in ("sample@1", f"oracle@{cfg.n}"):
         if name in rows:
             rows[name].tokens, rows[name].seconds = (tok_s / max(cfg.n, 1) if name == "sample@1" else tok_s), sec_s
@@ -397,6 +555,11 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
         if major is not None and row is not major and row.correct:
             row.vs_majority = _paired(row.correct, major.correct, n_boot, seed + 2000 + i)
     rep.rows = list(rows.values())
+    both, conf = rows.get(PROBE_CV), rows.get(_probe_name("confidence"))
+    if rep.probe and both is not None and conf is not None:
+        acc = _paired(both.correct, conf.correct, n_boot, seed + 3000)
+        if acc is not None:
+            rep.probe["accuracy"].update(acc.__dict__)
     if samples and greedy is None:
         rep.notes.append("no greedy pass in this run: add --gen-methods greedy for the comparison against greedy")
 
@@ -408,9 +571,12 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
         layer_mean: list[np.ndarray] = []
         layer_bt: list[np.ndarray] = []
         used_layers: list[int] = []
+        pre = {it.item_id: it for it in inputs}
+        band_cands: dict[str, tuple[list[Any], list[int]]] = {}
         for r in samples:
             y = np.asarray(r.correct, dtype=bool)
-            cands, _ = candidate_signals(r.result, layers="band", num_layers=L, extractor=_answers_of(r))
+            cands, band_used = candidate_signals(r.result, layers="band", num_layers=L, extractor=_answers_of(r))
+            band_cands[r.item_id] = (cands, band_used)
             try:
                 tau = pooled_tau(cands)
             except ConfigError:
@@ -423,9 +589,19 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
                 spec = selection_spec(AUTO, auto=auto)
                 sel = select_result(r.result, spec, num_layers=L, extractor=_answers_of(r))
                 per_score.setdefault(AUTO, []).append(np.asarray(sel.scores, dtype=float))
+            if probe and (PROBE in rows or PROBE_VOTE in rows):
+                if r.item_id in probe_skip:
+                    per_score.setdefault(PROBE, []).append(np.full(len(y), np.nan))  # fitted on it: left out
+                else:
+                    sel = select_result(r.result, PROBE, num_layers=L, extractor=_answers_of(r), probe=probe)
+                    per_score.setdefault(PROBE, []).append(np.asarray(sel.scores, dtype=float))
+            for fs, cf in cross_probes.items():
+                per_score.setdefault(_probe_name(fs), []).append(
+                    np.asarray(cf.scores.get(r.item_id, np.full(len(y), np.nan)), dtype=float)
+                )
             labels.append(y)
             lengths.append(np.array([c.completion_tokens for c in r.result.candidates], dtype=float))
-            m, b, used_layers = _layer_stats(r)
+            m, b, used_layers = _layer_stats(r, pre.get(r.item_id))
             layer_mean.append(m)
             layer_bt.append(b)
         all_len = np.concatenate(lengths) if lengths else np.zeros(0)
@@ -461,11 +637,28 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
             if layer in used_layers and layer_mean:
                 j = used_layers.index(layer)
                 v = np.concatenate([x[:, j] for x in layer_mean])
+                # within-item view: each candidate's mean norm minus its item's mean, on the items
+                # that have both right and wrong candidates (the contrast a selector must use)
+                right_in: list[float] = []
+                wrong_in: list[float] = []
+                for x, y in zip(layer_mean, labels, strict=True):
+                    col = x[:, j]
+                    ok = np.isfinite(col)
+                    if not (y[ok].any() and not y[ok].all()):
+                        continue
+                    d = col[ok] - col[ok].mean()
+                    right_in += d[y[ok]].tolist()
+                    wrong_in += d[~y[ok]].tolist()
                 rep.norm_dist[str(layer)] = {
                     "correct": v[y_all & np.isfinite(v)].tolist(),
                     "incorrect": v[~y_all & np.isfinite(v)].tolist(),
+                    "correct_within": right_in,
+                    "incorrect_within": wrong_in,
                 }
-        rep.curves = _curves(samples, per_score, labels, cfg.n, n_subsamples, seed)
+        if len(band_cands) == len(samples):
+            rep.curves, rep.curve_sizes = _curves(
+                samples, band_cands, pre, cross_probes.get("both"), cfg, n_subsamples, seed, set(rows)
+            )
 
     # -- truncation -----------------------------------------------------------------------
     for pname, items in [("samples", samples), *run.gens.items()]:
@@ -502,42 +695,83 @@ def _answers_of(r: StoredItem) -> Any:
     return extract
 
 
+def _subsets(k: int, n: int, cap: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    """Every size-``n`` subset of ``range(k)`` (sorted) when there are at most ``cap``, else ``cap`` random ones."""
+    import itertools
+
+    if math.comb(k, n) <= cap:
+        return list(itertools.combinations(range(k), n))
+    seen: set[tuple[int, ...]] = set()
+    while len(seen) < cap:
+        seen.add(tuple(sorted(int(x) for x in rng.choice(k, size=n, replace=False))))
+    return sorted(seen)
+
+
 def _curves(
     samples: list[StoredItem],
-    per_score: dict[str, list[np.ndarray]],
-    labels: list[np.ndarray],
-    n: int,
+    band_cands: dict[str, tuple[list[Any], list[int]]],
+    probe_inputs: dict[str, Any],
+    probe_cv: Any,
+    cfg: Any,
     n_subsamples: int,
     seed: int,
-) -> dict[str, dict[int, float]]:
-    """Accuracy vs N for the main rules, by subsampling stored candidates."""
-    if len(labels) != len(samples):  # some item had no scorable norms: align on labels only
-        return {}
-    counts = [len(y) for y in labels]
+    available: set[str],
+) -> tuple[dict[str, dict[int, float]], dict[int, int]]:
+    """Accuracy vs N for the main rules: the table's rule applied to subsets of the stored candidates.
+
+    Each rule is the table's (same :class:`SelectionSpec`, same seed, so the
+    same tie-breaks; ℓ2 scores recompute the pooled τ on the subset; the
+    probe rule uses the cross-fitted probe that never saw the item), applied
+    to every subset of size N (or ``n_subsamples`` random ones when there are
+    more), candidates in their stored order. At the stored N the only subset
+    is the full set, so the curve equals the table; at N = 1 every rule
+    returns the one candidate, so the point is the mean single-sample accuracy.
+
+    Returns:
+        ``({rule: {N: accuracy}}, {N: subsets per item (the most over items)})``.
+    """
+    from l2reason.backends.base import SelectionSpec
+    from l2reason.select import select_candidates
+
+    counts = [len(r.correct) for r in samples]
+    if not counts:
+        return {}, {}
     kmin = min(counts)
     ns = sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k <= kmin} | {kmin})
+    rng = np.random.default_rng(seed)
+    subsets = {(k, n): _subsets(k, n, n_subsamples, rng) for k in sorted(set(counts)) for n in ns}
+    sizes = {n: max(len(subsets[(k, n)]) for k in set(counts)) for n in ns}
     out: dict[str, dict[int, float]] = {}
-    out["majority"] = accuracy_vs_n(
-        majority_selector([r.answers for r in samples], labels), counts, ns, n_subsamples, seed
-    )
     for name in CURVE_METHODS:
-        if name == "majority":
+        if name not in available:
+            continue  # a curve only for the rules the table shows
+        if name == PROBE_CV and (probe_cv is None or not probe_inputs):
             continue
-        if name == "shortest":
-            # shortest finished candidate: −length, truncated ones last
-            scores = [
-                np.array(
-                    [-c.completion_tokens - (1e9 if c.finish_reason == "length" else 0) for c in r.result.candidates],
-                    dtype=float,
-                )
-                for r in samples
-            ]
-        elif name in per_score:
-            scores = [np.where(np.isfinite(s), s, -np.inf) for s in per_score[name]]
-        else:
+        per_n: dict[int, list[float]] = {n: [] for n in ns}
+        try:
+            for r in samples:
+                y = np.asarray(r.correct, dtype=bool)
+                if name == PROBE_CV:
+                    pr = probe_cv.probe_for(r.item_id)
+                    cands, used = _restrict_cands(probe_inputs[r.item_id], pr.layers), pr.layers
+                    spec = SelectionSpec(method="l2-probe", seed=cfg.item_seed(r.index))
+                else:
+                    pr = None
+                    cands, used = band_cands[r.item_id]
+                    spec = selection_spec(name, seed=cfg.item_seed(r.index))
+                for n in ns:
+                    hits = []
+                    for sub in subsets[(len(y), n)]:
+                        if n == 1:
+                            hits.append(bool(y[sub[0]]))  # every rule returns the only candidate
+                            continue
+                        sel = select_candidates([cands[j] for j in sub], list(used), spec, probe=pr)
+                        hits.append(bool(y[sub[sel.index]]))
+                    per_n[n].append(float(np.mean(hits)))
+        except (L2ReasonError, KeyError):
             continue
-        out[name] = accuracy_vs_n(max_score_selector(scores, labels), counts, ns, n_subsamples, seed)
-    return out
+        out[name] = {n: float(np.mean(v)) for n, v in per_n.items()}
+    return out, sizes
 
 
 # ----------------------------------------------------------------------------------------
@@ -585,6 +819,58 @@ def reproduce_command(c: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _probe_markdown(rep: ReportData) -> list[str]:
+    """The section on the learned probe and the "do norms add information?" comparison."""
+    out = ["## The learned probe: do hidden-state norms add information beyond confidence?\n"]
+    out.append(
+        f"`{PROBE_CV}` is a logistic regression over per-candidate features (per-layer norm statistics of every "
+        "layer, self-certainty, DeepConf confidence, length, finished, vote share; centred within the item), "
+        "cross-fitted: a probe fitted on the odd-index items picks among the even ones and the reverse, so no "
+        f"item is scored by a probe that saw it. `{PROBE_VOTE_CV}` is its probability-weighted answer vote. "
+        f"Ablations: `{PROBE_CV}:confidence` (confidence + base features), `{PROBE_CV}:l2` (ℓ2 + base "
+        f"features), `{PROBE_CV}:base` (length, finished, vote share only).\n"
+    )
+    by = {r.name: r for r in rep.rows}
+    names = [PROBE_CV, PROBE_VOTE_CV, *(f"{PROBE_CV}:{fs}" for fs in PROBE_ABLATIONS)]
+    sig = {x["score"]: x for x in rep.signals}
+    out.append("| probe | features | accuracy % | 95% CI | within-item AUC | Δ vs majority |")
+    out.append("|---|---|---:|---|---:|---|")
+    feats = {
+        PROBE_CV: "all",
+        PROBE_VOTE_CV: "all (vote)",
+        f"{PROBE_CV}:confidence": "confidence + base",
+        f"{PROBE_CV}:l2": "ℓ2 + base",
+        f"{PROBE_CV}:base": "base: length, finished, vote share",
+    }
+    for n in names:
+        r = by.get(n)
+        if r is None:
+            continue
+        auc = sig.get(n if n != PROBE_VOTE_CV else PROBE_CV, {}).get("within_auc", float("nan"))
+        out.append(
+            f"| {n} | {feats[n]} | {_pct(r.acc)} | [{_pct(r.lo)}, {_pct(r.hi)}] | "
+            f"{_f(auc)} | {_paired_cell(r.vs_majority)} |"
+        )
+    acc, auc = rep.probe.get("accuracy", {}), rep.probe.get("auc", {})
+    out.append("")
+    if "diff" in acc:
+        star = " (CI excludes 0)" if (acc["lo"] > 0 or acc["hi"] < 0) else " (CI includes 0)"
+        out.append(
+            f"- **all features − confidence only, accuracy**: {100 * acc['diff']:+.1f} points "
+            f"[{100 * acc['lo']:+.1f}, {100 * acc['hi']:+.1f}]{star}, paired bootstrap p = {acc['p_boot']:.3f}, "
+            f"+{acc['wins']}/−{acc['losses']} items (McNemar p = {acc['p_mcnemar']:.3f}), n = {acc['n']} items"
+        )
+    if auc.get("pairs"):
+        star = " (CI excludes 0)" if (auc["lo"] > 0 or auc["hi"] < 0) else " (CI includes 0)"
+        out.append(
+            f"- **all features − confidence only, within-item AUC**: {auc['auc_a']:.3f} − {auc['auc_b']:.3f} = "
+            f"{auc['diff']:+.3f} [{auc['lo']:+.3f}, {auc['hi']:+.3f}]{star}, item bootstrap p = {auc['p']:.3f}, "
+            f"{auc['items']} items with right and wrong candidates ({auc['pairs']} pairs)"
+        )
+    out.append("")
+    return out
+
+
 def render_markdown(rep: ReportData, plots: Sequence[str] = ()) -> str:
     """The report as markdown (tables and links to the plots)."""
     c = rep.config
@@ -619,6 +905,27 @@ def render_markdown(rep: ReportData, plots: Sequence[str] = ()) -> str:
         "\nSelection methods share one sampling pass, so their tokens and seconds are those of the N samples; "
         "`sample@1` shows one sample's share.\n"
     )
+    counts = {len(r.correct) for r in rep.rows if r.correct}
+    if len(counts) > 1:
+        out.append(
+            f"Rows are scored on different numbers of items ({', '.join(str(k) for k in sorted(counts))}): "
+            "compare rows over the same items through their Δ columns (computed on the shared items).\n"
+        )
+    if rep.probe:
+        out.extend(_probe_markdown(rep))
+    tied = [r for r in rep.rows if r.ties is not None and r.correct]
+    if tied:
+        out.append("## Ties at the best score\n")
+        out.append(
+            "Argmax rules: share of items where several candidates shared the best score. Ties are broken by a "
+            "draw among the tied candidates seeded with the item's seed (reproducible, and neutral to the "
+            "candidate order).\n"
+        )
+        out.append("| method | items | items with a tie | tie rate % |")
+        out.append("|---|---:|---:|---:|")
+        for r in tied:
+            out.append(f"| {r.name} | {len(r.correct)} | {r.ties} | {_pct(r.ties / len(r.correct))} |")
+        out.append("")
 
     if rep.truncation:
         out.append("## Truncation\n")
@@ -662,7 +969,17 @@ def render_markdown(rep: ReportData, plots: Sequence[str] = ()) -> str:
         out.append("")
     if rep.curves:
         ns = sorted({k for v in rep.curves.values() for k in v})
-        out.append("## Accuracy vs N (subsampled)\n")
+        out.append("## Accuracy vs N (subsets of the stored candidates)\n")
+        s1 = next((r for r in rep.rows if r.name == "sample@1"), None)
+        sizes = ", ".join(f"N={k}: {rep.curve_sizes[k]}" for k in ns if k in rep.curve_sizes)
+        out.append(
+            "Each rule is exactly the table's (same seed and tie-breaks; ℓ2 scores recompute the pooled τ on the "
+            f"subset), averaged over subsets of each size per item ({sizes or 'all subsets'}; every subset when "
+            "there are that few). At the largest N the value is the table's. **N = 1 is the mean accuracy of a "
+            "single sample over all candidates**"
+            + (f"; the table's `sample@1` is candidate 0 only ({_pct(s1.acc)}%)" if s1 is not None else "")
+            + ".\n"
+        )
         out.append("| rule | " + " | ".join(f"N={k}" for k in ns) + " |")
         out.append("|---|" + "---:|" * len(ns))
         for name, curve in rep.curves.items():
@@ -688,30 +1005,52 @@ def _plots(rep: ReportData, folder: Path) -> list[str]:
     paths: list[str] = []
     rows = [r for r in rep.rows if r.correct]
     if rows:
-        fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+        fig, ax = plt.subplots(figsize=(8, 0.36 * len(rows) + 1.6))
         y = np.arange(len(rows))
         acc = np.array([r.acc for r in rows])
         err = np.array([[r.acc - r.lo, r.hi - r.acc] for r in rows]).T
         colors = [
             "tab:gray" if r.kind == "reference" else "tab:blue" if r.kind == "selection" else "tab:orange" for r in rows
         ]
-        ax.barh(y, 100 * acc, xerr=100 * err, color=colors, capsize=3)
-        ax.set_yticks(y, [r.name for r in rows])
+        n_max = max(len(r.correct) for r in rows)
+        fewer = [len(r.correct) < n_max for r in rows]
+        ax.barh(y, 100 * acc, color=colors, hatch=["//" if f else "" for f in fewer], edgecolor="white")
+        # the CI and a marker at the value are drawn apart from the bar, so a 0% row stays visible
+        ax.errorbar(100 * acc, y, xerr=100 * err, fmt="none", ecolor="black", capsize=3, lw=1)
+        ax.plot(100 * acc, y, "D", color="black", ms=3.5)
+        top = float(np.nanmax(100 * np.array([r.hi for r in rows]))) if rows else 100.0
+        for yi, r in zip(y, rows, strict=True):
+            ax.text(100 * r.hi + 0.01 * max(top, 1.0) + 0.5, yi, f"{100 * r.acc:.1f}%", va="center", fontsize=7)
+        labels = [f"{r.name} (n={len(r.correct)})" if f else r.name for r, f in zip(rows, fewer, strict=True)]
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_xlim(-0.02 * max(top * 1.15, 5.0), max(top * 1.15, 5.0))  # a 0% marker sits clear of the axis
         ax.invert_yaxis()
-        ax.set_xlabel("accuracy % (95% bootstrap CI)")
-        ax.set_title("accuracy per method (blue: selection, orange: generation, gray: reference)", fontsize=9)
+        ax.set_xlabel(f"accuracy % (95% bootstrap CI); n = {n_max} items unless marked")
+        title = "accuracy per method (blue: selection, orange: generation, gray: reference)"
+        if any(fewer):
+            title += "\nhatched: scored on fewer items (n in the label)"
+        ax.set_title(title, fontsize=9)
         fig.tight_layout()
         paths.append(str(_save(fig, folder / "accuracy.png")))
     if rep.curves:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        ks_all = sorted({k for c in rep.curves.values() for k in c})
         for name, curve in rep.curves.items():
             ks = sorted(curve)
             ax.plot(ks, [100 * curve[k] for k in ks], marker="o", label=name)
+        s1 = next((r for r in rep.rows if r.name == "sample@1" and r.correct), None)
+        if s1 is not None:
+            ax.plot([1], [100 * s1.acc], "x", color="black", ms=8, label="sample@1 (candidate 0 only)")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("N (candidates)")
+        ax.set_xticks(ks_all, [str(k) for k in ks_all])
+        ax.minorticks_off()
+        ax.set_xlabel("N (candidates); N = 1: mean accuracy of one sample")
         ax.set_ylabel("accuracy %")
-        ax.legend(fontsize=8)
-        ax.set_title("accuracy vs N (subsampled from stored candidates)", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.set_title(
+            "accuracy vs N: the table's rule on subsets of the stored candidates\n(at the largest N: the table's value)",
+            fontsize=9,
+        )
         fig.tight_layout()
         paths.append(str(_save(fig, folder / "accuracy_vs_n.png")))
     if rep.layers:
@@ -734,18 +1073,42 @@ def _plots(rep: ReportData, folder: Path) -> list[str]:
         paths.append(str(_save(fig, folder / "auc_per_layer.png")))
     if rep.norm_dist:
         k = len(rep.norm_dist)
-        fig, axes = plt.subplots(1, k, figsize=(3 * k, 3), squeeze=False)
-        for ax, (layer, d) in zip(axes[0], rep.norm_dist.items(), strict=True):
-            vals = d["correct"] + d["incorrect"]
-            if not vals:
-                continue
-            bins = np.linspace(min(vals), max(vals), 25)
-            for key, label in (("correct", "right"), ("incorrect", "wrong")):
-                if d[key]:
-                    ax.hist(d[key], bins=bins, alpha=0.6, density=True, label=label)
-            ax.set_title(f"layer {layer}", fontsize=9)
-            ax.set_xlabel("candidate mean ‖x‖")
-        axes[0][0].legend(fontsize=8)
+        fig, axes = plt.subplots(2, k, figsize=(3.1 * k, 6), squeeze=False)
+        views = (
+            ("", "candidate mean ‖x‖", "pooled over items"),
+            ("_within", "mean ‖x‖ − item mean", "within item"),
+        )
+        for row, (suffix, xlabel, what) in enumerate(views):
+            for ax, (layer, d) in zip(axes[row], rep.norm_dist.items(), strict=True):
+                right, wrong = d.get("correct" + suffix, []), d.get("incorrect" + suffix, [])
+                vals = right + wrong
+                ax.set_title(f"layer {layer}, {what}", fontsize=8)
+                ax.set_xlabel(xlabel, fontsize=8)
+                ax.set_ylabel("density (share per unit)", fontsize=8)
+                if not vals:
+                    ax.text(
+                        0.5,
+                        0.5,
+                        "no items with right\nand wrong candidates",
+                        ha="center",
+                        va="center",
+                        transform=ax.transAxes,
+                        fontsize=7,
+                    )
+                    continue
+                lo, hi = min(vals), max(vals)
+                bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 25)
+                for vs, label in ((right, f"right ({len(right)})"), (wrong, f"wrong ({len(wrong)})")):
+                    if vs:
+                        ax.hist(vs, bins=bins, alpha=0.6, density=True, label=label)
+                if suffix:
+                    ax.axvline(0.0, color="k", lw=0.7, ls="--")
+                ax.legend(fontsize=7)
+        fig.suptitle(
+            "candidate mean norm, right vs wrong: top pooled across items (between-item view), bottom minus the "
+            "item's mean\non items with both right and wrong candidates (the within-item contrast a selector uses)",
+            fontsize=8,
+        )
         fig.tight_layout()
         paths.append(str(_save(fig, folder / "norms_right_vs_wrong.png")))
     return paths
@@ -761,7 +1124,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 def _json(rep: ReportData) -> str:
     def row(r: MethodRow) -> dict[str, Any]:
-        d = {k: getattr(r, k) for k in ("name", "kind", "acc", "lo", "hi", "tokens", "seconds")}
+        d = {k: getattr(r, k) for k in ("name", "kind", "acc", "lo", "hi", "tokens", "seconds", "ties")}
         d["items"] = len(r.correct)
         d["vs_greedy"] = None if r.vs_greedy is None else r.vs_greedy.__dict__
         d["vs_majority"] = None if r.vs_majority is None else r.vs_majority.__dict__
@@ -776,6 +1139,8 @@ def _json(rep: ReportData) -> str:
             "signals": rep.signals,
             "layers": rep.layers,
             "accuracy_vs_n": {k: {str(n): v for n, v in c.items()} for k, c in rep.curves.items()},
+            "accuracy_vs_n_subsets": {str(n): v for n, v in rep.curve_sizes.items()},
+            "probe": rep.probe,
             "truncation": rep.truncation,
             "notes": rep.notes,
         }

@@ -19,6 +19,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -31,6 +32,8 @@ from l2reason._paths import cache_dir, safe_name
 from l2reason.errors import CalibrationError
 
 __all__ = [
+    "MAX_FILE_BYTES",
+    "MAX_JSON_DEPTH",
     "MIN_CALIBRATION_TOKENS",
     "SCHEMA_VERSION",
     "Calibration",
@@ -44,6 +47,10 @@ SCHEMA_VERSION = 1
 MIN_CALIBRATION_TOKENS = 10  # fewer tokens than this cannot give a meaningful 0.95-quantile
 _RERUN = "re-run `l2reason calibrate`"
 _PER_LAYER = ("tau", "q1", "median", "q3", "n_tokens")
+MAX_FILE_BYTES = 64 * 2**20  # calibration files are a few kB; anything this large is not one
+MAX_JSON_DEPTH = 32  # the schema nests 3 levels (selection tables a few more)
+_F32_MAX = float(torch.finfo(torch.float32).max)
+_F32_TINY = float(torch.finfo(torch.float32).smallest_normal)  # a tau below this is (almost) 0 in float32
 
 
 def _version() -> str:
@@ -55,12 +62,75 @@ def _version() -> str:
         return "0"
 
 
-def _errors_text(err: pydantic.ValidationError) -> str:
+def _errors_text(err: pydantic.ValidationError, *, drop_fix: bool = False) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "<root>"
-        parts.append(f"{loc}: {e['msg']}")
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if drop_fix:  # the caller says what to do once
+            for tail in (f"; {_RERUN}.", f": {_RERUN}."):
+                msg = msg.removesuffix(tail)
+        parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
+
+
+def _depth(obj: Any) -> int:
+    """How deeply lists and dicts nest in parsed JSON (iterative: no recursion limit)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict | list):
+            deepest = max(deepest, d)
+            if d <= MAX_JSON_DEPTH:
+                stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
+    return deepest
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _type_problem(obj: dict[str, Any]) -> str | None:
+    """What is wrong with the JSON types of the fields this module reads (None: nothing).
+
+    Strict where pydantic's lax mode would coerce (``"1.0"`` or ``true`` as a
+    number). Sections this check does not know are left to the model's own
+    validation, so optional sections added later keep loading.
+    """
+    for name in ("model_id", "created_at", "l2reason_version"):
+        if name in obj and not isinstance(obj[name], str):
+            return f"{name} must be a string, got {type(obj[name]).__name__}"
+    if "created_at" in obj:
+        try:
+            datetime.fromisoformat(obj["created_at"])
+        except ValueError:
+            return f"created_at must be an ISO-8601 timestamp, got {obj['created_at'][:40]!r}"
+    for name in ("num_layers", "hidden_size", "n_prompts"):
+        if name in obj and not (isinstance(obj[name], int) and not isinstance(obj[name], bool)):
+            return f"{name} must be an integer, got {obj[name]!r}"
+    if "quantile" in obj and not _is_number(obj["quantile"]):
+        return f"quantile must be a number, got {obj['quantile']!r}"
+    for name, ok, what in (
+        ("layers", lambda x: isinstance(x, int) and not isinstance(x, bool), "integers"),
+        ("n_tokens", lambda x: isinstance(x, int) and not isinstance(x, bool), "integers"),
+        ("tau", _is_number, "numbers"),
+        ("q1", _is_number, "numbers"),
+        ("median", _is_number, "numbers"),
+        ("q3", _is_number, "numbers"),
+    ):
+        if name not in obj:
+            continue
+        v = obj[name]
+        if not isinstance(v, list):
+            return f"{name} must be a list of {what}, got {type(v).__name__}"
+        bad = [i for i, x in enumerate(v) if not ok(x)]
+        if bad:
+            return f"{name} must be a list of {what}; positions {bad[:5]} hold {[v[i] for i in bad[:5]]!r}"
+    return None
+
+
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class Calibration(pydantic.BaseModel):
@@ -87,6 +157,10 @@ class Calibration(pydantic.BaseModel):
         l2reason_version: library version that wrote the file.
         selection: reserved for an auto-calibrated selection (layer band +
             score name); ``None`` until set with :meth:`with_selection`.
+        probe: the ``l2-probe`` selector fitted by ``l2reason calibrate
+            --select`` (feature names, standardisation, weights; see
+            :mod:`l2reason.techniques.probe`); ``None`` until set with
+            :meth:`with_probe`. Optional: files without it load as before.
 
     Example:
         >>> import torch
@@ -114,6 +188,27 @@ class Calibration(pydantic.BaseModel):
     created_at: str
     l2reason_version: str = "0"
     selection: dict[str, Any] | None = None
+    probe: dict[str, Any] | None = None
+
+    @field_validator("probe")
+    @classmethod
+    def _probe(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        need = ("version", "feature_set", "layers", "features", "mean", "scale", "weights", "bias")
+        missing = [k for k in need if k not in v]
+        if missing:
+            raise CalibrationError(f"probe lacks {missing}; re-run `l2reason calibrate --select`.")
+        n = len(v["features"]) if isinstance(v["features"], list) else -1
+        for k in ("mean", "scale", "weights"):
+            x = v[k]
+            if not isinstance(x, list) or len(x) != n or not all(_finite_number(e) for e in x):
+                raise CalibrationError(
+                    f"probe {k} must hold one finite number per feature ({n}); re-run `l2reason calibrate --select`."
+                )
+        if not _finite_number(v["bias"]):
+            raise CalibrationError("probe bias must be a finite number; re-run `l2reason calibrate --select`.")
+        return v
 
     @field_validator("tau", "q1", "median", "q3")
     @classmethod
@@ -125,6 +220,23 @@ class Calibration(pydantic.BaseModel):
             )
         if info.field_name == "tau" and any(x <= 0 for x in v):
             raise CalibrationError(f"tau must be > 0 (norms are positive), got {v}; {_RERUN}.")
+        if info.field_name != "tau" and any(x < 0 for x in v):
+            raise CalibrationError(f"{info.field_name} must be >= 0 (norms are non-negative), got {v}; {_RERUN}.")
+        # The thresholds are used as float32 tensors: a value that overflows to inf there
+        # (1e39) or that rounds to 0 (a tau of 1e-50) would silently change every score.
+        big = [i for i, x in enumerate(v) if abs(x) > _F32_MAX]
+        if big:
+            raise CalibrationError(
+                f"{info.field_name} holds values beyond float32's range (max {_F32_MAX:.3g}) at positions "
+                f"{big} ({[v[i] for i in big]}); they would become inf: {_RERUN}."
+            )
+        if info.field_name == "tau":
+            tiny = [i for i, x in enumerate(v) if x < _F32_TINY]
+            if tiny:
+                raise CalibrationError(
+                    f"tau holds values that round to 0 in float32 at positions {tiny} "
+                    f"({[v[i] for i in tiny]}); tau must be > 0: {_RERUN}."
+                )
         return v
 
     @field_validator("quantile")
@@ -166,7 +278,32 @@ class Calibration(pydantic.BaseModel):
             raise CalibrationError(f"layers {bad} are outside 0..{self.num_layers - 1}; {_RERUN}.")
         if any(c < 0 for c in self.n_tokens):
             raise CalibrationError(f"n_tokens must be >= 0, got {self.n_tokens}; {_RERUN}.")
+        few = [layer for layer, c in zip(self.layers, self.n_tokens, strict=True) if c < MIN_CALIBRATION_TOKENS]
+        if few:
+            raise CalibrationError(
+                f"layers {few} were calibrated on fewer than {MIN_CALIBRATION_TOKENS} tokens "
+                f"(n_tokens {self.n_tokens}): their quantiles mean nothing; {_RERUN}."
+            )
+        if not self.model_id.strip():
+            raise CalibrationError(f"model_id is empty; {_RERUN}.")
+        self._check_order()
         return self
+
+    def _check_order(self) -> None:
+        """Per layer ``q1 <= median <= q3``, and ``tau`` (the ``quantile``-quantile) where that quantile puts it."""
+        q = self.quantile
+        for i, layer in enumerate(self.layers):
+            q1, med, q3, tau = self.q1[i], self.median[i], self.q3[i], self.tau[i]
+            # Quantiles of the same values are ordered; allow float rounding only.
+            tol = 1e-9 * max(abs(q1), abs(q3), abs(tau), 1.0)
+            order = [("q1", q1), ("median", med), ("q3", q3)]
+            order.insert(sum(1 for p in (0.25, 0.5, 0.75) if p <= q), ("tau", tau))
+            if any(a > b + tol for (_, a), (_, b) in pairwise(order)):
+                rule = " <= ".join(name for name, _ in order)
+                raise CalibrationError(
+                    f"layer {layer}: the quantiles are out of order (quantile {q} needs {rule}; got "
+                    f"q1={q1}, median={med}, q3={q3}, tau={tau}); {_RERUN}."
+                )
 
     def tau_for(self, layers: Sequence[int]) -> Tensor:
         """Thresholds for ``layers``, in the order given.
@@ -233,19 +370,31 @@ class Calibration(pydantic.BaseModel):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], expected_model_id: str | None = None) -> Calibration:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        expected_model_id: str | None = None,
+        *,
+        expected_num_layers: int | None = None,
+        expected_hidden_size: int | None = None,
+    ) -> Calibration:
         """Read and validate a calibration file.
 
         Args:
             path: the JSON file written by :meth:`save`.
             expected_model_id: if given, the file's ``model_id`` must equal it.
+            expected_num_layers: if given, the file's ``num_layers`` must equal it.
+            expected_hidden_size: if given, the file's ``hidden_size`` must equal it.
 
         Returns:
             The validated :class:`Calibration`.
 
         Raises:
-            CalibrationError: missing file, corrupt JSON, NaN/inf, unknown or
-                missing field, other schema version, or other model.
+            CalibrationError: missing file, not a regular file, larger than
+                :data:`MAX_FILE_BYTES`, not UTF-8, corrupt or too deeply nested
+                JSON, NaN/inf or a value float32 cannot hold, a value of the
+                wrong type, unordered quantiles, unknown or missing field, other
+                schema version, or other model (id or sizes).
 
         Example:
             >>> Calibration.load("qwen.json", expected_model_id="Qwen/Qwen3-8B")  # doctest: +SKIP
@@ -253,41 +402,117 @@ class Calibration(pydantic.BaseModel):
         path = Path(path)
         fix = f"{_RERUN} to regenerate it"
         try:
-            text = path.read_text(encoding="utf-8")
+            if path.exists() and not path.is_file():
+                raise CalibrationError(
+                    f"calibration path {path} is not a regular file (a directory?); pass the JSON file itself."
+                )
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise CalibrationError(
+                    f"calibration file {path} is {size} bytes, more than any calibration file "
+                    f"({MAX_FILE_BYTES} at most); pass the right file or {_RERUN}."
+                )
+            data = path.read_bytes()
+        except CalibrationError:
+            raise
         except FileNotFoundError as e:
             raise CalibrationError(
                 f"no calibration file at {path}; run `l2reason calibrate` for this model "
                 "first, or pass the path of an existing file."
             ) from e
         except OSError as e:
-            raise CalibrationError(f"cannot read calibration file {path}: {e}") from e
+            raise CalibrationError(f"cannot read calibration file {path}: {e.strerror or e}") from e
+        except ValueError as e:  # a path the OS cannot take (an embedded NUL byte)
+            raise CalibrationError(f"{str(path)!r} is not a usable calibration file path ({e})") from e
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise CalibrationError(
+                f"calibration file {path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                f"it is not a calibration file: {fix}."
+            ) from e
 
         def _reject_constant(name: str) -> float:
             raise CalibrationError(f"calibration file {path} holds {name}; the calibration is unusable: {fix}.")
 
         try:
             obj = json.loads(text, parse_constant=_reject_constant)
+        except CalibrationError:
+            raise
         except json.JSONDecodeError as e:
             raise CalibrationError(f"calibration file {path} is not valid JSON ({e}); {fix}.") from e
+        except RecursionError as e:
+            raise CalibrationError(
+                f"calibration file {path} is nested too deeply to be a calibration file; {fix}."
+            ) from e
+        except ValueError as e:  # e.g. an integer with more digits than Python converts
+            raise CalibrationError(f"calibration file {path} is not a usable JSON file ({e}); {fix}.") from e
         if not isinstance(obj, dict):
             raise CalibrationError(f"calibration file {path} holds a JSON {type(obj).__name__}, not an object; {fix}.")
+        if _depth(obj) > MAX_JSON_DEPTH:
+            raise CalibrationError(
+                f"calibration file {path} is nested more than {MAX_JSON_DEPTH} levels deep; "
+                f"it is not a calibration file: {fix}."
+            )
         version = obj.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION or isinstance(version, bool):
             raise CalibrationError(
                 f"calibration file {path} has schema_version {version!r}; this l2reason reads "
                 f"version {SCHEMA_VERSION}: {fix}."
             )
+        problem = _type_problem(obj)
+        if problem:
+            raise CalibrationError(f"calibration file {path} is invalid: {problem}; {fix}.")
         try:
             cal = cls.model_validate(obj)
         except pydantic.ValidationError as e:
-            raise CalibrationError(f"calibration file {path} is invalid: {_errors_text(e)}; {fix}.") from e
-        if expected_model_id is not None and cal.model_id != expected_model_id:
             raise CalibrationError(
-                f"calibration file {path} is for model {cal.model_id!r}, not "
-                f"{expected_model_id!r}; run `l2reason calibrate` for {expected_model_id!r} "
+                f"calibration file {path} is invalid: {_errors_text(e, drop_fix=True)}; {fix}."
+            ) from e
+        cal.check_model(
+            model_id=expected_model_id,
+            num_layers=expected_num_layers,
+            hidden_size=expected_hidden_size,
+            source=f"calibration file {path}",
+        )
+        return cal
+
+    def check_model(
+        self,
+        model_id: str | None = None,
+        num_layers: int | None = None,
+        hidden_size: int | None = None,
+        *,
+        source: str = "the calibration",
+    ) -> None:
+        """Check that this calibration is for the given model (each argument that is not None).
+
+        Args:
+            model_id: the model's id.
+            num_layers: the model's decoder layers.
+            hidden_size: the model's hidden size.
+            source: how messages name the calibration (e.g. its file).
+
+        Raises:
+            CalibrationError: the id or a size differs.
+
+        Example:
+            >>> cal.check_model(num_layers=24, hidden_size=32)  # doctest: +SKIP
+        """
+        if model_id is not None and self.model_id != model_id:
+            raise CalibrationError(
+                f"{source} is for model {self.model_id!r}, not "
+                f"{model_id!r}; run `l2reason calibrate` for {model_id!r} "
                 "or pass that model's file."
             )
-        return cal
+        for name, want in (("num_layers", num_layers), ("hidden_size", hidden_size)):
+            have = getattr(self, name)
+            if want is not None and have != want:
+                raise CalibrationError(
+                    f"{source} has {name}={have} but the model {self.model_id!r} loaded now has "
+                    f"{name}={want}: it was made for another model (or another conversion of it); "
+                    f"{_RERUN} for this model."
+                )
 
     def with_selection(self, sel: dict[str, Any]) -> Calibration:
         """A copy with ``selection`` set (validated).
@@ -308,6 +533,26 @@ class Calibration(pydantic.BaseModel):
             return type(self).model_validate(data)
         except pydantic.ValidationError as e:
             raise CalibrationError(f"invalid selection {sel!r}: {_errors_text(e)}") from e
+
+    def with_probe(self, probe: dict[str, Any]) -> Calibration:
+        """A copy with the ``probe`` section set (validated).
+
+        Args:
+            probe: a fitted probe as plain data (``Probe.to_dict()``).
+
+        Returns:
+            A new :class:`Calibration`; ``self`` is unchanged.
+
+        Example:
+            >>> cal.with_probe(probe.to_dict()).probe["feature_set"]  # doctest: +SKIP
+            'both'
+        """
+        data = self.model_dump()
+        data["probe"] = dict(probe)
+        try:
+            return type(self).model_validate(data)
+        except pydantic.ValidationError as e:
+            raise CalibrationError(f"invalid probe: {_errors_text(e)}") from e
 
 
 def _quantiles(v: Tensor, qs: Sequence[float]) -> list[float]:

@@ -32,6 +32,7 @@ from l2reason.techniques.selection import (
     DEFAULT_SCORE,
     CandidateSignals,
     Selection,
+    _argmax_tied,
     _check_cands,
     group_vote,
     select_l2,
@@ -57,11 +58,6 @@ DEEPCONF_WINDOW = 2048  # Fu et al. 2025: sliding-window group size 2048 tokens
 DEEPCONF_BOTTOM = 0.10  # Fu et al. 2025: bottom-10% group confidence
 DEEPCONF_TAIL = 2048  # Fu et al. 2025: tail confidence over the last 2048 tokens
 DEEPCONF_KEEP = 0.9  # Fu et al. 2025: η = 90% ("DeepConf-high"); η = 10% is "-low"
-
-
-def _first_best(scores: np.ndarray) -> int:
-    """Index of the largest score; NaN ranks last; ties -> lowest index."""
-    return int(np.argmax(np.where(np.isnan(scores), -np.inf, scores)))
 
 
 def _vote_pick(
@@ -137,10 +133,11 @@ def select_majority(cands: Sequence[CandidateSignals], seed: int | None = None) 
     return Selection("majority", i, scores, answer, groups, {"tied": tied})
 
 
-def select_shortest(cands: Sequence[CandidateSignals]) -> Selection:
+def select_shortest(cands: Sequence[CandidateSignals], seed: int | None = None) -> Selection:
     """Fewest tokens among finished candidates (among all if none finished).
 
-    Ties -> lowest index. Scores are −n_tokens.
+    Ties: a draw among the tied seeded with ``seed`` (``None``: the lowest
+    index). Scores are −n_tokens.
 
     Example:
         >>> import numpy as np
@@ -151,9 +148,10 @@ def select_shortest(cands: Sequence[CandidateSignals]) -> Selection:
     """
     _check_cands(cands)
     pool = [i for i, c in enumerate(cands) if c.finished] or list(range(len(cands)))
-    i = min(pool, key=lambda k: (cands[k].n_tokens, k))
+    key = np.array([-float(cands[k].n_tokens) if k in pool else -np.inf for k in range(len(cands))])
+    i, tied = _argmax_tied(key, seed)
     scores = [-float(c.n_tokens) for c in cands]
-    details = {"pool": "finished" if cands[pool[0]].finished else "all"}
+    details = {"pool": "finished" if cands[pool[0]].finished else "all", "n_tied": tied}
     return Selection("shortest", i, scores, cands[i].answer, None, details)
 
 
@@ -182,6 +180,7 @@ def select_self_certainty(
     cands: Sequence[CandidateSignals],
     mode: Literal["argmax", "borda"] = "argmax",
     p: float = BORDA_P,
+    seed: int | None = None,
 ) -> Selection:
     """Self-certainty (Kang et al. 2025): argmax of SC, or Borda vote.
 
@@ -196,6 +195,7 @@ def select_self_certainty(
         cands: N candidates with ``token_self_certainty``.
         mode: ``"argmax"`` or ``"borda"``.
         p: Borda power (p = 0: majority vote).
+        seed: argmax ties: a draw among the tied seeded with it (``None``: lowest index).
 
     Example:
         >>> import numpy as np
@@ -207,8 +207,8 @@ def select_self_certainty(
     """
     sc = self_certainty_scores(cands)
     if mode == "argmax":
-        i = _first_best(sc)
-        return Selection("self-certainty", i, sc.tolist(), cands[i].answer, None, {})
+        i, tied = _argmax_tied(sc, seed)
+        return Selection("self-certainty", i, sc.tolist(), cands[i].answer, None, {"n_tied": tied})
     if mode != "borda":
         raise ConfigError(f'mode must be "argmax" or "borda" (got {mode!r})')
     N = len(cands)
@@ -340,7 +340,7 @@ def _l2(
     score: str = DEFAULT_SCORE,
     direction: str = "high",
 ) -> Selection:
-    return select_l2(cands, tau, score, direction)
+    return select_l2(cands, tau, score, direction, seed=seed)
 
 
 def _l2_vote(
@@ -350,7 +350,7 @@ def _l2_vote(
     seed: int,
     score: str = DEFAULT_SCORE,
 ) -> Selection:
-    return select_l2_vote(cands, tau, score)
+    return select_l2_vote(cands, tau, score, seed=seed)
 
 
 def _random(cands: Sequence[CandidateSignals], *, tau: Any, seed: int) -> Selection:
@@ -362,11 +362,11 @@ def _majority(cands: Sequence[CandidateSignals], *, tau: Any, seed: int) -> Sele
 
 
 def _shortest(cands: Sequence[CandidateSignals], *, tau: Any, seed: int) -> Selection:
-    return select_shortest(cands)
+    return select_shortest(cands, seed=seed)
 
 
 def _sc(cands: Sequence[CandidateSignals], *, tau: Any, seed: int) -> Selection:
-    return select_self_certainty(cands, "argmax")
+    return select_self_certainty(cands, "argmax", seed=seed)
 
 
 def _sc_borda(cands: Sequence[CandidateSignals], *, tau: Any, seed: int, p: float = BORDA_P) -> Selection:
@@ -402,6 +402,29 @@ def _deepconf_tail(
     return select_deepconf(cands, mode="tail", keep_frac=keep_frac, tail_tokens=tail_tokens)
 
 
+def _need_probe(method: str) -> ConfigError:
+    return ConfigError(
+        f"selection {method!r} needs a fitted probe: run `l2reason calibrate --select` (it stores one in the "
+        "model's calibration file), or pass probe=..."
+    )
+
+
+def _probe(cands: Sequence[CandidateSignals], *, tau: Any, seed: int, probe: Any = None) -> Selection:
+    from l2reason.techniques.probe import select_probe
+
+    if probe is None:
+        raise _need_probe("l2-probe")
+    return select_probe(cands, probe, rule="argmax", seed=seed)
+
+
+def _probe_vote(cands: Sequence[CandidateSignals], *, tau: Any, seed: int, probe: Any = None) -> Selection:
+    from l2reason.techniques.probe import select_probe
+
+    if probe is None:
+        raise _need_probe("l2-probe-vote")
+    return select_probe(cands, probe, rule="vote", seed=seed)
+
+
 #: name -> selector ``(cands, *, tau, seed, **params) -> Selection``.
 SELECTORS: dict[str, Selector] = {
     "random": _random,
@@ -413,6 +436,8 @@ SELECTORS: dict[str, Selector] = {
     "deepconf-tail": _deepconf_tail,
     "l2": _l2,
     "l2-vote": _l2_vote,
+    "l2-probe": _probe,
+    "l2-probe-vote": _probe_vote,
 }
 
 
@@ -429,12 +454,14 @@ def select(
     Args:
         method: ``random``, ``majority``, ``shortest``, ``self-certainty``,
             ``self-certainty-borda``, ``deepconf``, ``deepconf-tail``, ``l2``
-            (argmax, ``score="B/T"`` by default) or ``l2-vote``.
+            (argmax, ``score="B/T"`` by default), ``l2-vote``, or ``l2-probe`` /
+            ``l2-probe-vote`` (these two need ``probe=``).
         cands: N candidates.
         tau: [n_band] calibrated τ_l (the ``l2`` methods).
-        seed: seed of ``random`` (others are deterministic).
+        seed: seed of ``random`` and of the argmax rules' tie-break (a draw
+            among the candidates that share the best score).
         **params: method parameters (``score``, ``p``, ``window``,
-            ``keep_frac``, ``bottom_frac``, ``tail_tokens``).
+            ``keep_frac``, ``bottom_frac``, ``tail_tokens``, ``probe``).
 
     Raises:
         ConfigError: unknown method or parameter.

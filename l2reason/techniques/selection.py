@@ -199,10 +199,28 @@ def l2_scores(
     return np.where(has_any, out, np.nan)
 
 
-def _argmax(scores: np.ndarray) -> int:
-    """Index of the largest score; NaN counts as -inf; ties -> lowest index."""
-    s = np.where(np.isnan(scores), -np.inf, scores)
-    return int(np.argmax(s))  # np.argmax returns the first maximum
+def _argmax_tied(scores: np.ndarray, seed: int | None = None) -> tuple[int, int]:
+    """(index of the largest score, how many candidates share it); NaN counts as -inf.
+
+    Ties are broken neutrally but reproducibly: a uniform draw among the tied
+    indices from ``numpy.random.default_rng(seed)`` (the selection's seed), so
+    the pick depends only on the seed and the tied set. ``seed=None`` takes
+    the lowest tied index.
+
+    Example:
+        >>> _argmax_tied(np.array([0.0, 2.0, 2.0, 1.0]), None)
+        (1, 2)
+    """
+    s = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
+    top = np.flatnonzero(s == s.max())
+    if top.size == 1 or seed is None:
+        return int(top[0]), int(top.size)
+    return int(top[int(np.random.default_rng(seed).integers(top.size))]), int(top.size)
+
+
+def _argmax(scores: np.ndarray, seed: int | None = None) -> int:
+    """Index of the largest score; NaN counts as -inf; ties -> a seeded draw among the tied (``None``: lowest)."""
+    return _argmax_tied(scores, seed)[0]
 
 
 def group_vote(
@@ -249,8 +267,9 @@ def select_l2(
     tau: np.ndarray | None,
     score: str = DEFAULT_SCORE,
     direction: str = "high",
+    seed: int | None = 0,
 ) -> Selection:
-    """Argmax of an ℓ2 score (ties -> lowest index; unscorable candidates last).
+    """Argmax of an ℓ2 score (ties -> a seeded draw among the tied; unscorable candidates last).
 
     Args:
         cands: N candidates.
@@ -260,6 +279,10 @@ def select_l2(
             ``"low"`` the lowest, for a model whose calibration showed the
             signal inverted. The returned scores are always "higher =
             preferred" (negated for ``"low"``).
+        seed: the tie-break's seed: when several candidates share the best
+            score (pooled-τ scores are often exactly 0), one of them is drawn
+            with ``numpy.random.default_rng(seed)``; ``None`` takes the lowest
+            index. ``details["n_tied"]`` says how many shared it.
 
     Returns:
         A :class:`Selection` with ``method="l2"``.
@@ -272,14 +295,17 @@ def select_l2(
     s = l2_scores(cands, tau, score)
     if direction == "low":
         s = -s
-    i = _argmax(s)
-    return Selection("l2", i, s.tolist(), cands[i].answer, None, {"score": score, "direction": direction})
+    i, tied = _argmax_tied(s, seed)
+    return Selection(
+        "l2", i, s.tolist(), cands[i].answer, None, {"score": score, "direction": direction, "n_tied": tied}
+    )
 
 
 def select_l2_vote(
     cands: Sequence[CandidateSignals],
     tau: np.ndarray | None,
     score: str = DEFAULT_SCORE,
+    seed: int | None = 0,
 ) -> Selection:
     """ℓ2-weighted vote: group by answer, sum scores, return the heaviest group's best member.
 
@@ -296,6 +322,7 @@ def select_l2_vote(
         cands: N candidates with extracted answers.
         tau: [n_band] calibrated τ_l (unused by ``z_mean``).
         score: one of :data:`SCORE_NAMES`.
+        seed: the tie-break seed of the argmax fallback (no answers at all).
 
     Returns:
         A :class:`Selection` with ``method="l2-vote"`` and ``groups``.
@@ -310,7 +337,7 @@ def select_l2_vote(
     s = l2_scores(cands, tau, score)  # [N]
     voters = [c.answer is not None for c in cands]
     if not any(voters):
-        sel = select_l2(cands, tau, score)
+        sel = select_l2(cands, tau, score, seed=seed)
         return Selection(
             "l2-vote",
             sel.index,

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from l2reason.errors import ConfigError
+from l2reason.limits import MAX_ABS_VALUE, MAX_ALRR_K, MAX_BANK, MAX_STEPS
 
 __all__ = [
     "ALRRSpec",
@@ -80,9 +81,10 @@ def _check_real(
     raise ValueError(msg + (f"; {hint}" if hint else ""))
 
 
-def _check_int(name: str, value: int, *, lo: int, hint: str = "") -> int:
-    if value < lo:
-        msg = f"{name} must be an integer >= {lo} (got {value})"
+def _check_int(name: str, value: int, *, lo: int, hi: int | None = None, hint: str = "") -> int:
+    if value < lo or (hi is not None and value > hi):
+        where = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        msg = f"{name} must be an integer {where} (got {value})"
         raise ValueError(msg + (f"; {hint}" if hint else ""))
     return value
 
@@ -124,17 +126,17 @@ class ThresholdSpec(_Spec):
     @field_validator("warmup")
     @classmethod
     def _warmup(cls, v: int) -> int:
-        return _check_int("warmup", v, lo=0, hint="use 0 to intervene from the first step")
+        return _check_int("warmup", v, lo=0, hi=MAX_STEPS, hint="use 0 to intervene from the first step")
 
     @field_validator("k")
     @classmethod
     def _k(cls, v: float) -> float:
-        return _check_real("k", v, lo=0.0)
+        return _check_real("k", v, lo=0.0, hi=1e6)
 
     @field_validator("min_iqr")
     @classmethod
     def _min_iqr(cls, v: float) -> float:
-        return _check_real("min_iqr", v, lo=0.0)
+        return _check_real("min_iqr", v, lo=0.0, hi=MAX_ABS_VALUE)
 
 
 class ALRRSpec(_Spec):
@@ -168,12 +170,14 @@ class ALRRSpec(_Spec):
     @field_validator("K")
     @classmethod
     def _K(cls, v: int) -> int:
-        return _check_int("K", v, lo=0, hint="K is the number of extra passes; 0 disables")
+        return _check_int(
+            "K", v, lo=0, hi=MAX_ALRR_K, hint="K is the number of extra passes per layer and token; 0 disables"
+        )
 
     @field_validator("g")
     @classmethod
     def _g(cls, v: float) -> float:
-        return _check_real("g", v, lo=0.0)
+        return _check_real("g", v, lo=0.0, hi=1e6)
 
     @field_validator("b")
     @classmethod
@@ -183,6 +187,7 @@ class ALRRSpec(_Spec):
             v,
             lo=1.0,
             lo_open=True,
+            hi=1e6,
             hint="b·τ is the upper edge of the band τ < n < b·τ",
         )
 
@@ -226,22 +231,22 @@ class ERSSSpec(_Spec):
     @field_validator("M")
     @classmethod
     def _M(cls, v: int) -> int:
-        return _check_int("M", v, lo=1, hint="the bank needs at least one slot")
+        return _check_int("M", v, lo=1, hi=MAX_BANK, hint="the bank needs at least one slot")
 
     @field_validator("S")
     @classmethod
     def _S(cls, v: int) -> int:
-        return _check_int("S", v, lo=1)
+        return _check_int("S", v, lo=1, hi=MAX_STEPS)
 
     @field_validator("C")
     @classmethod
     def _C(cls, v: int) -> int:
-        return _check_int("C", v, lo=0, hint="use 0 for no cooldown")
+        return _check_int("C", v, lo=0, hi=MAX_STEPS, hint="use 0 for no cooldown")
 
     @field_validator("gamma")
     @classmethod
     def _gamma(cls, v: float) -> float:
-        return _check_real("gamma", v, lo=0.0, lo_open=True)
+        return _check_real("gamma", v, lo=0.0, lo_open=True, hi=1e6)
 
     @field_validator("p")
     @classmethod
@@ -292,12 +297,18 @@ class StaticSteerSpec(_Spec):
                     f"vector for layer {layer} holds {len(bad)} NaN/inf value(s) "
                     f"(first at index {bad[0]}); steering vectors must be finite"
                 )
+            big = [i for i, x in enumerate(vec) if abs(x) > MAX_ABS_VALUE]
+            if big:
+                raise ValueError(
+                    f"vector for layer {layer} has {len(big)} value(s) beyond ±{MAX_ABS_VALUE:g} "
+                    f"(first at index {big[0]}: {vec[big[0]]!r}); scale it down and use alpha"
+                )
         return v
 
     @field_validator("alpha")
     @classmethod
     def _alpha(cls, v: float) -> float:
-        return _check_real("alpha", v)
+        return _check_real("alpha", v, lo=-MAX_ABS_VALUE, hi=MAX_ABS_VALUE)
 
 
 class SuppressSpec(_Spec):
@@ -330,7 +341,7 @@ class SuppressSpec(_Spec):
     @field_validator("scale")
     @classmethod
     def _scale(cls, v: float) -> float:
-        return _check_real("scale", v)
+        return _check_real("scale", v, lo=-1e6, hi=1e6)
 
     @field_validator("rate")
     @classmethod

@@ -10,7 +10,7 @@ import pytest
 from l2reason.backends.base import Candidate, GenerationResult, NormStats, TokenLogprobs
 from l2reason.eval.autocal import candidate_bands, choose_selection
 from l2reason.eval.harness import RunConfig, StoredItem, _append, load_run, pass_path
-from l2reason.eval.report import compute_report, write_report
+from l2reason.eval.report import compute_report, render_markdown, write_report
 
 L = 4  # default band of a 4-layer model: [2]
 
@@ -266,3 +266,66 @@ def test_auto_selection_finds_an_inverted_signal_and_selects_by_it():
     assert spec.params == {"direction": "low"}
     picked = [bool(r.correct[select_result(r.result, spec, num_layers=L).index]) for r in items]
     assert picked == [True, True, True, False]
+
+
+CURVE_RULES = ["majority", "l2:B/T", "l2:z_mean", "self-certainty", "deepconf", "shortest", "random"]
+
+
+def test_accuracy_vs_n_at_the_stored_n_is_the_tables_value_for_every_rule(tmp_path):
+    """Each curve applies exactly the table's rule: at N = stored N it must equal the table, rule by rule."""
+    rep = compute_report(load_run(_write_run(tmp_path / "run", methods=CURVE_RULES)), n_boot=200, n_subsamples=50)
+    table = {r.name: r.acc for r in rep.rows}
+    expected = {"majority", "l2:B/T", "l2:z_mean", "self-certainty", "deepconf", "shortest", "l2-probe-cv"}
+    assert set(rep.curves) == expected  # a curve only for rules the table shows (the probe is cross-fitted)
+    for name, curve in rep.curves.items():
+        assert curve[4] == table[name], name
+        # N = 1: every rule returns the only candidate, so every curve starts at the mean single-sample accuracy
+        assert curve[1] == pytest.approx(np.mean([np.mean(c) for _, _, c in _labels()]))
+    # all C(4, k) subsets are used when there are few: the curve is exact, not a random estimate
+    assert rep.curve_sizes == {1: 4, 2: 6, 4: 1}
+    again = compute_report(load_run(tmp_path / "run"), n_boot=200, n_subsamples=50)
+    assert again.curves == rep.curves
+    md = render_markdown(rep)
+    assert "N = 1 is the mean accuracy of a single sample" in md and "candidate 0 only (25.0%)" in md
+
+
+def _labels():
+    return [(i, g, [a == g for a in answers]) for i, g, answers, _ in SAMPLES]
+
+
+def test_the_report_counts_ties_at_the_best_score_and_breaks_them_reproducibly(tmp_path):
+    from l2reason.eval.methods import selection_spec
+    from l2reason.select import select_result
+
+    run = load_run(_write_run(tmp_path / "run", methods=["majority", "l2:B/T", "shortest"]))
+    rep = compute_report(run, n_boot=200, n_subsamples=10)
+    rows = {r.name: r for r in rep.rows}
+    expect = 0
+    for r in run.samples:
+        sel = select_result(r.result, selection_spec("l2:B/T", seed=run.config.item_seed(r.index)), num_layers=L)
+        expect += sel.details["n_tied"] > 1
+        assert rows["l2:B/T"].correct[r.item_id] == r.correct[sel.index]
+    assert rows["l2:B/T"].ties == expect
+    assert rows["majority"].ties is None  # not an argmax rule: majority keeps its own tie rule
+    # every item has at least two finished wrong candidates of the same (shortest) length: shortest ties on all
+    assert rows["shortest"].ties == 4
+    md = render_markdown(rep)
+    assert "## Ties at the best score" in md and "| l2:B/T | 4 |" in md
+    again = {r.name: r for r in compute_report(run, n_boot=200, n_subsamples=10).rows}
+    assert again["l2:B/T"].correct == rows["l2:B/T"].correct and again["shortest"].correct == rows["shortest"].correct
+
+
+def test_plots_mark_rows_over_fewer_items_and_keep_zero_bars(tmp_path):
+    d = _write_run(tmp_path / "run")
+    # a generation pass on 2 of the 4 items: its row is scored over fewer items
+    (d / "gen" / "greedy.jsonl").unlink()
+    for idx, gold, answers in GREEDY[:2]:
+        _append(pass_path(d, "greedy"), _item(idx, gold, answers, name="greedy").model_dump_json())
+    md = write_report(d, n_boot=200, n_subsamples=10)
+    text = md.read_text()
+    assert "Rows are scored on different numbers of items (2, 4)" in text
+    rep = compute_report(load_run(d), n_boot=200, n_subsamples=10)
+    assert _row(rep, "shortest").acc == 0.0  # a 0% row: drawn with a marker and its CI
+    nd = rep.norm_dist["2"]
+    assert nd["correct_within"] and nd["incorrect_within"]
+    assert min(nd["correct_within"]) > 0 > max(nd["incorrect_within"])  # right ones sit above their item's mean

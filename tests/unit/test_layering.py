@@ -2,7 +2,7 @@
 
 Layers, low to high (``docs/design.md``, "Layering"):
 
-0. base: ``errors``, ``_paths``, ``data`` (modules that import nothing from
+0. base: ``errors``, ``_paths``, ``data``, ``limits``, ``files`` (modules that import nothing from
    l2reason) and the root ``l2reason/__init__.py``, whose public names load
    lazily;
 1. ``signal``;
@@ -46,7 +46,7 @@ LAYER_NAMES = {
     CLI: "cli",
 }
 ORDER = (
-    "base (errors, _paths, data) <- signal <- techniques <- engine (models, backends, serving, select) "
+    "base (errors, _paths, data, limits, files) <- signal <- techniques <- engine (models, backends, serving, select) "
     "<- programs (dspy, integrations, eval, calibrate, viz) <- cli"
 )
 
@@ -55,6 +55,8 @@ LAYERS: dict[str, int] = {
     "l2reason.errors": BASE,
     "l2reason._paths": BASE,
     "l2reason.data": BASE,
+    "l2reason.limits": BASE,
+    "l2reason.files": BASE,
     "l2reason.signal": SIGNAL,
     "l2reason.techniques": TECHNIQUE,
     "l2reason.models": ENGINE,

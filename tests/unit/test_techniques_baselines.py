@@ -58,7 +58,8 @@ def test_shortest() -> None:
     assert (sel.index, sel.details["pool"]) == (2, "finished")
     assert sel.scores == [-9.0, -2.0, -5.0, -5.0]
     none_done = [cand(n=9, finished=False), cand(n=4, finished=False)]
-    assert select_shortest(none_done).details == {"pool": "all"}
+    assert select_shortest(none_done).details == {"pool": "all", "n_tied": 1}
+    assert {select_shortest(cs, seed=s).index for s in range(30)} == {2, 3}  # tied lengths: a seeded draw
     assert select_shortest(none_done).index == 1
 
 
@@ -134,7 +135,7 @@ def test_deepconf_needs_logprobs() -> None:
 def test_registry() -> None:
     assert list(SELECTORS) == [
         "random", "majority", "shortest", "self-certainty", "self-certainty-borda",
-        "deepconf", "deepconf-tail", "l2", "l2-vote",
+        "deepconf", "deepconf-tail", "l2", "l2-vote", "l2-probe", "l2-probe-vote",
     ]  # fmt: skip
     cs = [
         cand("a", n=2, sc=[0.2], conf=[1.0], norm=1.0),
@@ -142,12 +143,14 @@ def test_registry() -> None:
         cand("b", n=3, sc=[0.4], conf=[0.5], norm=2.5),
     ]
     tau = np.array([2.0])
-    got = {name: select(name, cs, tau=tau, seed=0).index for name in SELECTORS}
+    got = {name: select(name, cs, tau=tau, seed=0).index for name in SELECTORS if not name.startswith("l2-probe")}
+    with pytest.raises(ConfigError, match="'l2-probe' needs a fitted probe"):
+        select("l2-probe", cs, tau=tau)
     assert got["majority"] == 1 and got["shortest"] == 0
     assert got["self-certainty"] == 1 and got["self-certainty-borda"] == 1
     assert got["deepconf"] == 1 and got["deepconf-tail"] == 1
     assert got["l2"] == 1 and got["l2-vote"] == 1
-    assert select("l2", cs, tau=tau, score="z_mean").details == {"score": "z_mean", "direction": "high"}
+    assert select("l2", cs, tau=tau, score="z_mean").details == {"score": "z_mean", "direction": "high", "n_tied": 1}
     assert select("l2", cs, tau=tau, direction="low").index != got["l2"]
     assert select("deepconf-tail", cs, tail_tokens=1, keep_frac=1.0).method == "deepconf-tail"
     with pytest.raises(ConfigError, match="unknown selection method 'best'; valid methods: random, majority"):

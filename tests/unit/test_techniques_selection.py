@@ -11,6 +11,7 @@ from l2reason.errors import ConfigError
 from l2reason.techniques.selection import (
     SCORE_NAMES,
     CandidateSignals,
+    _argmax_tied,
     group_vote,
     l2_scores,
     select_l2,
@@ -46,9 +47,11 @@ CANDS = [cand([1, 1, 1, 1]), cand([3, 3]), cand([5, 1, 1, 1, 1, 1, 1, 1, 1, 4])]
 def test_abcd_scores(score: str, expected: list[float], best: int) -> None:
     assert l2_scores(CANDS, TAU, score).tolist() == pytest.approx(expected, abs=1e-6)
     sel = select_l2(CANDS, TAU, score)
-    assert (sel.method, sel.index, sel.details) == ("l2", best, {"score": score, "direction": "high"})
+    assert (sel.method, sel.index, sel.details) == ("l2", best, {"score": score, "direction": "high", "n_tied": 1})
     low = select_l2(CANDS, TAU, score, direction="low")
-    assert low.index == int(np.argmin(expected)) and low.scores == pytest.approx([-x for x in expected], abs=1e-6)
+    lowest = np.flatnonzero(np.isclose(expected, min(expected)))  # D/T: candidates 0 and 1 tie at 0
+    assert low.index in lowest and low.details["n_tied"] == lowest.size
+    assert low.scores == pytest.approx([-x for x in expected], abs=1e-6)
     with pytest.raises(ConfigError, match="direction must be 'high' or 'low'"):
         select_l2(CANDS, TAU, score, direction="up")
 
@@ -73,8 +76,18 @@ def test_nan_entries_are_excluded() -> None:
     assert math.isnan(l2_scores([empty, cand([1.0])], None, "z_mean")[0])
 
 
-def test_ties_go_to_lowest_index() -> None:
-    assert select_l2([cand([1.0]), cand([3.0]), cand([3.0])], TAU).index == 1
+def test_ties_are_broken_among_the_tied_only_and_reproducibly_for_a_seed() -> None:
+    # B/T with τ = 2: 0, 1, 1, 0, 1 -> candidates 1, 2 and 4 share the best score
+    cs = [cand([1.0]), cand([3.0]), cand([3.0]), cand([2.0]), cand([3.0])]
+    picks = {seed: select_l2(cs, TAU, seed=seed).index for seed in range(40)}
+    assert set(picks.values()) == {1, 2, 4}  # only the tied, and each of them for some seed
+    assert all(select_l2(cs, TAU, seed=seed).index == i for seed, i in picks.items())  # same seed, same pick
+    assert select_l2(cs, TAU, seed=3).details["n_tied"] == 3
+    assert select_l2(cs, TAU, seed=None).index == 1  # no seed: the lowest tied index
+    assert select_l2([cand([1.0]), cand([3.0])], TAU, seed=5).details["n_tied"] == 1
+    # the tie-break does not depend on the candidates' order beyond the tied set
+    assert _argmax_tied(np.array([0.0, 1.0, 1.0]), 11) == _argmax_tied(np.array([0.0, 1.0, 1.0]), 11)
+    assert _argmax_tied(np.array([np.nan, np.nan]), None) == (0, 2)  # all unscorable: all tied
 
 
 def test_errors() -> None:

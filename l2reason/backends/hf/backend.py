@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,15 +32,18 @@ from l2reason.backends.base import (
     GenerationRequest,
     GenerationResult,
     NormSpec,
+    PruneSpec,
     SamplingParams,
     TokenLogprobs,
 )
 from l2reason.backends.common import CalibrationMixin, encode_prompt, row_seed
 from l2reason.backends.hf.layers import find_decoder_layers, layer_output_tensor, make_rerun, replace_layer_output
-from l2reason.errors import BackendError, CapabilityError, ConfigError
+from l2reason.backends.validate import ModelLimits, check_context, validate_requests
+from l2reason.errors import BackendError, CapabilityError, ConfigError, L2ReasonWarning, PartialResultsError
 from l2reason.signal.band import resolve_layers
 from l2reason.signal.norms import token_norms
 from l2reason.techniques.controllers import CONTROLLERS, LayerController, StepContext, build_controllers
+from l2reason.techniques.pruning import PruneTracker, token_signal
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,23 @@ class _Capture:
     prefill: bool = True
     valid: torch.Tensor | None = None
     seeds: torch.Tensor | None = None
+    rows: torch.Tensor | None = None  # state row of each batch row once rows left the batch (None: row i is i)
+    nonfinite: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (layer, [b] bool) at intervened layers
+
+
+_BUILTIN_CONTROLLERS = frozenset(CONTROLLERS.values())
+
+
+@dataclass
+class _PrunePlan:
+    """Online pruning of one request of a call: its spec, tracker, first row and ℓ2 layers."""
+
+    spec: PruneSpec
+    tracker: PruneTracker
+    start: int  # the request's first row in the call
+    layers: list[int]
+    tau: np.ndarray | None
+    cols: list[int] = field(default_factory=list)  # the layers' columns in the capture
 
 
 class HFBackend(CalibrationMixin):
@@ -154,11 +176,31 @@ class HFBackend(CalibrationMixin):
         return next(self.model.parameters()).dtype
 
     @property
+    def context_length(self) -> int | None:
+        """The model's maximum positions (``max_position_embeddings``), if its config says."""
+        n = getattr(self.model.config, "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
+
+    def limits(self) -> ModelLimits:
+        """What :func:`~l2reason.backends.validate.validate_request` checks requests against."""
+        vocab = getattr(self.model.config, "vocab_size", None)
+        return ModelLimits(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            context_length=self.context_length,
+            vocab_size=int(vocab) if isinstance(vocab, int) else None,
+            capabilities=self.capabilities,
+            calibration=lambda: self.calibration,
+            dtype_max=float(torch.finfo(self.dtype).max),
+        )
+
+    @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
             name=self.name,
             interventions=frozenset(self.controller_factories),
             exact_erss=True,
+            pruning=True,
         )
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -171,11 +213,15 @@ class HFBackend(CalibrationMixin):
         Requests with the same norm spec, logprobs and interventions share a
         batch; others run one group after another.
         """
+        requests = validate_requests(requests, self.limits())
         if not requests:
             return []
-        for r in requests:
-            if not isinstance(r, GenerationRequest):
-                raise ConfigError(f"expected GenerationRequest, got {type(r).__name__}")
+        ctx = self.context_length
+        for i, r in enumerate(requests):
+            try:
+                check_context(len(self.prompt_ids(r)), r, ctx)
+            except ConfigError as e:
+                raise ConfigError(f"request #{i}: {e}" if len(requests) > 1 else str(e)) from e
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
             key = r.model_dump_json(include={"norms", "logprobs", "interventions"})
@@ -183,7 +229,19 @@ class HFBackend(CalibrationMixin):
         results: list[GenerationResult | None] = [None] * len(requests)
         with self._lock:
             for idx in groups.values():
-                for i, res in zip(idx, self._generate_group([requests[i] for i in idx]), strict=True):
+                try:
+                    group = self._generate_group([requests[i] for i in idx])
+                except Exception as e:
+                    if all(r is None for r in results):
+                        raise  # nothing finished: the original error, unchanged
+                    failed = [i for i, r in enumerate(results) if r is None]
+                    raise PartialResultsError(
+                        f"{len(failed)} of {len(requests)} requests failed ({type(e).__name__}: {e}); "
+                        "the finished ones are in this error's `results`",
+                        results,
+                        failed,
+                    ) from e
+                for i, res in zip(idx, group, strict=True):
                     results[i] = res
         return [r for r in results if r is not None]
 
@@ -245,6 +303,7 @@ class HFBackend(CalibrationMixin):
                     valid=cap.valid,
                     rerun=_LastTokenRerun(make_rerun(module, args if args else (h,), kwargs), h),
                     mlp_out=cap.mlp_out.get(layer),
+                    rows=cap.rows,
                 )
                 for c in ctrls:
                     x_new = c.step(layer, x, token_norms(x), ctx)
@@ -252,6 +311,10 @@ class HFBackend(CalibrationMixin):
                         x, changed = x_new, True
             if col is not None:
                 cap.current[:, col] = token_norms(x)
+            if ctrls and not cap.prefill:  # an intervened state must stay finite (checked before sampling)
+                cap.nonfinite.append(
+                    (layer, ~torch.isfinite(cap.current[:, col] if col is not None else token_norms(x)))
+                )
             if changed:
                 h = h.clone()
                 h[:, -1, :] = x.to(h.dtype)
@@ -289,11 +352,43 @@ class HFBackend(CalibrationMixin):
             out[idx] = inds.gather(-1, c[:, None])[:, 0] if inds is not None else c
         return out
 
+    def _prune_plans(
+        self, requests: list[GenerationRequest], out_layers: list[int], max_new: int
+    ) -> tuple[list[_PrunePlan | None], list[int]]:
+        """One pruning plan per request (None without ``prune``), and the layers pruning adds to the capture."""
+        plans: list[_PrunePlan | None] = []
+        extra: list[int] = []
+        start = 0
+        for req in requests:
+            p = req.prune
+            if p is None or req.n < 2:
+                plans.append(None)
+                start += req.n
+                continue
+            layers: list[int] = []
+            tau = None
+            if p.score == "l2":
+                layers = resolve_layers(p.layers, self.num_layers)
+                if p.l2_stat == "exceedance":
+                    if p.tau == "calibrated":
+                        tau = self.calibrated_tau(layers, "prune tau='calibrated'", "pass explicit tau values").numpy()
+                    else:
+                        assert isinstance(p.tau, list)
+                        if len(p.tau) != len(layers):
+                            raise ConfigError(
+                                f"prune.tau has {len(p.tau)} values but prune.layers resolves to {len(layers)} layers {layers}"
+                            )
+                        tau = np.asarray(p.tau, dtype=np.float64)
+                extra += [layer for layer in layers if layer not in out_layers and layer not in extra]
+            plans.append(_PrunePlan(p, PruneTracker(p, req.n, max_new), start, layers, tau))
+            start += req.n
+        return plans, extra
+
     @torch.no_grad()
     def _generate_group(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         t0 = time.perf_counter()
         req0 = requests[0]
-        cap_layers = self.resolve_norm_layers(req0.norms)
+        out_layers = self.resolve_norm_layers(req0.norms)  # the layers returned with each candidate
         rows: list[_Row] = []
         for ri, req in enumerate(requests):
             ids = self.prompt_ids(req)
@@ -303,6 +398,13 @@ class HFBackend(CalibrationMixin):
         device = next(self.model.parameters()).device
         seeds = torch.tensor([r.seed for r in rows], dtype=torch.int64, device=device)
         ctrls = self._controllers(req0, B, seeds)
+        max_new = max(r.sampling.max_new_tokens for r in rows)
+        plans, extra = self._prune_plans(requests, out_layers, max_new)
+        cap_layers = out_layers + extra  # pruning's ℓ2 layers are captured too, but not returned
+        for p in plans:
+            if p is not None:
+                p.cols = [cap_layers.index(layer) for layer in p.layers]
+        pruning = any(p is not None for p in plans)
         cap = _Capture(
             layers=cap_layers,
             col={layer: i for i, layer in enumerate(cap_layers)},
@@ -331,7 +433,6 @@ class HFBackend(CalibrationMixin):
             attn[u, P - len(pids) :] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         cap.current = torch.zeros(U, len(cap_layers), device=device)
-        max_new = max(r.sampling.max_new_tokens for r in rows)
         limits = torch.tensor([r.sampling.max_new_tokens for r in rows], device=device)
         gens = [torch.Generator(device=device).manual_seed(r.seed) for r in rows]
         want_lp = req0.logprobs is not None
@@ -345,6 +446,7 @@ class HFBackend(CalibrationMixin):
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         finish: list[str] = ["length"] * B
+        nonfinite: list[tuple[int, int, int, list[int]]] = []  # (request, candidate, step, layers)
         stops = [r.sampling.stop for r in rows]
         stop_window = max((len(s) for ss in stops for s in ss), default=0) + 8
         eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=device) if self.eos_ids else None
@@ -369,17 +471,36 @@ class HFBackend(CalibrationMixin):
                     cache.batch_select_indices(row2u)
                     logits_all = logits_all[row2u]
                     attn, pos, cap.current = attn[row2u], pos[row2u], cap.current[row2u]
-                # `ix` maps the rows still in the batch to their original index. Without
-                # controllers (whose per-row state would need compacting too), rows that
-                # finish leave the batch and the KV cache, so long outliers cost only
-                # their own rows' compute.
+                # `ix` maps the rows still in the batch to their original index. Rows that
+                # finish (or are pruned) leave the batch and the KV cache, so long outliers
+                # cost only their own rows' compute. The built-in controllers follow them
+                # through `StepContext.rows`; a custom controller keeps every row in place.
                 ix = torch.arange(B, device=device)
                 ixl = list(range(B))
-                compact = not ctrls
+                compact = all(type(c) in _BUILTIN_CONTROLLERS for c in ctrls)
                 pad = torch.full((B,), self.pad_id, dtype=torch.long, device=device)
                 for t in range(max_new):
                     logits = (logits_all if t == 0 else out.logits[:, -1, :]).float()  # [b, V]
                     active = ~done[ix]
+                    # A non-finite state (e.g. from a huge steering vector) stops its row before
+                    # it emits a token drawn from garbage; the row's norms stay finite.
+                    bad = ~(torch.isfinite(cap.current).all(-1) & torch.isfinite(logits.sum(-1)))
+                    for _, f in cap.nonfinite:
+                        bad = bad | f
+                    bad = active & bad
+                    if bool(bad.any()):
+                        for k in torch.nonzero(bad).flatten().tolist():
+                            i = ixl[k]
+                            finite = torch.isfinite(cap.current[k]).tolist()
+                            bad_layers = {cap_layers[c] for c, ok in enumerate(finite) if not ok}
+                            bad_layers |= {layer for layer, f in cap.nonfinite if bool(f[k])}
+                            nonfinite.append((rows[i].request, rows[i].index, t + 1, sorted(bad_layers)))
+                            finish[i] = "nonfinite"
+                            plan = plans[rows[i].request]
+                            if plan is not None:
+                                plan.tracker.drop([rows[i].index])
+                        done[ix] = done[ix] | bad
+                        active = active & ~bad
                     norm_buf[ix, t] = torch.where(active[:, None], cap.current, norm_buf[ix, t])
                     nxt = self._sample(logits, [rows[i] for i in ixl], [gens[i] for i in ixl])
                     nxt = torch.where(active, nxt, pad[: len(ixl)])
@@ -407,6 +528,8 @@ class HFBackend(CalibrationMixin):
                             if any(s in tail for s in stops[i]):
                                 finish[i] = "stop"
                                 done[i] = True
+                    if pruning:
+                        self._prune_step(plans, rows, ix, ixl, t, active, done, finish, cap.current, lp_sc, lp_top)
                     if bool(done.all()):
                         break
                     cap.step = t + 1
@@ -417,10 +540,12 @@ class HFBackend(CalibrationMixin):
                         cache.batch_select_indices(keep)
                         attn, pos, nxt = attn[keep], pos[keep], nxt[keep]
                         cap.current = cap.current[keep]
+                        cap.rows = ix
                     cap.valid = ~done[ix]
                     cap.seeds = seeds[ix]
                     attn = torch.cat([attn, torch.ones((len(ixl), 1), dtype=attn.dtype, device=device)], dim=1)
                     pos = pos[:, -1:] + 1
+                    cap.nonfinite = []
                     out = self.model(
                         input_ids=nxt[:, None],
                         attention_mask=attn,
@@ -432,35 +557,98 @@ class HFBackend(CalibrationMixin):
             raise
         except Exception as e:
             raise BackendError(f"generation failed in the HF backend: {e.__class__.__name__}: {e}") from e
+        if nonfinite:
+            shown = "; ".join(
+                f"candidate {j}{f' of request {requests[r].request_id!r}' if requests[r].request_id else ''} at "
+                f"step {s} (layers {ls or 'none captured; the logits'})"
+                for r, j, s, ls in nonfinite[:5]
+            )
+            warnings.warn(
+                f"{len(nonfinite)} candidate(s) stopped on a non-finite hidden state (inf/NaN), finish_reason "
+                f"'nonfinite': {shown}{' ...' if len(nonfinite) > 5 else ''}. An intervention probably pushed the "
+                "residual stream out of range (e.g. a steering vector or alpha far too large); scale it down",
+                L2ReasonWarning,
+                stacklevel=4,  # the caller of generate_many (no_grad adds a frame)
+            )
 
         seconds = time.perf_counter() - t0
+        norm_out = norm_buf[:, :, : len(out_layers)]
         results: list[GenerationResult] = []
         for ri, req in enumerate(requests):
+            plan = plans[ri]
             cands: list[Candidate] = []
             for i, r in enumerate(rows):
                 if r.request != ri:
                     continue
-                cands.append(
-                    self._candidate(
-                        i,
-                        r,
-                        req,
-                        gen_ids,
-                        int(lengths[i]),
-                        finish[i],
-                        norm_buf,
-                        cap_layers,
-                        ctrls,
-                        lp_chosen,
-                        lp_sc,
-                        lp_top,
-                    )
+                cand = self._candidate(
+                    i,
+                    r,
+                    req,
+                    gen_ids,
+                    int(lengths[i]),
+                    finish[i],
+                    norm_out,
+                    out_layers,
+                    ctrls,
+                    lp_chosen,
+                    lp_sc,
+                    lp_top,
                 )
+                if plan is not None:
+                    cand.prune = plan.tracker.candidate_report(r.index)
+                cands.append(cand)
             res = GenerationResult(
                 request_id=req.request_id, model_id=self.model_id, backend=self.name, candidates=cands, seconds=seconds
             )
+            if plan is not None:
+                res.prune = plan.tracker.request_report()
             results.append(self.finish(res, req, self.num_layers))
         return results
+
+    @staticmethod
+    def _prune_step(
+        plans: list[_PrunePlan | None],
+        rows: list[_Row],
+        ix: torch.Tensor,
+        ixl: list[int],
+        t: int,
+        active: torch.Tensor,
+        done: torch.Tensor,
+        finish: list[str],
+        current: torch.Tensor,
+        lp_sc: torch.Tensor | None,
+        lp_top: torch.Tensor | None,
+    ) -> None:
+        """Feed this step's tokens to each request's pruning tracker; mark the rows it prunes done."""
+        act = torch.nonzero(active).flatten().tolist()
+        if not act:
+            return
+        fin_now = done[ix].tolist()
+        need = {p.spec.score for p in plans if p is not None}
+        gl = [ixl[k] for k in act]
+        conf = (-lp_top[gl, t].mean(-1)).numpy() if "confidence" in need and lp_top is not None else None
+        sc = lp_sc[gl, t].numpy() if "self-certainty" in need and lp_sc is not None else None
+        cur = current[act].cpu().numpy() if "l2" in need else None
+        by_req: dict[int, list[int]] = {}
+        for m, i in enumerate(gl):
+            by_req.setdefault(rows[i].request, []).append(m)
+        for ri, ms in by_req.items():
+            plan = plans[ri]
+            if plan is None:
+                continue
+            vals = token_signal(
+                plan.spec,
+                confidence=None if conf is None else conf[ms],
+                self_certainty=None if sc is None else sc[ms],
+                norms=None if cur is None else cur[ms][:, plan.cols],
+                tau=plan.tau,
+            )
+            local = [rows[gl[m]].index for m in ms]
+            fin = [fin_now[act[m]] for m in ms]
+            for j in plan.tracker.step(local, vals, fin):
+                i = plan.start + j
+                done[i] = True
+                finish[i] = "pruned"
 
     def _candidate(
         self,

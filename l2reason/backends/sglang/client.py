@@ -38,6 +38,7 @@ from l2reason.backends.base import (
     TokenLogprobs,
 )
 from l2reason.backends.common import CalibrationMixin, encode_prompt, row_seed
+from l2reason.backends.validate import ModelLimits, check_context, validate_requests
 from l2reason.errors import BackendError, CapabilityError, ConfigError
 from l2reason.serving.settings import TOKEN_KEY, EngineSettings
 from l2reason.signal.band import resolve_layers
@@ -113,6 +114,10 @@ class SGLangBackend(CalibrationMixin):
         cfg = self._config(tokenizer)
         self._num_layers = int(cfg["num_hidden_layers"])
         self._hidden_size = int(cfg["hidden_size"])
+        ctx = info.get("context_length") or cfg.get("max_position_embeddings")
+        self.context_length: int | None = int(ctx) if isinstance(ctx, int) and ctx > 0 else None
+        vocab = cfg.get("vocab_size")
+        self._vocab_size: int | None = int(vocab) if isinstance(vocab, int) else None
         self._calibration = self._load_calibration(calibration, self.model_id)
         self._check_plugin()
 
@@ -133,8 +138,20 @@ class SGLangBackend(CalibrationMixin):
         """Generate ``request.n`` candidates for one prompt (one batched server call)."""
         return self.generate_many([request])[0]
 
+    def limits(self) -> ModelLimits:
+        """What :func:`~l2reason.backends.validate.validate_request` checks requests against."""
+        return ModelLimits(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            context_length=self.context_length,
+            vocab_size=self._vocab_size,
+            capabilities=self.capabilities,
+            calibration=lambda: self.calibration,
+        )
+
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Generate for several prompts in one batched server call (the server batches them continuously)."""
+        requests = validate_requests(requests, self.limits())
         if not requests:
             return []
         prepared = [self._prepare(r) for r in requests]  # every check before any generation
@@ -189,6 +206,7 @@ class SGLangBackend(CalibrationMixin):
         if req.norms is not None and req.norms.tau not in (None, "calibrated"):
             self.norm_tau(req.norms, layers)  # length check now, not after generating
         ids = encode_prompt(self.tokenizer, req)
+        check_context(len(ids), req, self.context_length)
         sp = req.sampling
         items = []
         for j in range(req.n):

@@ -1,0 +1,147 @@
+"""Checks for the files and folders the commands read and write, as library errors.
+
+A user mistake with a path (a directory where a file is expected, a prompt
+file that is not UTF-8, an output in a folder that cannot be written) is a
+:class:`~l2reason.errors.ConfigError` naming the option and the path, raised
+before any model work, never an ``OSError`` or ``UnicodeDecodeError`` traceback.
+
+Example:
+    >>> import pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "prompts.txt"
+    >>> _ = p.write_text("2 + 2?\\n")
+    >>> read_text_file(p, "--prompts")
+    '2 + 2?\\n'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from l2reason.errors import ConfigError
+
+__all__ = ["MAX_TEXT_BYTES", "check_output_dir", "check_output_file", "read_text_file"]
+
+MAX_TEXT_BYTES = 256 * 2**20
+"""Largest text input file read whole (prompt lists are far smaller)."""
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_parent(path: Path, what: str) -> None:
+    """The folder that will hold ``path`` can be created and written."""
+    anchor = _nearest_existing(path.parent)
+    if not anchor.is_dir():
+        raise ConfigError(f"{what} {path}: {anchor} is a file, not a folder; pick another path")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: the folder {anchor} is not writable; pick a path you can write to")
+
+
+def read_text_file(path: str | os.PathLike[str], what: str) -> str:
+    """The text of a UTF-8 file (a leading BOM is dropped).
+
+    Args:
+        path: the file.
+        what: how messages name it (``"--prompts file"``).
+
+    Returns:
+        The decoded text.
+
+    Raises:
+        ConfigError: missing, a directory or other non-regular file, larger
+            than :data:`MAX_TEXT_BYTES`, unreadable, or not UTF-8 (the message
+            gives the line).
+    """
+    p = Path(path)
+    try:
+        if not p.exists():
+            raise ConfigError(f"{what} {p} does not exist")
+        if p.is_dir():
+            raise ConfigError(f"{what} {p} is a directory; give a text file")
+        if not p.is_file():
+            raise ConfigError(f"{what} {p} is not a regular file; give a text file")
+        size = p.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise ConfigError(f"{what} {p} is {size} bytes; text inputs are read whole, at most {MAX_TEXT_BYTES}")
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {p}: {e.strerror or e}") from e
+    except ConfigError:
+        raise
+    except ValueError as e:  # an embedded NUL byte
+        raise ConfigError(f"{what} {str(p)!r} is not a usable path ({e})") from e
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{what} {p} is not UTF-8 text (byte {data[e.start]:#04x} on line {line}); save it as UTF-8"
+        ) from e
+
+
+def check_output_file(path: str | os.PathLike[str], what: str, suffixes: Sequence[str] | None = None) -> Path:
+    """Check, before any work, that a file can be written at ``path``.
+
+    Args:
+        path: the file to write (replaced if it exists).
+        what: how messages name it (``"--out"``).
+        suffixes: allowed extensions (``[".png", ".svg"]``); None = any.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ConfigError: ``path`` is a directory, a parent is a file, the folder
+            is not writable, or the extension is not allowed.
+    """
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise ConfigError(f"{what} {p} is a directory; give a file name (e.g. {p / 'out'}{(suffixes or [''])[0]})")
+        if suffixes is not None and p.suffix.lower() not in {s.lower() for s in suffixes}:
+            raise ConfigError(f"{what} {p}: the extension must be one of {', '.join(suffixes)}, got {p.suffix!r}")
+        if p.exists() and not os.access(p, os.W_OK):
+            raise ConfigError(f"{what} {p} exists and is not writable")
+        _check_parent(p, what)
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{what} {str(p)!r} is not a usable path ({e})") from e
+    return p
+
+
+def check_output_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """Check, before any work, that ``path`` is (or can become) a writable folder.
+
+    Args:
+        path: the folder (created later if missing).
+        what: how messages name it (``"--out"``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ConfigError: ``path`` is an existing file, a parent is a file, or the
+            folder (or the one that will hold it) is not writable.
+    """
+    p = Path(path)
+    try:
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"{what} {p} is a file, not a folder; give a folder path (it is created if missing)")
+        if p.is_dir():
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ConfigError(f"{what} {p} is not writable; pick a folder you can write to")
+        else:
+            _check_parent(p, what)
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{what} {str(p)!r} is not a usable path ({e})") from e
+    return p
