@@ -529,6 +529,7 @@ class Capabilities(BaseModel):
     interventions: frozenset[str] = frozenset()
     exact_erss: bool = False
     pruning: bool = False
+    calibrated_thresholds: bool = True  # interventions with ThresholdSpec(mode="calibrated")
 
 
 @runtime_checkable

@@ -162,7 +162,8 @@ def _check_selection(spec: SelectionSpec, request: GenerationRequest, captured: 
 def _check_interventions(request: GenerationRequest, limits: ModelLimits) -> None:
     from l2reason.techniques.specs import StaticSteerSpec, check_vectors
 
-    kinds = limits.capabilities.interventions
+    caps = limits.capabilities
+    kinds = caps.interventions
     for i, spec in enumerate(request.interventions):
         kind = spec.kind
         if kind not in kinds:
@@ -186,6 +187,11 @@ def _check_interventions(request: GenerationRequest, limits: ModelLimits) -> Non
             continue
         _layers(spec.layers, limits, f"intervention #{i} ({kind}) layers")
         th = getattr(spec, "threshold", None)
+        if th is not None and th.mode == "calibrated" and not caps.calibrated_thresholds:
+            raise CapabilityError(
+                f"intervention #{i} ({kind}): calibrated thresholds are not available on backend {caps.name!r}; "
+                "use threshold mode 'adaptive' (the default)"
+            )
         if th is not None and th.mode == "calibrated":
             cal = _calibration(limits, f"intervention #{i} ({kind}) threshold mode 'calibrated'", "use mode='adaptive'")
             _calibrated_layers(cal, resolve_layers(spec.layers, limits.num_layers), f"intervention #{i} ({kind})")

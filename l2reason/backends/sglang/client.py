@@ -132,7 +132,7 @@ class SGLangBackend(CalibrationMixin):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(name=self.name, interventions=_INTERVENTIONS, exact_erss=True)
+        return Capabilities(name=self.name, interventions=_INTERVENTIONS, exact_erss=True, calibrated_thresholds=False)
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate ``request.n`` candidates for one prompt (one batched server call)."""
