@@ -368,7 +368,7 @@ def plot(res: dict[str, Any], path: Path, goal: float, tol: float) -> None:
     base = res["baseline"]
     bt, ba = base["tokens_per_item"], 100 * base["accuracy"]
     N = res["meta"]["run"]["n"]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 7))
     colors = dict(zip([*SCORES, LAYER_FAMILY], ["C0", "C1", "C2", "C3", "C4", "C5"], strict=True))
     ref = res["reference"]
     ctl = res["majority_at_k"]
@@ -394,7 +394,7 @@ def plot(res: dict[str, Any], path: Path, goal: float, tol: float) -> None:
         fontsize=9,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
 
     ax = axes[1]
     ax.axhspan(-100 * tol, 100 * tol, color="0.85", zorder=0)
@@ -429,7 +429,7 @@ def plot(res: dict[str, Any], path: Path, goal: float, tol: float) -> None:
         fontsize=9,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -407,27 +407,41 @@ def parse_tool_calls(
 _FENCE = re.compile(r"```(?:json)?[ \t]*\n?(.*?)```", re.DOTALL)
 
 
+def _bound_call(body: str, names: set[str]) -> ToolCall | None:
+    """``body`` as a call of one of the bound tools ``names``, else None."""
+    call, _, _ = _decode_call(body, closed=True)
+    if call is None or call["name"] not in names:
+        return None
+    return tool_call(name=call["name"], args=call["args"], id=_call_id())
+
+
 def _untagged_calls(text: str, names: set[str]) -> tuple[str, list[ToolCall]]:
-    """Calls of bound tools written as JSON without ``<tool_call>`` tags (fenced, or the whole answer)."""
+    """Calls of bound tools written as JSON without ``<tool_call>`` tags: in fences, or an answer that is
+    nothing but such objects (whitespace between)."""
     calls: list[ToolCall] = []
-
-    def take(body: str) -> bool:
-        call, _, _ = _decode_call(body, closed=True)
-        if call is None or call["name"] not in names:
-            return False
-        calls.append(tool_call(name=call["name"], args=call["args"], id=_call_id()))
-        return True
-
     kept: list[str] = []
     pos = 0
     for m in _FENCE.finditer(text):
-        if take(m.group(1)):
+        call = _bound_call(m.group(1), names)
+        if call is not None:
+            calls.append(call)
             kept.append(text[pos : m.start()])
             pos = m.end()
     kept.append(text[pos:])
-    if not calls and text.strip().startswith("{") and take(text):
-        return "", calls
-    return "".join(kept), calls
+    if calls or not text.strip().startswith("{"):
+        return "".join(kept), calls
+    decoder, rest = json.JSONDecoder(), text.strip()
+    while rest:
+        try:
+            _, end = decoder.raw_decode(rest)
+        except json.JSONDecodeError:
+            return text, []  # not only JSON objects (or the last one cut short): plain text
+        call = _bound_call(rest[:end], names)
+        if call is None:
+            return text, []
+        calls.append(call)
+        rest = rest[end:].lstrip()
+    return "", calls
 
 
 # ---- structured output
@@ -759,14 +773,14 @@ class ChatL2Reason(BaseChatModel):
         step = limit if isinstance(limit, int) and limit > 0 else max(1, len(inputs))
         return [(i, min(i + step, len(inputs))) for i in range(0, len(inputs), step)]
 
-    def batch(  # type: ignore[override]
+    def batch(
         self,
         inputs: list[Any],
         config: RunnableConfig | list[RunnableConfig] | None = None,
         *,
         return_exceptions: bool = False,
         **kwargs: Any,
-    ) -> list[AIMessage | Exception]:
+    ) -> list[Any]:
         """Like LangChain's ``batch`` (callbacks, configs and errors per input), with every input's
         generation done in one backend ``generate_many`` call (one per ``max_concurrency`` inputs)."""
         prompts = self._batch_prompts(inputs)
@@ -782,14 +796,14 @@ class ChatL2Reason(BaseChatModel):
         finally:
             _PREFETCH.reset(token)
 
-    async def abatch(  # type: ignore[override]
+    async def abatch(
         self,
         inputs: list[Any],
         config: RunnableConfig | list[RunnableConfig] | None = None,
         *,
         return_exceptions: bool = False,
         **kwargs: Any,
-    ) -> list[AIMessage | Exception]:
+    ) -> list[Any]:
         """``batch`` for asyncio: one ``generate_many`` call in a worker thread, then LangChain's ``abatch``."""
         prompts = self._batch_prompts(inputs)
         if prompts is None or not self._use_prefetch(len(inputs)):
@@ -806,14 +820,14 @@ class ChatL2Reason(BaseChatModel):
 
     def generate(
         self, messages: list[list[BaseMessage]], stop: list[str] | None = None, *args: Any, **kwargs: Any
-    ) -> LLMResult:  # type: ignore[override]
+    ) -> LLMResult:
         """LangChain's ``generate``; several prompts go to the backend in one ``generate_many`` call."""
         with self._prefetched(messages, {**_kwargs_for_request(kwargs), "stop": stop}):
             return super().generate(messages, stop, *args, **kwargs)
 
     async def agenerate(
         self, messages: list[list[BaseMessage]], stop: list[str] | None = None, *args: Any, **kwargs: Any
-    ) -> LLMResult:  # type: ignore[override]
+    ) -> LLMResult:
         """LangChain's ``agenerate``; several prompts go to the backend in one ``generate_many`` call."""
         if not self._use_prefetch(len(messages)):
             return await super().agenerate(messages, stop, *args, **kwargs)
@@ -857,7 +871,7 @@ class ChatL2Reason(BaseChatModel):
             kwargs["tool_choice"] = tool_choice
         return self.bind(tools=formatted, **kwargs)
 
-    def with_structured_output(  # type: ignore[override]
+    def with_structured_output(
         self,
         schema: dict[str, Any] | type,
         *,

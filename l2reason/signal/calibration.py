@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MIN_CALIBRATION_TOKENS = 10  # fewer tokens than this cannot give a meaningful 0.95-quantile
 _RERUN = "re-run `l2reason calibrate`"
+_MAX_COUNT = 10**13  # prompts or tokens a calibration can have been fitted on: beyond it a count is corrupt
 _PER_LAYER = ("tau", "q1", "median", "q3", "n_tokens")
 MAX_FILE_BYTES = 64 * 2**20  # calibration files are a few kB; anything this large is not one
 MAX_JSON_DEPTH = 32  # the schema nests 3 levels (selection tables a few more)
@@ -256,8 +257,8 @@ class Calibration(pydantic.BaseModel):
     @field_validator("n_prompts")
     @classmethod
     def _non_negative(cls, v: int) -> int:
-        if v < 0:
-            raise CalibrationError(f"n_prompts must be >= 0, got {v}; {_RERUN}.")
+        if not 0 <= v <= _MAX_COUNT:
+            raise CalibrationError(f"n_prompts must be in [0, {_MAX_COUNT:.0e}], got {v}; {_RERUN}.")
         return v
 
     @model_validator(mode="after")
@@ -276,8 +277,8 @@ class Calibration(pydantic.BaseModel):
         bad = [layer for layer in self.layers if not 0 <= layer < self.num_layers]
         if bad:
             raise CalibrationError(f"layers {bad} are outside 0..{self.num_layers - 1}; {_RERUN}.")
-        if any(c < 0 for c in self.n_tokens):
-            raise CalibrationError(f"n_tokens must be >= 0, got {self.n_tokens}; {_RERUN}.")
+        if any(not 0 <= c <= _MAX_COUNT for c in self.n_tokens):
+            raise CalibrationError(f"n_tokens must be in [0, {_MAX_COUNT:.0e}], got {self.n_tokens}; {_RERUN}.")
         few = [layer for layer, c in zip(self.layers, self.n_tokens, strict=True) if c < MIN_CALIBRATION_TOKENS]
         if few:
             raise CalibrationError(

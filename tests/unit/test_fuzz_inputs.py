@@ -587,8 +587,10 @@ def calibration_files(draw: st.DrawFn) -> tuple[bytes, bool]:
         k for k in data if k not in ("selection", "probe", "l2reason_version")
     )  # the optional ones may be absent
     how = draw(st.sampled_from(["none", "field", "element", "drop", "extra", "bytes", "nest", "truncate", "shape"]))
-    if how == "none":
-        return json.dumps(data).encode(), True
+    if how == "none":  # the same content, written differently
+        if draw(st.booleans()):
+            data = dict(reversed(list(data.items())))
+        return json.dumps(data, indent=draw(st.sampled_from([None, 1, 4]))).encode(), True
     if how == "field":
         key = draw(st.sampled_from(required))
         data[key] = draw(JUNK.filter(lambda v, k=key: v != data[k]))

@@ -369,6 +369,10 @@ def test_parse_untagged_json_only_for_bound_tools():
     assert content == "" and calls[0]["name"] == "add"
     text = '{"name": "x", "value": 1}'
     assert parse_tool_calls(text, ["add"]) == (text, [], [])
+    two = '{"name": "add", "arguments": {"a": 1}}\n{"name": "add", "arguments": {"a": 2}}'
+    assert [c["args"] for c in parse_tool_calls(two, ["add"])[1]] == [{"a": 1}, {"a": 2}]
+    cut = '{"name": "add", "arguments": {"a": 1}}\n{"name": "ad'  # the second one cut by the token limit
+    assert parse_tool_calls(cut, ["add"]) == (cut, [], [])
 
 
 # ---- tools end to end on the tiny model
@@ -438,9 +442,10 @@ class HFBackendLike:
 
 
 def test_native_tools_template_gets_tools(tiny):
+    from conftest import _tiny_tokenizer
+
     from l2reason.backends.base import Message as M
     from l2reason.integrations.langchain import _openai_tools, _render_prompt
-    from conftest import _tiny_tokenizer
 
     tok = _tiny_tokenizer()
     tok.chat_template = (
