@@ -226,7 +226,27 @@ def validate_request(request: Any, limits: ModelLimits) -> GenerationRequest:
     if req.selection is not None:
         _check_selection(req.selection, req, captured, limits)
     _check_interventions(req, limits)
+    if req.prune is not None:
+        _check_prune(req, limits)
     return req
+
+
+def _check_prune(request: GenerationRequest, limits: ModelLimits) -> None:
+    spec = request.prune
+    assert spec is not None
+    caps = limits.capabilities
+    if not caps.pruning:
+        raise CapabilityError(
+            f"backend {caps.name!r} cannot prune candidates online; drop `prune` or use the hf backend"
+        )
+    if spec.score != "l2":
+        return
+    layers = _layers(spec.layers, limits, "prune.layers")
+    if isinstance(spec.tau, list) and len(spec.tau) != len(layers):
+        raise ConfigError(f"prune.tau has {len(spec.tau)} values for {len(layers)} prune layers {layers}")
+    if spec.tau == "calibrated":
+        cal = _calibration(limits, "prune tau='calibrated'", "pass explicit tau values")
+        _calibrated_layers(cal, layers, "prune tau='calibrated'")
 
 
 def validate_requests(requests: Any, limits: ModelLimits) -> list[GenerationRequest]:

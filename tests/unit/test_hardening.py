@@ -269,3 +269,21 @@ def test_generate_many_keeps_finished_groups(tiny):
     with pytest.raises(BackendError, match="boom") as info2:
         be.generate_many([failing])
     assert not isinstance(info2.value, PartialResultsError)
+
+
+def test_prune_checked_against_the_backend(counted):
+    from l2reason.backends.base import PruneSpec
+
+    r = req(n=2, prune=PruneSpec(score="l2", layers=[9], threshold=1.0))
+    refused_before_forward(counted, r, LayerError, "out of range")
+    r = req(n=2, prune=PruneSpec(score="l2", layers=[0, 1], l2_stat="exceedance", tau=[1.0], threshold=0.5))
+    refused_before_forward(counted, r, ConfigError, "prune.tau has 1 values for 2 prune layers")
+    r = req(n=2, prune=PruneSpec(score="l2", l2_stat="exceedance", tau="calibrated", threshold=0.5))
+    refused_before_forward(counted, r, ConfigError, "prune tau='calibrated' needs a calibration file")
+    be, _ = counted
+    limits = be.limits()
+    import dataclasses
+
+    no_prune = dataclasses.replace(limits, capabilities=limits.capabilities.model_copy(update={"pruning": False}))
+    with pytest.raises(CapabilityError, match="cannot prune candidates online"):
+        validate_request(req(n=2, prune=PruneSpec(score="l2", threshold=1.0)), no_prune)
