@@ -43,6 +43,7 @@ _LAZY: dict[str, str] = {
     "Candidate": "l2reason.backends.base",
     "Capabilities": "l2reason.backends.base",
     "Backend": "l2reason.backends.base",
+    "StreamEvent": "l2reason.backends.base",
     "HFBackend": "l2reason.backends.hf",
     # signal
     "Calibration": "l2reason.signal.calibration",
@@ -99,6 +100,7 @@ if TYPE_CHECKING:  # pragma: no cover
         NormSpec,
         NormStats,
         SamplingParams,
+        StreamEvent,
     )
     from l2reason.backends.hf import HFBackend
     from l2reason.models import DEFAULT_MODEL, FAST_MODEL, LoadedModel, load_model

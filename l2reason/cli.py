@@ -126,6 +126,43 @@ def _request(
         raise typer.Exit(2) from e
 
 
+def _print_stream(be: Any, req: Any) -> Any:
+    """Print candidate 0's text as the backend decodes it; return the final result.
+
+    Each piece is coloured by its tokens' mean norm over the captured layers
+    against the running median so far: red above 1.1x, blue below 0.9x (rich
+    drops the colour when the output is not a colour terminal).
+    """
+    import contextlib
+
+    import numpy as np
+
+    seen: list[float] = []
+    res = None
+    with contextlib.closing(be.generate_stream(req)) as events:
+        for ev in events:
+            if ev.kind == "result":
+                res = ev.result
+                continue
+            if ev.candidate != 0 or not ev.text:
+                continue
+            style = None
+            if ev.norms:
+                level = float(np.mean(ev.norms))
+                med = float(np.median(seen)) if seen else level
+                seen.extend(float(np.mean(row)) for row in ev.norms)
+                if level > 1.1 * med:
+                    style = "red"
+                elif level < 0.9 * med:
+                    style = "blue"
+            console.print(ev.text, style=style, end="", markup=False, highlight=False, soft_wrap=True)
+    if res is None:  # the stream ended without its result: the backend broke its protocol
+        from l2reason.errors import BackendError
+
+        raise BackendError("the backend's stream ended without a result")
+    return res
+
+
 def _summary_table(c: Any, title: str = "ℓ2 norms (decode tokens)") -> Table:
     import numpy as np
 
@@ -174,11 +211,18 @@ def ask(
     recurse: Annotated[bool, typer.Option("--recurse", help="adaptive layer-wise recursion (ALRR, K=1, band)")] = False,
     steer: Annotated[bool, typer.Option("--steer", help="endogenous reasoning-state steering (ERSS, band)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the full result as JSON")] = False,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="print the answer as it is decoded, coloured by norm (band median)")
+    ] = False,
 ) -> None:
     """Answer a question and show a short norm summary of the band layers.
 
     With --select, n candidates are sampled in one batch and one is chosen;
     --recurse / --steer turn on the ℓ2 interventions and show what they did.
+    --stream prints the tokens as they come (red: above 1.1x the running
+    median of the band norm, blue: below 0.9x, on a colour terminal); with
+    --select the candidates are decoded together and the chosen one is shown
+    at the end, as without --stream.
     """
     from l2reason.backends.base import SelectionSpec
 
@@ -212,8 +256,14 @@ def ask(
     be = _backend(model)
     from l2reason.errors import L2ReasonError
 
+    streaming = stream and not as_json and not select and callable(getattr(be, "generate_stream", None))
     try:
-        res = be.generate(req)
+        if streaming:
+            console.rule("answer")
+            res = _print_stream(be, req)
+            console.print()
+        else:
+            res = be.generate(req)
     except L2ReasonError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
@@ -221,10 +271,11 @@ def ask(
     if as_json:
         console.print_json(res.model_dump_json())
         return
-    console.rule(
-        "answer" if not select else f"answer (candidate {res.chosen_index} of {len(res.candidates)}, by {select})"
-    )
-    console.print(c.text)
+    if not streaming:
+        console.rule(
+            "answer" if not select else f"answer (candidate {res.chosen_index} of {len(res.candidates)}, by {select})"
+        )
+        console.print(c.text)
     console.rule()
     console.print(_summary_table(c))
     if select and res.selection:

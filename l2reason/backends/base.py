@@ -517,6 +517,38 @@ class GenerationResult(BaseModel):
         return sum(c.completion_tokens for c in self.candidates)
 
 
+class StreamEvent(BaseModel):
+    """One event of a streamed generation (:meth:`HFBackend.generate_stream`).
+
+    ``kind``:
+
+    - ``"delta"``: candidate ``candidate`` decoded more text. ``text`` is the
+      new text, ``token_ids`` the tokens decoded since the candidate's last
+      event and ``norms`` their ``[len(token_ids)][len(layers)]`` norms (None
+      when the request asks for no norms). Text that could be the start of a
+      stop string, or an incomplete multi-byte character, is held back until
+      it is known, so a delta may cover several tokens.
+    - ``"finish"``: the candidate ended with ``finish_reason``; ``text``,
+      ``token_ids`` and ``norms`` carry whatever was still held back.
+    - ``"result"``: the last event: ``result`` is the complete
+      :class:`GenerationResult`, exactly what ``generate`` returns (with the
+      selection when the request has one).
+
+    Per candidate, the ``text`` of its delta and finish events joins to the
+    candidate's final text, and their ``norms`` join to its per-token norms.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["delta", "finish", "result"]
+    candidate: int | None = None
+    text: str = ""
+    token_ids: list[int] = Field(default_factory=list)
+    layers: list[int] | None = None
+    norms: list[list[float]] | None = None
+    finish_reason: str | None = None
+    result: GenerationResult | None = None
+
+
 class Capabilities(BaseModel):
     """What a backend can do; checked before a request runs."""
 
@@ -534,7 +566,12 @@ class Capabilities(BaseModel):
 
 @runtime_checkable
 class Backend(Protocol):
-    """The engine interface every l2reason layer above talks to."""
+    """The engine interface every l2reason layer above talks to.
+
+    Backends may also offer streaming, ``generate_stream(request)`` (an
+    iterator of :class:`StreamEvent`) and ``agenerate_stream(request)`` (an
+    async iterator); callers check with ``hasattr``.
+    """
 
     @property
     def capabilities(self) -> Capabilities: ...

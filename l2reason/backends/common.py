@@ -8,14 +8,19 @@ the same request gives the same summaries and the same choice on either engine.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypeVar
 
 import torch
 
-from l2reason.backends.base import GenerationRequest, GenerationResult, NormSpec, NormStats
+from l2reason.backends.base import GenerationRequest, GenerationResult, NormSpec, NormStats, StreamEvent
 from l2reason.errors import ConfigError
 from l2reason.signal.norms import massive_activation_mask
+
+T = TypeVar("T")
 
 
 def row_seed(seed: int, index: int) -> int:
@@ -142,3 +147,67 @@ class CalibrationMixin:
             cal = self.calibration if needs_cal else None
             apply_selection(result, select_result(result, request.selection, calibration=cal, num_layers=num_layers))
         return result
+
+
+def events_from_result(result: GenerationResult) -> Iterator[StreamEvent]:
+    """A finished result as stream events: one delta and one finish per candidate, then the result.
+
+    For backends that cannot stream token by token (the SGLang client, for now).
+    """
+    for c in result.candidates:
+        norms = c.norms.per_token if c.norms is not None else None
+        layers = c.norms.layers if c.norms is not None else None
+        yield StreamEvent(kind="delta", candidate=c.index, text=c.text, layers=layers, norms=norms)
+        yield StreamEvent(kind="finish", candidate=c.index, finish_reason=c.finish_reason, layers=layers, norms=[])
+    yield StreamEvent(kind="result", result=result)
+
+
+async def iterate_in_thread(gen: Iterator[T]) -> AsyncIterator[T]:
+    """Run a (blocking) generator in a worker thread and yield its items to asyncio.
+
+    Closing the async iterator (``aclose``, a cancelled task, leaving an
+    ``async for``) stops the worker after its current item and closes ``gen``
+    in the worker's thread, so the generator's ``finally`` blocks (hooks,
+    locks) run where they were entered.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue()
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any, err: BaseException | None = None) -> bool:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (item, err))
+            return True
+        except RuntimeError:  # the loop is closed: nobody is listening
+            return False
+
+    def work() -> None:
+        try:
+            for item in gen:
+                if stop.is_set() or not put(item):
+                    return
+                if stop.is_set():
+                    return
+        except BaseException as e:
+            put(end, e)
+            return
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
+        put(end)
+
+    worker = threading.Thread(target=work, name="l2reason-stream", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, err = await queue.get()
+            if item is end:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        await asyncio.to_thread(worker.join)

@@ -36,8 +36,14 @@ arguments are the schema; an answer that does not parse raises
 ``batch``/``abatch`` (and ``generate`` with several prompts) send every input
 to the backend in one ``generate_many`` call (the transformers backend runs
 requests with the same norm/intervention settings in one batch); ``ainvoke``
-runs the backend call in a worker thread. Streaming is not implemented yet:
-``stream`` yields the whole message as one chunk (LangChain's fallback).
+runs the backend call in a worker thread.
+
+``stream``/``astream`` yield the answer token by token (the backend's
+``generate_stream``): each chunk's ``response_metadata["l2reason"]`` has its
+``token_ids`` and their ``norms``; the last chunk (empty content) carries the
+whole message's metadata (ℓ2 summary) and ``usage_metadata``. With tools bound
+or ``n > 1``, or on a backend that cannot stream, the whole message comes as
+one chunk at the end (tool calls are parsed from the complete answer).
 
 Example:
     >>> from l2reason.integrations.langchain import ChatL2Reason
@@ -54,7 +60,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from operator import itemgetter
@@ -65,6 +71,7 @@ from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
+    AIMessageChunk,
     BaseMessage,
     ChatMessage,
     HumanMessage,
@@ -74,7 +81,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.messages.tool import invalid_tool_call, tool_call
-from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
 from langchain_core.runnables.config import RunnableConfig, get_config_list
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -701,6 +708,95 @@ class ChatL2Reason(BaseChatModel):
         call = self._request(messages, stop, kwargs)
         res = await asyncio.to_thread(self._run, call.req)
         return self._chat_result(res, call)
+
+    # ---- streaming ------------------------------------------------------
+    def _streams(self, call: _Call) -> bool:
+        """Whether this call streams token by token: one candidate, no tool parsing, a streaming backend."""
+        return not call.parse and call.req.n == 1 and callable(getattr(self._backend(), "generate_stream", None))
+
+    @staticmethod
+    def _delta_chunk(ev: Any) -> ChatGenerationChunk:
+        info = {"token_ids": ev.token_ids, "norms": ev.norms}  # lists: joining chunks concatenates them
+        return ChatGenerationChunk(
+            message=AIMessageChunk(content=ev.text, response_metadata={"l2reason": info}),
+            generation_info={"l2reason": info},
+        )
+
+    def _final_chunk(self, res: GenerationResult, call: _Call, streamed: bool) -> ChatGenerationChunk:
+        """The last chunk: the whole message's metadata (ℓ2 summary, usage); its content only when nothing
+        was streamed before."""
+        gen = self._chat_result(res, call).generations[0]
+        msg = gen.message
+        assert isinstance(msg, AIMessage)
+        fields: dict[str, Any] = {"content": "" if streamed else msg.content}
+        if not streamed and (msg.tool_calls or msg.invalid_tool_calls):
+            fields["tool_call_chunks"] = [
+                {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i, "type": "tool_call_chunk"}
+                for i, c in enumerate(msg.tool_calls)
+            ] + [
+                {
+                    "name": c.get("name"),
+                    "args": c.get("args"),
+                    "id": c.get("id"),
+                    "index": len(msg.tool_calls) + i,
+                    "type": "tool_call_chunk",
+                }
+                for i, c in enumerate(msg.invalid_tool_calls)
+            ]
+        chunk = AIMessageChunk(
+            **fields,
+            response_metadata=msg.response_metadata,
+            usage_metadata=msg.usage_metadata,
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=chunk, generation_info=gen.generation_info)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        call = self._request(messages, stop, kwargs)
+        if not self._streams(call):  # tools, n > 1: the whole message as one chunk
+            yield self._final_chunk(self._run(call.req), call, streamed=False)
+            return
+        with contextlib.closing(self._backend().generate_stream(call.req)) as events:
+            for ev in events:
+                if ev.kind == "result":
+                    yield self._final_chunk(ev.result, call, streamed=True)
+                elif ev.text or ev.token_ids:
+                    chunk = self._delta_chunk(ev)
+                    if run_manager is not None:
+                        run_manager.on_llm_new_token(ev.text, chunk=chunk)
+                    yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        call = self._request(messages, stop, kwargs)
+        backend = self._backend()
+        if not self._streams(call) or not callable(getattr(backend, "agenerate_stream", None)):
+            res = await asyncio.to_thread(self._run, call.req)
+            yield self._final_chunk(res, call, streamed=False)
+            return
+        events = backend.agenerate_stream(call.req)
+        try:
+            async for ev in events:
+                if ev.kind == "result":
+                    yield self._final_chunk(ev.result, call, streamed=True)
+                elif ev.text or ev.token_ids:
+                    chunk = self._delta_chunk(ev)
+                    if run_manager is not None:
+                        await run_manager.on_llm_new_token(ev.text, chunk=chunk)
+                    yield chunk
+        finally:
+            await events.aclose()
 
     # ---- batches: every input in one backend call ----------------------
     def _prefetch_requests(self, prompts: Sequence[list[BaseMessage]], kwargs: dict[str, Any]) -> list[Any]:

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +34,10 @@ from l2reason.backends.base import (
     NormSpec,
     PruneSpec,
     SamplingParams,
+    StreamEvent,
     TokenLogprobs,
 )
-from l2reason.backends.common import CalibrationMixin, encode_prompt, row_seed
+from l2reason.backends.common import CalibrationMixin, encode_prompt, iterate_in_thread, row_seed
 from l2reason.backends.hf.layers import find_decoder_layers, layer_output_tensor, make_rerun, replace_layer_output
 from l2reason.backends.validate import ModelLimits, check_context, validate_requests
 from l2reason.errors import BackendError, CapabilityError, ConfigError, L2ReasonWarning, PartialResultsError
@@ -76,6 +77,38 @@ class _Row:
     prompt_ids: list[int]
     sampling: SamplingParams
     seed: int
+
+
+@dataclass
+class _Step:
+    """What one decode step did (streaming): the rows that emitted a token, the tokens, their norms
+    (``[len(rows)][n_layers]``, the returned layers), and the rows that finished with their reason."""
+
+    rows: list[int]
+    tokens: list[int]
+    norms: list[list[float]]
+    finished: dict[int, str]
+
+
+@dataclass
+class _TextStream:
+    """One candidate's streamed text: its tokens so far, the text sent, and what is not sent yet."""
+
+    ids: list[int] = field(default_factory=list)
+    sent: str = ""
+    pending_ids: list[int] = field(default_factory=list)
+    pending_norms: list[list[float]] = field(default_factory=list)
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many characters at the end of ``text`` could be the start of a stop string."""
+    hold = 0
+    for s in stops:
+        for m in range(min(len(s), len(text)), hold, -1):
+            if text.endswith(s[:m]):
+                hold = m
+                break
+    return hold
 
 
 @dataclass
@@ -143,6 +176,7 @@ class HFBackend(CalibrationMixin):
         self.tokenizer = lm.tokenizer
         self.layers, self.layers_path = find_decoder_layers(self.model, layers_path)
         self._lock = threading.RLock()
+        self._streaming: set[int] = set()  # threads with a suspended generate_stream (holding the lock)
         self._calibration = self._load_calibration(calibration, lm.model_id)
         self.controller_factories: dict[str, Any] = {}
         eos = self.model.generation_config.eos_token_id if getattr(self.model, "generation_config", None) else None
@@ -228,6 +262,7 @@ class HFBackend(CalibrationMixin):
             groups.setdefault(key, []).append(i)
         results: list[GenerationResult | None] = [None] * len(requests)
         with self._lock:
+            self._check_no_open_stream()
             for idx in groups.values():
                 try:
                     group = self._generate_group([requests[i] for i in idx])
@@ -244,6 +279,101 @@ class HFBackend(CalibrationMixin):
                 for i, res in zip(idx, group, strict=True):
                     results[i] = res
         return [r for r in results if r is not None]
+
+    def generate_stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        """Generate like :meth:`generate`, yielding :class:`StreamEvent` s as tokens are decoded.
+
+        The events come from the same decode loop as :meth:`generate` (no extra
+        forward passes) and end with a ``"result"`` event holding exactly what
+        :meth:`generate` returns. The request is checked now; decoding starts at
+        the first ``next()``. The backend's lock is held from then until the
+        ``"result"`` event (yielded after the lock is released): close it (``close()``, leaving a ``for`` loop by
+        ``break`` inside a ``with contextlib.closing(...)``, or dropping it) to
+        stop decoding early, which removes the hooks and releases the lock.
+        Other threads wait; the same thread cannot call the backend while its
+        stream is open (:class:`~l2reason.errors.BackendError`).
+
+        Example:
+            >>> for ev in be.generate_stream(GenerationRequest(prompt="2+2=")):  # doctest: +SKIP
+            ...     print(ev.text, end="")
+        """
+        req = validate_requests([request], self.limits())[0]
+        check_context(len(self.prompt_ids(req)), req, self.context_length)
+        return self._stream(req)
+
+    async def agenerate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """:meth:`generate_stream` for asyncio: decoding runs in a worker thread; cancelling the consuming
+        task (or closing the iterator) stops decoding after the current step and removes the hooks."""
+        async for ev in iterate_in_thread(self.generate_stream(request)):
+            yield ev
+
+    def _check_no_open_stream(self) -> None:
+        if threading.get_ident() in self._streaming:
+            raise BackendError(
+                "this thread has an unfinished generate_stream of this backend: consume it to the end or "
+                "close() it before the next call"
+            )
+
+    def _stream(self, req: GenerationRequest) -> Iterator[StreamEvent]:
+        with self._lock:
+            self._check_no_open_stream()
+            me = threading.get_ident()
+            self._streaming.add(me)
+            try:
+                result = yield from self._stream_events(req)
+            finally:
+                self._streaming.discard(me)
+        yield StreamEvent(kind="result", result=result)  # after the lock: the consumer may call the backend now
+
+    def _stream_events(self, req: GenerationRequest) -> Generator[StreamEvent, None, GenerationResult]:
+        layers = self.resolve_norm_layers(req.norms) or None
+        stops = req.sampling.stop
+        states = [_TextStream() for _ in range(req.n)]
+
+        def event(kind: str, j: int, text: str, reason: str | None = None) -> StreamEvent:
+            st = states[j]
+            ev = StreamEvent(
+                kind=kind,  # type: ignore[arg-type]
+                candidate=j,
+                text=text,
+                token_ids=st.pending_ids,
+                layers=layers,
+                norms=st.pending_norms if layers else None,
+                finish_reason=reason,
+            )
+            st.pending_ids, st.pending_norms = [], []
+            return ev
+
+        steps = self._decode([req], stream=True)
+        try:
+            while True:
+                try:
+                    step = next(steps)
+                except StopIteration as end:
+                    results: list[GenerationResult] = end.value
+                    break
+                for j, tok, nrm in zip(step.rows, step.tokens, step.norms, strict=True):
+                    st = states[j]
+                    st.ids.append(tok)
+                    st.pending_ids.append(tok)
+                    st.pending_norms.append(nrm)
+                    if j in step.finished:
+                        continue
+                    text = self.tokenizer.decode(st.ids, skip_special_tokens=True).rstrip("\ufffd")
+                    safe = text[: len(text) - _held_back(text, stops)]
+                    if len(safe) > len(st.sent) and safe.startswith(st.sent):
+                        delta, st.sent = safe[len(st.sent) :], safe
+                        yield event("delta", j, delta)
+                for j, reason in step.finished.items():
+                    st = states[j]
+                    final = self._final_text(st.ids, reason, stops)
+                    if not final.startswith(st.sent):
+                        log.warning("candidate %d: streamed text is not a prefix of its final text", j)
+                    yield event("finish", j, final[len(st.sent) :], reason)
+                    st.sent = final
+        finally:
+            steps.close()  # stops decoding and removes the hooks when the consumer stopped early
+        return results[0]
 
     # ---- internals ----------------------------------------------------
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
@@ -384,8 +514,25 @@ class HFBackend(CalibrationMixin):
             start += req.n
         return plans, extra
 
-    @torch.no_grad()
     def _generate_group(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        steps = self._decode(requests)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    @torch.no_grad()
+    def _decode(
+        self, requests: list[GenerationRequest], stream: bool = False
+    ) -> Generator[_Step, None, list[GenerationResult]]:
+        """The decode loop of one group; returns its results.
+
+        With ``stream``, it yields a :class:`_Step` after every decode step (the
+        tokens just sampled, their norms, the rows that finished); closing the
+        generator there stops decoding and removes the hooks. Without, it
+        yields nothing.
+        """
         t0 = time.perf_counter()
         req0 = requests[0]
         out_layers = self.resolve_norm_layers(req0.norms)  # the layers returned with each candidate
@@ -481,6 +628,7 @@ class HFBackend(CalibrationMixin):
                 pad = torch.full((B,), self.pad_id, dtype=torch.long, device=device)
                 for t in range(max_new):
                     logits = (logits_all if t == 0 else out.logits[:, -1, :]).float()  # [b, V]
+                    done_before = done.clone() if stream else done
                     active = ~done[ix]
                     # A non-finite state (e.g. from a huge steering vector) stops its row before
                     # it emits a token drawn from garbage; the row's norms stay finite.
@@ -530,6 +678,15 @@ class HFBackend(CalibrationMixin):
                                 done[i] = True
                     if pruning:
                         self._prune_step(plans, rows, ix, ixl, t, active, done, finish, cap.current, lp_sc, lp_top)
+                    if stream:
+                        emitted = [ixl[k] for k in torch.nonzero(active).flatten().tolist()]
+                        ended = torch.nonzero(done & ~done_before).flatten().tolist()
+                        yield _Step(
+                            emitted,
+                            gen_ids[emitted, t].tolist(),
+                            norm_buf[emitted, t, : len(out_layers)].tolist(),
+                            {i: finish[i] for i in ended},
+                        )
                     if bool(done.all()):
                         break
                     cap.step = t + 1
@@ -568,7 +725,7 @@ class HFBackend(CalibrationMixin):
                 f"'nonfinite': {shown}{' ...' if len(nonfinite) > 5 else ''}. An intervention probably pushed the "
                 "residual stream out of range (e.g. a steering vector or alpha far too large); scale it down",
                 L2ReasonWarning,
-                stacklevel=4,  # the caller of generate_many (no_grad adds a frame)
+                stacklevel=5,  # the caller of generate_many (via _generate_group and no_grad's generator frame)
             )
 
         seconds = time.perf_counter() - t0
@@ -650,6 +807,16 @@ class HFBackend(CalibrationMixin):
                 done[i] = True
                 finish[i] = "pruned"
 
+    def _final_text(self, ids: list[int], finish: str, stop: Sequence[str]) -> str:
+        """A candidate's text from its token ids: EOS dropped, cut at the first stop string."""
+        text_ids = [t for t in ids if t not in self.eos_ids] if finish == "eos" else ids
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+        if finish == "stop":
+            cut = min((text.find(s) for s in stop if s in text), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+        return text
+
     def _candidate(
         self,
         i: int,
@@ -666,12 +833,7 @@ class HFBackend(CalibrationMixin):
         lp_top: torch.Tensor | None,
     ) -> Candidate:
         ids = gen_ids[i, :L].tolist()
-        text_ids = [t for t in ids if t not in self.eos_ids] if finish == "eos" else ids
-        text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
-        if finish == "stop":
-            cut = min((text.find(s) for s in r.sampling.stop if s in text), default=-1)
-            if cut >= 0:
-                text = text[:cut]
+        text = self._final_text(ids, finish, r.sampling.stop)
         tokens = [self.tokenizer.decode([t]) for t in ids]
         norms = (
             self.norm_stats(norm_buf[i, :L].cpu(), cap_layers, req.norms)

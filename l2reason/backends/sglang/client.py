@@ -17,6 +17,7 @@ from ``tokenizer=``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,10 @@ from l2reason.backends.base import (
     Capabilities,
     GenerationRequest,
     GenerationResult,
+    StreamEvent,
     TokenLogprobs,
 )
-from l2reason.backends.common import CalibrationMixin, encode_prompt, row_seed
+from l2reason.backends.common import CalibrationMixin, encode_prompt, events_from_result, row_seed
 from l2reason.backends.validate import ModelLimits, check_context, validate_requests
 from l2reason.errors import BackendError, CapabilityError, ConfigError
 from l2reason.serving.settings import TOKEN_KEY, EngineSettings
@@ -137,6 +139,17 @@ class SGLangBackend(CalibrationMixin):
     def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate ``request.n`` candidates for one prompt (one batched server call)."""
         return self.generate_many([request])[0]
+
+    def generate_stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        """Not token by token yet: the whole generation runs, then each candidate comes as one delta
+        (all its norms), its finish event, and the result (see ``docs/guide.md``, "Streaming")."""
+        return events_from_result(self.generate(request))
+
+    async def agenerate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """:meth:`generate_stream` for asyncio (the server call runs in a worker thread)."""
+        res = await asyncio.to_thread(self.generate, request)
+        for ev in events_from_result(res):
+            yield ev
 
     def limits(self) -> ModelLimits:
         """What :func:`~l2reason.backends.validate.validate_request` checks requests against."""
