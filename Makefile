@@ -2,7 +2,7 @@
 #   make demo   set up (once) and run the main job on the packaged default model:
 #               norm traces of two problems (heatmap + HTML), then the DSPy math recipe
 #               (plain ChainOfThought vs L2SelectBest, side by side)
-#   make test   set up (once) and run the test suite (unit + the CI subset of real-model tests + the
+#   make test   set up (once), type-check, and run the test suite (unit + the CI subset of real-model tests + the
 #               SGLang end-to-end tests against a real server it starts and stops)
 # Everything goes into local virtual environments: $(VENV) for l2reason, $(SGLANG_VENV) for SGLang
 # (which pins its own torch and transformers) with l2reason's plugin.
@@ -50,6 +50,7 @@ demo: setup
 	$(PY) recipes/math_select.py --problems 3 --n 4
 
 test: setup sglang
+	$(VENV)/bin/mypy
 	L2REASON_REAL=ci L2REASON_SGLANG_PYTHON=$(SGLANG_PY) $(PY) -m pytest -q
 
 test-real: setup sglang

@@ -702,7 +702,7 @@ def _check_rg_config(family: str, config_cls: Any, config: dict[str, Any]) -> No
             f"its options: {_rg_options(config_cls)} (plus seed and size)"
         )
     for key, value in config.items():
-        want = fields[key].type
+        want: Any = fields[key].type
         want = {"int": int, "float": float, "bool": bool, "str": str}.get(want, want) if isinstance(want, str) else want
         ok = {
             int: isinstance(value, int) and not isinstance(value, bool),

@@ -95,7 +95,7 @@ def fit_on_items(
     """
     items = [it for it in _inputs(samples) if len(it.cands) > 1]
     layers = _common_layers(items)
-    data = [(_restrict(it, layers), it.labels) for it in items]
+    data: list[Any] = [(_restrict(it, layers), it.labels) for it in items]
     meta = {"item_ids": [it.item_id for it in items], **(info or {})}
     return fit_probe(data, layers, feature_set, l2=l2, info=meta)
 
@@ -167,7 +167,9 @@ def paired_auc_bootstrap(
         ``{"auc_a", "auc_b", "diff", "lo", "hi", "p", "items", "pairs"}`` (95% percentile CI;
         ``p``: share of resampled differences on the other side of 0, two-sided).
     """
-    wa, wb, pairs = [], [], []
+    wa: list[float] = []
+    wb: list[float] = []
+    pairs: list[Any] = []
     for sa, sb, y in zip(a, b, labels, strict=True):
         y = np.asarray(y, dtype=bool)
         pos, neg = y.sum(), (~y).sum()

@@ -924,7 +924,7 @@ def render_markdown(rep: ReportData, plots: Sequence[str] = ()) -> str:
         out.append("| method | items | items with a tie | tie rate % |")
         out.append("|---|---:|---:|---:|")
         for r in tied:
-            out.append(f"| {r.name} | {len(r.correct)} | {r.ties} | {_pct(r.ties / len(r.correct))} |")
+            out.append(f"| {r.name} | {len(r.correct)} | {r.ties} | {_pct((r.ties or 0) / len(r.correct))} |")
         out.append("")
 
     if rep.truncation:
@@ -1020,7 +1020,7 @@ def _plots(rep: ReportData, folder: Path) -> list[str]:
         ax.plot(100 * acc, y, "D", color="black", ms=3.5)
         top = float(np.nanmax(100 * np.array([r.hi for r in rows]))) if rows else 100.0
         for yi, r in zip(y, rows, strict=True):
-            ax.text(100 * r.hi + 0.01 * max(top, 1.0) + 0.5, yi, f"{100 * r.acc:.1f}%", va="center", fontsize=7)
+            ax.text(100 * r.hi + 0.01 * max(top, 1.0) + 0.5, float(yi), f"{100 * r.acc:.1f}%", va="center", fontsize=7)
         labels = [f"{r.name} (n={len(r.correct)})" if f else r.name for r, f in zip(rows, fewer, strict=True)]
         ax.set_yticks(y, labels, fontsize=8)
         ax.set_xlim(-0.02 * max(top * 1.15, 5.0), max(top * 1.15, 5.0))  # a 0% marker sits clear of the axis

@@ -464,9 +464,7 @@ def group_sizes(names: Sequence[str]) -> np.ndarray:
     return np.array([kind.count(k) for k in kind], dtype=np.float64)
 
 
-def _fit_arrays(
-    Xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], lam: float, groups: np.ndarray
-) -> tuple[np.ndarray, ...]:
+def _fit_arrays(Xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], lam: float, groups: np.ndarray) -> tuple[Any, ...]:
     X = np.concatenate(Xs, axis=0)
     y = np.concatenate(ys).astype(np.float64)
     mu = X.mean(0)

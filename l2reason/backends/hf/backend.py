@@ -194,7 +194,7 @@ class HFBackend(CalibrationMixin):
 
     # ---- protocol -----------------------------------------------------
     @property
-    def model_id(self) -> str:
+    def model_id(self) -> str:  # type: ignore[override]  # the mixin declares it as a plain attribute
         return self.loaded.model_id
 
     @property
