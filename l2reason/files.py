@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from l2reason.errors import ConfigError
 
-__all__ = ["MAX_TEXT_BYTES", "check_output_dir", "check_output_file", "read_text_file"]
+__all__ = ["MAX_TEXT_BYTES", "check_output_dir", "check_output_file", "json_depth", "read_text_file"]
 
 MAX_TEXT_BYTES = 256 * 2**20
 """Largest text input file read whole (prompt lists are far smaller)."""
@@ -145,3 +146,15 @@ def check_output_dir(path: str | os.PathLike[str], what: str) -> Path:
             raise
         raise ConfigError(f"{what} {str(p)!r} is not a usable path ({e})") from e
     return p
+
+
+def json_depth(obj: Any, cap: int) -> int:
+    """How deeply lists and dicts nest in parsed JSON, counted up to ``cap + 1`` (iterative: no recursion limit)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict | list):
+            deepest = max(deepest, d)
+            if d <= cap:
+                stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
+    return deepest

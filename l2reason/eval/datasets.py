@@ -45,6 +45,7 @@ from l2reason.eval.answers import (
     normalize_answer,
     parse_number,
 )
+from l2reason.files import json_depth
 
 __all__ = [
     "DATASETS",
@@ -459,22 +460,10 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
             raise ConfigError(f"{path}:{n}: unusable JSON ({e})") from e
         if not isinstance(row, dict):
             raise ConfigError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-        if _depth(row) > MAX_JSON_DEPTH:
+        if json_depth(row, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
             raise ConfigError(f"{path}:{n}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
         rows.append((n, row))
     return rows
-
-
-def _depth(obj: Any) -> int:
-    """How deeply lists and dicts nest (iterative: no recursion limit)."""
-    deepest, stack = 0, [(obj, 1)]
-    while stack:
-        x, d = stack.pop()
-        if isinstance(x, dict | list):
-            deepest = max(deepest, d)
-            if d <= MAX_JSON_DEPTH:
-                stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
-    return deepest
 
 
 class JSONLDataset:

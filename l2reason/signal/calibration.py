@@ -30,6 +30,7 @@ from torch import Tensor
 
 from l2reason._paths import cache_dir, safe_name
 from l2reason.errors import CalibrationError
+from l2reason.files import json_depth
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -73,18 +74,6 @@ def _errors_text(err: pydantic.ValidationError, *, drop_fix: bool = False) -> st
                 msg = msg.removesuffix(tail)
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
-
-
-def _depth(obj: Any) -> int:
-    """How deeply lists and dicts nest in parsed JSON (iterative: no recursion limit)."""
-    deepest, stack = 0, [(obj, 1)]
-    while stack:
-        x, d = stack.pop()
-        if isinstance(x, dict | list):
-            deepest = max(deepest, d)
-            if d <= MAX_JSON_DEPTH:
-                stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
-    return deepest
 
 
 def _is_number(x: Any) -> bool:
@@ -450,7 +439,7 @@ class Calibration(pydantic.BaseModel):
             raise CalibrationError(f"calibration file {path} is not a usable JSON file ({e}); {fix}.") from e
         if not isinstance(obj, dict):
             raise CalibrationError(f"calibration file {path} holds a JSON {type(obj).__name__}, not an object; {fix}.")
-        if _depth(obj) > MAX_JSON_DEPTH:
+        if json_depth(obj, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
             raise CalibrationError(
                 f"calibration file {path} is nested more than {MAX_JSON_DEPTH} levels deep; "
                 f"it is not a calibration file: {fix}."
@@ -528,12 +517,7 @@ class Calibration(pydantic.BaseModel):
             >>> cal.with_selection({"score": "B/T"}).selection  # doctest: +SKIP
             {'score': 'B/T'}
         """
-        data = self.model_dump()
-        data["selection"] = dict(sel)
-        try:
-            return type(self).model_validate(data)
-        except pydantic.ValidationError as e:
-            raise CalibrationError(f"invalid selection {sel!r}: {_errors_text(e)}") from e
+        return self._with_section("selection", sel, f"selection {sel!r}")
 
     def with_probe(self, probe: dict[str, Any]) -> Calibration:
         """A copy with the ``probe`` section set (validated).
@@ -548,12 +532,16 @@ class Calibration(pydantic.BaseModel):
             >>> cal.with_probe(probe.to_dict()).probe["feature_set"]  # doctest: +SKIP
             'both'
         """
+        return self._with_section("probe", probe, "probe")
+
+    def _with_section(self, key: str, value: Mapping[str, Any], what: str) -> Calibration:
+        """A validated copy with one optional section replaced."""
         data = self.model_dump()
-        data["probe"] = dict(probe)
+        data[key] = dict(value)
         try:
             return type(self).model_validate(data)
         except pydantic.ValidationError as e:
-            raise CalibrationError(f"invalid probe: {_errors_text(e)}") from e
+            raise CalibrationError(f"invalid {what}: {_errors_text(e)}") from e
 
 
 def _quantiles(v: Tensor, qs: Sequence[float]) -> list[float]:

@@ -41,11 +41,10 @@ from l2reason.backends.base import (
 )
 from l2reason.backends.common import CalibrationMixin, encode_prompt, events_from_result, row_seed
 from l2reason.backends.validate import ModelLimits, check_context, validate_requests
-from l2reason.errors import BackendError, CapabilityError, ConfigError
+from l2reason.errors import BackendError, ConfigError
 from l2reason.serving.settings import TOKEN_KEY, EngineSettings
 from l2reason.signal.band import resolve_layers
 from l2reason.techniques.controllers import CONTROLLERS
-from l2reason.techniques.specs import check_vectors
 
 log = logging.getLogger(__name__)
 
@@ -199,25 +198,9 @@ class SGLangBackend(CalibrationMixin):
 
     # ---- request / response ---------------------------------------------
     def _prepare(self, req: GenerationRequest) -> dict[str, Any]:
-        if not isinstance(req, GenerationRequest):
-            raise ConfigError(f"expected GenerationRequest, got {type(req).__name__}")
+        """Server items for a request that ``validate_requests`` has already checked."""
         layers = resolve_layers(req.norms.layers, self.num_layers) if req.norms is not None else []
         specs = [s.model_dump(mode="json") for s in req.interventions]
-        for s in specs:
-            if s.get("kind") not in _INTERVENTIONS:
-                raise CapabilityError(
-                    f"backend 'sglang' has no intervention {s.get('kind')!r}; it supports: {', '.join(sorted(_INTERVENTIONS))}"
-                )
-            if (s.get("threshold") or {}).get("mode") == "calibrated":
-                raise CapabilityError(
-                    "calibrated intervention thresholds are not available on the SGLang backend yet; "
-                    "use threshold mode 'adaptive' (the default)"
-                )
-        for s in req.interventions:  # vector sizes and layers, before the server sees them
-            if getattr(s, "kind", None) == "static_steer":
-                check_vectors(s, self.hidden_size, self.num_layers)
-        if req.norms is not None and req.norms.tau not in (None, "calibrated"):
-            self.norm_tau(req.norms, layers)  # length check now, not after generating
         ids = encode_prompt(self.tokenizer, req)
         check_context(len(ids), req, self.context_length)
         sp = req.sampling
