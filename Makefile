@@ -22,6 +22,11 @@ export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 
+# need_disk(venv, GB, what): before a first install of an engine environment, stop with a clear message when the
+# disk holding this folder has less than GB free (pip would otherwise fail halfway with "No space left on device").
+need_disk = test -x $(1)/bin/python || { avail=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
+	if [ "$$avail" -lt $(2) ]; then echo "error: $(3) needs about $(2) GB of free disk; only $$avail GB is free here (see df -h .)" >&2; exit 1; fi; }
+
 .PHONY: setup sglang demo test test-real lint typecheck bench bench-sglang clean
 
 setup: $(STAMP)
@@ -39,6 +44,7 @@ $(STAMP): pyproject.toml Makefile
 sglang: $(SGLANG_STAMP)
 
 $(SGLANG_STAMP): integrations/sglang/pyproject.toml
+	@$(call need_disk,$(SGLANG_VENV),13,SGLang's environment)
 	test -x $(SGLANG_PY) || $(PYTHON) -m venv $(SGLANG_VENV)
 	$(SGLANG_PY) -m pip install -q --upgrade pip
 	$(SGLANG_PY) -m pip install -q sglang==0.5.23
