@@ -36,12 +36,16 @@ MAX_SEED = 2**63 - 1
 MAX_ABS_VALUE = 1e30
 #: The massive-activation factor (norm > factor x layer median is masked).
 MAX_MASSIVE_FACTOR = 1e6
+#: Bytes of hidden states one call may collect (``GenerationRequest.collect``), counted at the worst case
+#: (every candidate runs to ``max_new_tokens``): rows x steps x layers x hidden size x bytes per value.
+MAX_COLLECT_BYTES = 2 * 1024**3
 
 __all__ = [
     "MAX_ABS_VALUE",
     "MAX_ALRR_K",
     "MAX_BANK",
     "MAX_BATCH_ROWS",
+    "MAX_COLLECT_BYTES",
     "MAX_LOGPROBS",
     "MAX_MASSIVE_FACTOR",
     "MAX_N",

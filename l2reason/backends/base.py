@@ -296,6 +296,40 @@ class PruneSpec(BaseModel):
         return self
 
 
+class CollectSpec(BaseModel):
+    """Return the residual-stream vectors themselves (opt-in; ``GenerationRequest.collect``).
+
+    The vectors are the very states the norms are taken of (the same hooks, no
+    extra forward pass): layer ``l`` is the state after decoder layer ``l``,
+    decode step ``t`` the position that produced generated token ``t`` (the
+    module docstring has the convention), so ``‖states[t, j]‖`` equals the
+    reported norm of layer ``layers[j]`` at step ``t``.
+
+    Args:
+        layers: ``"band"``, ``"all"`` or layer indices (negative = from the end);
+            returned in ascending order (``HiddenStates.layers`` names them).
+        positions: ``"decode"`` (one vector per generated token: ``[T, n_layers, d]``),
+            ``"last"`` (the last decode step's: ``[n_layers, d]``) or ``"mean"``
+            (the mean over decode steps: ``[n_layers, d]``).
+        dtype: ``"float32"`` or ``"float16"`` (half the memory; rounding error ~1e-3 relative).
+
+    Memory is bounded (:data:`l2reason.limits.MAX_COLLECT_BYTES`, counted for
+    every candidate running to ``max_new_tokens``): beyond it the request is
+    refused before the model runs.
+
+    Example:
+        >>> CollectSpec(layers=[20], positions="mean").dtype
+        'float32'
+    """
+
+    model_config = _FROZEN
+    layers: list[int] | Literal["band", "all"] = "band"
+    positions: Literal["decode", "last", "mean"] = "decode"
+    dtype: Literal["float32", "float16"] = "float32"
+
+    _layers = field_validator("layers")(lambda v: _no_repeats(v))
+
+
 class GenerationRequest(BaseModel):
     """One prompt, ``n`` candidates.
 
@@ -317,6 +351,7 @@ class GenerationRequest(BaseModel):
     interventions: list[Any] = Field(default_factory=list)
     selection: SelectionSpec | None = None
     prune: PruneSpec | None = None
+    collect: CollectSpec | None = None
     request_id: str | None = None
 
     @field_validator("n")
@@ -457,6 +492,34 @@ class NormStats(BaseModel):
         return out
 
 
+class HiddenStates(BaseModel):
+    """Collected residual-stream vectors of one candidate (see :class:`CollectSpec`).
+
+    ``array`` is kept out of the JSON form (``model_dump`` / ``model_dump_json``):
+    save it beside the JSON with :meth:`save` (``.npy``), never inline.
+
+    Args:
+        layers: the collected layer indices, in ``array``'s layer order.
+        positions: ``"decode"``, ``"last"`` or ``"mean"``.
+        array: ``[T, n_layers, d]`` for ``"decode"``, else ``[n_layers, d]`` (float16 or float32).
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    layers: list[int]
+    positions: Literal["decode", "last", "mean"]
+    array: np.ndarray | None = Field(None, exclude=True, repr=False)  # None once read back from JSON
+
+    def save(self, path: Any) -> Any:
+        """Write ``array`` to ``path`` (``.npy``); returns the path."""
+        from pathlib import Path
+
+        if self.array is None:
+            raise ConfigError("these hidden states carry no array (read back from JSON?): nothing to save")
+        p = Path(path)
+        np.save(p, self.array)
+        return p
+
+
 class Candidate(BaseModel):
     """One generated candidate.
 
@@ -482,6 +545,7 @@ class Candidate(BaseModel):
     interventions: dict[str, Any] = Field(default_factory=dict)
     score: float | None = None
     prune: dict[str, Any] | None = None
+    states: HiddenStates | None = None  # requests with `collect`; not in the JSON form (HiddenStates.save)
 
 
 class GenerationResult(BaseModel):
@@ -562,6 +626,7 @@ class Capabilities(BaseModel):
     exact_erss: bool = False
     pruning: bool = False
     calibrated_thresholds: bool = True  # interventions with ThresholdSpec(mode="calibrated")
+    hidden_states: bool = False  # GenerationRequest.collect (residual vectors returned)
 
 
 @runtime_checkable

@@ -228,7 +228,40 @@ def validate_request(request: Any, limits: ModelLimits) -> GenerationRequest:
     _check_interventions(req, limits)
     if req.prune is not None:
         _check_prune(req, limits)
+    if req.collect is not None:
+        _check_collect(req, limits)
     return req
+
+
+def collect_bytes(request: GenerationRequest, n_layers: int, hidden_size: int) -> int:
+    """Worst-case bytes of the hidden states ``request.collect`` asks for (every candidate at ``max_new_tokens``)."""
+    spec = request.collect
+    if spec is None:
+        return 0
+    per_value = 2 if spec.dtype == "float16" else 4
+    steps = request.sampling.max_new_tokens if spec.positions == "decode" else 1
+    return request.n * steps * n_layers * hidden_size * per_value
+
+
+def _check_collect(request: GenerationRequest, limits: ModelLimits) -> None:
+    from l2reason.limits import MAX_COLLECT_BYTES
+
+    spec = request.collect
+    assert spec is not None
+    caps = limits.capabilities
+    if not caps.hidden_states:
+        raise CapabilityError(
+            f"backend {caps.name!r} cannot return hidden states (collect=...); drop `collect` or use the hf backend"
+        )
+    layers = _layers(spec.layers, limits, "collect.layers")
+    need = collect_bytes(request, len(layers), limits.hidden_size)
+    if need > MAX_COLLECT_BYTES:
+        raise ConfigError(
+            f"collect would hold up to {need / 2**20:.0f} MiB of hidden states (n={request.n} x "
+            f"{request.sampling.max_new_tokens if spec.positions == 'decode' else 1} positions x {len(layers)} layers "
+            f"x {limits.hidden_size} x {spec.dtype}); at most {MAX_COLLECT_BYTES / 2**20:.0f} MiB per request: "
+            "collect fewer layers, positions='mean' or 'last', dtype='float16', a smaller n or max_new_tokens"
+        )
 
 
 def _check_prune(request: GenerationRequest, limits: ModelLimits) -> None:
@@ -270,7 +303,24 @@ def validate_requests(requests: Any, limits: ModelLimits) -> list[GenerationRequ
         raise ConfigError(
             f"{len(out)} requests ask for {rows} candidates in one call; at most {MAX_BATCH_ROWS}: split the batch"
         )
+    _check_collect_batch(out, limits)
     return out
+
+
+def _check_collect_batch(requests: list[GenerationRequest], limits: ModelLimits) -> None:
+    """The hidden states of one call together stay under the bound (each request alone was checked)."""
+    from l2reason.limits import MAX_COLLECT_BYTES
+
+    need = sum(
+        collect_bytes(r, len(resolve_layers(r.collect.layers, limits.num_layers)), limits.hidden_size)
+        for r in requests
+        if r.collect is not None
+    )
+    if need > MAX_COLLECT_BYTES:
+        raise ConfigError(
+            f"{len(requests)} requests collect up to {need / 2**20:.0f} MiB of hidden states in one call; at most "
+            f"{MAX_COLLECT_BYTES / 2**20:.0f} MiB: split the batch"
+        )
 
 
 def check_context(prompt_tokens: int, request: GenerationRequest, context_length: int | None) -> None:

@@ -29,8 +29,10 @@ from torch import nn
 from l2reason.backends.base import (
     Candidate,
     Capabilities,
+    CollectSpec,
     GenerationRequest,
     GenerationResult,
+    HiddenStates,
     NormSpec,
     PruneSpec,
     SamplingParams,
@@ -127,6 +129,8 @@ class _Capture:
     seeds: torch.Tensor | None = None
     rows: torch.Tensor | None = None  # state row of each batch row once rows left the batch (None: row i is i)
     nonfinite: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (layer, [b] bool) at intervened layers
+    scol: dict[int, int] = field(default_factory=dict)  # collected layer -> its index in `states`
+    states: torch.Tensor | None = None  # [B, n_collect, d] float32 newest-position states (requests with `collect`)
 
 
 _BUILTIN_CONTROLLERS = frozenset(CONTROLLERS.values())
@@ -235,6 +239,7 @@ class HFBackend(CalibrationMixin):
             interventions=frozenset(self.controller_factories),
             exact_erss=True,
             pruning=True,
+            hidden_states=True,
         )
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -258,7 +263,7 @@ class HFBackend(CalibrationMixin):
                 raise ConfigError(f"request #{i}: {e}" if len(requests) > 1 else str(e)) from e
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
-            key = r.model_dump_json(include={"norms", "logprobs", "interventions"})
+            key = r.model_dump_json(include={"norms", "logprobs", "interventions", "collect"})
             groups.setdefault(key, []).append(i)
         results: list[GenerationResult | None] = [None] * len(requests)
         with self._lock:
@@ -398,7 +403,7 @@ class HFBackend(CalibrationMixin):
     def _hooks(self, cap: _Capture) -> Iterator[None]:
         handles: list[Any] = []
         try:
-            for layer in sorted(set(cap.layers) | set(cap.controllers)):
+            for layer in sorted(set(cap.layers) | set(cap.controllers) | set(cap.scol)):
                 handles.append(self.layers[layer].register_forward_hook(self._make_hook(cap, layer), with_kwargs=True))
             for layer in sorted(cap.mlp_layers):
                 mlp = getattr(self.layers[layer], "mlp", None)
@@ -420,6 +425,7 @@ class HFBackend(CalibrationMixin):
 
     def _make_hook(self, cap: _Capture, layer: int) -> Any:
         col = cap.col.get(layer)
+        scol = cap.scol.get(layer)
         ctrls = cap.controllers.get(layer, [])
 
         def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
@@ -441,6 +447,8 @@ class HFBackend(CalibrationMixin):
                         x, changed = x_new, True
             if col is not None:
                 cap.current[:, col] = token_norms(x)
+            if scol is not None and cap.states is not None:  # the very state the norm above is taken of
+                cap.states[:, scol] = x.float()
             if ctrls and not cap.prefill:  # an intervened state must stay finite (checked before sampling)
                 cap.nonfinite.append(
                     (layer, ~torch.isfinite(cap.current[:, col] if col is not None else token_norms(x)))
@@ -558,6 +566,9 @@ class HFBackend(CalibrationMixin):
             current=torch.zeros(B, len(cap_layers), device=device),
             seeds=seeds,
         )
+        cspec = req0.collect  # the group shares it (groups are keyed by it)
+        c_layers = resolve_layers(cspec.layers, self.num_layers) if cspec is not None else []
+        cap.scol = {layer: j for j, layer in enumerate(c_layers)}
         for c in ctrls:
             for layer in c.layers:
                 cap.controllers.setdefault(layer, []).append(c)
@@ -580,6 +591,17 @@ class HFBackend(CalibrationMixin):
             attn[u, P - len(pids) :] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         cap.current = torch.zeros(U, len(cap_layers), device=device)
+        # collected states: per decode step ([B, T, n, d] in the requested dtype) or one running
+        # last/sum per row ([B, n, d] float32); validate_requests bounded their size
+        state_buf = state_acc = None
+        if cspec is not None:
+            d = self.hidden_size
+            cap.states = torch.zeros(U, len(c_layers), d, device=device)
+            if cspec.positions == "decode":
+                c_dtype = torch.float16 if cspec.dtype == "float16" else torch.float32
+                state_buf = torch.zeros((B, max_new, len(c_layers), d), dtype=c_dtype, device=device)
+            else:
+                state_acc = torch.zeros((B, len(c_layers), d), device=device)
         limits = torch.tensor([r.sampling.max_new_tokens for r in rows], device=device)
         gens = [torch.Generator(device=device).manual_seed(r.seed) for r in rows]
         want_lp = req0.logprobs is not None
@@ -618,6 +640,8 @@ class HFBackend(CalibrationMixin):
                     cache.batch_select_indices(row2u)
                     logits_all = logits_all[row2u]
                     attn, pos, cap.current = attn[row2u], pos[row2u], cap.current[row2u]
+                    if cap.states is not None:
+                        cap.states = cap.states[row2u]
                 # `ix` maps the rows still in the batch to their original index. Rows that
                 # finish (or are pruned) leave the batch and the KV cache, so long outliers
                 # cost only their own rows' compute. The built-in controllers follow them
@@ -650,6 +674,14 @@ class HFBackend(CalibrationMixin):
                         done[ix] = done[ix] | bad
                         active = active & ~bad
                     norm_buf[ix, t] = torch.where(active[:, None], cap.current, norm_buf[ix, t])
+                    if cap.states is not None:  # the states of exactly the norms just stored
+                        a3 = active[:, None, None]
+                        if state_buf is not None:
+                            state_buf[ix, t] = torch.where(a3, cap.states.to(state_buf.dtype), state_buf[ix, t])
+                        elif state_acc is not None and cspec is not None and cspec.positions == "mean":
+                            state_acc[ix] = state_acc[ix] + torch.where(a3, cap.states, 0.0)
+                        elif state_acc is not None:
+                            state_acc[ix] = torch.where(a3, cap.states, state_acc[ix])
                     nxt = self._sample(logits, [rows[i] for i in ixl], [gens[i] for i in ixl])
                     nxt = torch.where(active, nxt, pad[: len(ixl)])
                     gen_ids[ix, t] = nxt
@@ -697,6 +729,8 @@ class HFBackend(CalibrationMixin):
                         cache.batch_select_indices(keep)
                         attn, pos, nxt = attn[keep], pos[keep], nxt[keep]
                         cap.current = cap.current[keep]
+                        if cap.states is not None:
+                            cap.states = cap.states[keep]
                         cap.rows = ix
                     cap.valid = ~done[ix]
                     cap.seeds = seeds[ix]
@@ -753,6 +787,8 @@ class HFBackend(CalibrationMixin):
                 )
                 if plan is not None:
                     cand.prune = plan.tracker.candidate_report(r.index)
+                if cspec is not None:
+                    cand.states = _collected(cspec, c_layers, state_buf, state_acc, i, int(lengths[i]))
                 cands.append(cand)
             res = GenerationResult(
                 request_id=req.request_id, model_id=self.model_id, backend=self.name, candidates=cands, seconds=seconds
@@ -863,6 +899,25 @@ class HFBackend(CalibrationMixin):
             norms=norms,
             interventions=report,
         )
+
+
+def _collected(
+    spec: CollectSpec,
+    layers: list[int],
+    state_buf: torch.Tensor | None,
+    state_acc: torch.Tensor | None,
+    i: int,
+    L: int,
+) -> HiddenStates:
+    """Row ``i``'s collected states as a :class:`HiddenStates` (``L`` = its generated tokens)."""
+    np_dtype = np.float16 if spec.dtype == "float16" else np.float32
+    if state_buf is not None:
+        arr = state_buf[i, :L].cpu().numpy()  # [T, n, d]
+    else:
+        assert state_acc is not None
+        acc = state_acc[i] / max(L, 1) if spec.positions == "mean" else state_acc[i]  # [n, d]
+        arr = acc.cpu().numpy()
+    return HiddenStates(layers=layers, positions=spec.positions, array=arr.astype(np_dtype, copy=False))
 
 
 class _LastTokenRerun:
