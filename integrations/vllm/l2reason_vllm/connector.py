@@ -1,0 +1,175 @@
+"""The plugin's KV connector: per-step request layout in, per-token records out (vLLM 0.32).
+
+vLLM V1 has no channel that returns a dense model's per-token data with a
+request (the auxiliary-output connector returns MoE routing only; EAGLE's
+hidden states go to the draft model; the hidden-states connector writes whole
+states to files). Its KV-connector interface (``KVConnectorBase_V1``, loaded
+from ``kv_transfer_config.kv_connector_module_path``) is the supported way for
+out-of-tree code to exchange data between the scheduler and the workers and
+to attach a dict to a finished request's output; this connector moves no KV
+at all and uses exactly that:
+
+- scheduler → worker, every step (``build_connector_meta``): for each
+  scheduled request its KV block ids, whether this step emits a token for it
+  (decode / last prefill chunk / earlier chunk), and, the first time, its
+  l2reason settings from ``SamplingParams.extra_args["l2reason"]``;
+- worker → scheduler, every step (``build_connector_worker_meta``): one record
+  per request that emitted a token;
+- scheduler → client, once (``request_finished``): ``{"l2r": [record per
+  token]}``, which vLLM returns as ``RequestOutput.kv_transfer_params`` (the
+  OpenAI server: the response's ``kv_transfer_params``).
+
+vLLM 0.32 calls ``request_finished`` before ``update_connector_output`` in the
+same scheduler update, so the list returned there is the live one and the
+last token's record is appended to it just after (both happen before the
+output leaves the engine core). Requests that stop in the front end (stop
+strings) are aborted there and return nothing: the l2reason client applies
+stop strings itself.
+
+Limits: records arrive when the request finishes (no per-token streaming);
+the connector takes the one KV-connector slot (combine with another through
+vLLM's ``MultiConnector``); vLLM logs the interface as experimental.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+    KVConnectorWorkerMetadata,
+)
+
+from l2reason.serving import SETTINGS_KEY, TOKEN_KEY
+from l2reason_vllm.runtime import CHUNK, DECODE, PREFILL, STATE, RowInfo
+
+log = logging.getLogger("l2reason_vllm")
+
+
+class L2Meta(KVConnectorMetadata):
+    """Scheduler → worker: this step's requests."""
+
+    def __init__(self, rows: dict[str, RowInfo], finished: set[str]) -> None:
+        self.rows, self.finished = rows, finished
+
+
+class L2WorkerMeta(KVConnectorWorkerMetadata):
+    """Worker → scheduler: this step's records by request id."""
+
+    def __init__(self, records: dict[str, dict[str, Any]]) -> None:
+        self.records = records
+
+    def aggregate(self, other: KVConnectorWorkerMetadata) -> KVConnectorWorkerMetadata:
+        # tensor-parallel ranks compute the same records from the same (replicated) stream
+        return self if self.records else other
+
+
+class _Req:
+    __slots__ = ("blocks", "prompt_len", "settings")
+
+    def __init__(self, prompt_len: int, blocks: list[int], settings: str | None) -> None:
+        self.prompt_len, self.blocks, self.settings = prompt_len, blocks, settings
+
+
+class L2ReasonConnector(KVConnectorBase_V1):
+    """Moves l2reason's per-request settings and per-token records; moves no KV."""
+
+    def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None) -> None:
+        super().__init__(vllm_config, role, kv_cache_config)
+        self._reqs: dict[str, _Req] = {}
+        self._records: dict[str, list[dict[str, Any]]] = {}
+        self._closing: dict[str, list[dict[str, Any]]] = {}  # finished; the last records may still come
+
+    @property
+    def requires_kv_delivery(self) -> bool:
+        return False
+
+    # ---- worker side -------------------------------------------------------
+    def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
+        super().bind_connector_metadata(connector_metadata)
+        if isinstance(connector_metadata, L2Meta):
+            STATE.bind(connector_metadata.rows, connector_metadata.finished)
+
+    def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
+        return
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return
+
+    def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any, **kwargs: Any) -> None:
+        return
+
+    def wait_for_save(self) -> None:
+        return
+
+    def build_connector_worker_meta(self) -> KVConnectorWorkerMetadata | None:
+        records = STATE.take_records()
+        return L2WorkerMeta(records) if records else None
+
+    # ---- scheduler side ----------------------------------------------------
+    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int | None, bool]:
+        return 0, False
+
+    def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
+        return
+
+    def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
+        self._closing.clear()
+        so = scheduler_output
+        rows: dict[str, RowInfo] = {}
+        n_sched: dict[str, int] = so.num_scheduled_tokens
+        for new in so.scheduled_new_reqs:
+            sp = new.sampling_params
+            raw = ((sp.extra_args or {}) if sp is not None else {}).get(SETTINGS_KEY)
+            req = _Req(len(new.prompt_token_ids or ()), list(new.block_ids[0]), raw)
+            self._reqs[new.req_id] = req
+            if raw is not None:
+                self._records[new.req_id] = []
+            rows[new.req_id] = RowInfo(
+                self._kind(req, new.num_computed_tokens, n_sched.get(new.req_id, 0)), list(req.blocks), raw
+            )
+        cached = so.scheduled_cached_reqs
+        for i, rid in enumerate(cached.req_ids):
+            req = self._reqs.get(rid)
+            if req is None:
+                continue
+            nb = cached.new_block_ids[i]
+            if rid in cached.resumed_req_ids:
+                req.blocks = list(nb[0]) if nb else []
+            elif nb:
+                req.blocks.extend(nb[0])
+            kind = self._kind(req, cached.num_computed_tokens[i], n_sched.get(rid, 0))
+            rows[rid] = RowInfo(kind, list(req.blocks))  # a copy: the worker may run in this process
+        finished = set(so.finished_req_ids)
+        for rid in finished:
+            self._reqs.pop(rid, None)
+        return L2Meta(rows, finished)
+
+    @staticmethod
+    def _kind(req: _Req, computed: int, scheduled: int) -> str:
+        if computed >= req.prompt_len:
+            return DECODE
+        return PREFILL if computed + scheduled >= req.prompt_len else CHUNK
+
+    def update_connector_output(self, connector_output: Any) -> None:
+        meta = getattr(connector_output, "kv_connector_worker_meta", None)
+        if not isinstance(meta, L2WorkerMeta):
+            return
+        for rid, rec in meta.records.items():
+            lst = self._records.get(rid)
+            if lst is None:
+                lst = self._closing.get(rid)
+            if lst is not None:
+                lst.append(rec)
+
+    def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        rid = request.request_id
+        self._reqs.pop(rid, None)
+        lst = self._records.pop(rid, None)
+        if lst is None:
+            return False, None
+        self._closing[rid] = lst  # the live list: this step's record is appended right after
+        return False, {TOKEN_KEY: lst}
