@@ -88,7 +88,7 @@ def test_import_is_lazy():
 
     code = (
         "import sys, l2reason; "
-        "bad = [m for m in ('dspy', 'langchain_core', 'sglang', 'matplotlib', 'transformers') if m in sys.modules]; "
+        "bad = [m for m in ('dspy', 'langchain_core', 'sglang', 'vllm', 'matplotlib', 'transformers') if m in sys.modules]; "
         "print(bad); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

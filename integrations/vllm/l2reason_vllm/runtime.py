@@ -49,6 +49,8 @@ from l2reason.serving import EngineSettings, SlotRuntime, StepPlan
 
 log = logging.getLogger("l2reason_vllm")
 
+#: the interventions this plugin runs (ALRR's layer re-run is not wired into vLLM's attention yet)
+SUPPORTED = frozenset({"erss", "static_steer", "suppress"})
 #: row kinds the scheduler sends: a decode step, a prefill that ends this step (emits a token), a prefill chunk
 DECODE, PREFILL, CHUNK = "d", "p", "c"
 
@@ -110,7 +112,13 @@ class WorkerState:
         for rid, row in rows.items():
             if row.settings is not None:
                 try:
-                    self.settings[rid] = EngineSettings.decode({"l2reason": row.settings})
+                    s = EngineSettings.decode({"l2reason": row.settings})
+                    bad = sorted({i["kind"] for i in s.interventions} - SUPPORTED) if s is not None else []
+                    if bad:
+                        raise ConfigError(
+                            f"interventions {bad} are not supported by the vLLM plugin yet (it runs {sorted(SUPPORTED)})"
+                        )
+                    self.settings[rid] = s
                 except ConfigError as e:
                     self.settings[rid] = e
         self.rows = rows or None

@@ -91,6 +91,7 @@ class SGLangBackend(CalibrationMixin):
     """
 
     name = "sglang"
+    engine = "SGLang"  # in messages
 
     def __init__(
         self,
@@ -106,8 +107,7 @@ class SGLangBackend(CalibrationMixin):
         self.url = parse_url(url)
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
         self._lock = threading.Lock()
-        info = self._call("GET", "/model_info", None, timeout=min(self.timeout, 30.0))
-        self.model_path = str(info.get("model_path", ""))
+        self.model_path, ctx = self._server_info()
         self.model_id = self._model_id(self.model_path)
         if model is not None:
             self._check_model(model)
@@ -115,12 +115,17 @@ class SGLangBackend(CalibrationMixin):
         cfg = self._config(tokenizer)
         self._num_layers = int(cfg["num_hidden_layers"])
         self._hidden_size = int(cfg["hidden_size"])
-        ctx = info.get("context_length") or cfg.get("max_position_embeddings")
+        ctx = ctx or cfg.get("max_position_embeddings")
         self.context_length: int | None = int(ctx) if isinstance(ctx, int) and ctx > 0 else None
         vocab = cfg.get("vocab_size")
         self._vocab_size: int | None = int(vocab) if isinstance(vocab, int) else None
         self._calibration = self._load_calibration(calibration, self.model_id)
         self._check_plugin()
+
+    def _server_info(self) -> tuple[str, Any]:
+        """The served model's path and context length (None: unknown)."""
+        info = self._call("GET", "/model_info", None, timeout=min(self.timeout, 30.0))
+        return str(info.get("model_path", "")), info.get("context_length")
 
     # ---- protocol -----------------------------------------------------
     @property
@@ -284,14 +289,16 @@ class SGLangBackend(CalibrationMixin):
                     return json.loads(r.read() or b"null")
             except urllib.error.HTTPError as e:  # the server answered: never retried
                 body = e.read().decode(errors="replace")[:2000]
-                raise BackendError(f"SGLang server {self.url}{path} answered HTTP {e.code}: {body}") from e
+                raise BackendError(f"{self.engine} server {self.url}{path} answered HTTP {e.code}: {body}") from e
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
                 if attempt >= self.retries or isinstance(e, TimeoutError):
                     raise BackendError(
-                        f"cannot reach the SGLang server at {self.url} ({e}); start one with "
+                        f"cannot reach the {self.engine} server at {self.url} ({e}); start one with "
                         "`l2reason serve` or check the address"
                     ) from e
-                log.warning("SGLang server %s unreachable (%s); retry %d in %.1fs", self.url, e, attempt + 1, delay)
+                log.warning(
+                    "%s server %s unreachable (%s); retry %d in %.1fs", self.engine, self.url, e, attempt + 1, delay
+                )
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
@@ -311,7 +318,7 @@ class SGLangBackend(CalibrationMixin):
         expected = {model, pm.model_id} if pm is not None else {model}
         if not expected & {self.model_id, self.model_path, Path(self.model_path).name}:
             raise ConfigError(
-                f"the SGLang server at {self.url} serves {self.model_id!r} ({self.model_path}), not {model!r}"
+                f"the {self.engine} server at {self.url} serves {self.model_id!r} ({self.model_path}), not {model!r}"
             )
 
     def _tokenizer(self, tokenizer: Any) -> Any:
@@ -325,7 +332,7 @@ class SGLangBackend(CalibrationMixin):
         except (OSError, ValueError) as e:
             raise ConfigError(
                 f"cannot load the tokenizer of {src!r} ({e}); the server's model folder is not on this machine: "
-                "pass SGLangBackend(..., tokenizer=<folder or id>)"
+                f"pass {type(self).__name__}(..., tokenizer=<folder or id>)"
             ) from e
 
     def _config(self, tokenizer: Any) -> dict[str, Any]:

@@ -82,6 +82,9 @@ class SGLangServer:
         ...     backend = SGLangBackend(srv.url)
     """
 
+    engine = "SGLang"  # in messages
+    ready_path = "/model_info"  # answers once the server can generate
+
     def __init__(
         self,
         model: str = "default",
@@ -120,7 +123,7 @@ class SGLangServer:
         """Start the server and wait until it generates; raise with the log's tail if it does not."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "wb")  # noqa: SIM115  (kept open for the child's lifetime)
-        log.info("starting SGLang: %s (log: %s)", " ".join(self.cmd), self.log_path)
+        log.info("starting %s: %s (log: %s)", self.engine, " ".join(self.cmd), self.log_path)
         self.proc = subprocess.Popen(
             self.cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
         )
@@ -128,18 +131,20 @@ class SGLangServer:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
-                raise BackendError(f"SGLang exited with code {self.proc.returncode} while starting:\n{self.log_tail()}")
+                raise BackendError(
+                    f"{self.engine} exited with code {self.proc.returncode} while starting:\n{self.log_tail()}"
+                )
             if self._ready():
                 self.ready_seconds = time.monotonic() - t0
-                log.info("SGLang ready at %s after %.0f s", self.url, self.ready_seconds)
+                log.info("%s ready at %s after %.0f s", self.engine, self.url, self.ready_seconds)
                 return self
             time.sleep(2.0)
         self.stop()
-        raise BackendError(f"SGLang did not become ready within {timeout:.0f} s:\n{self.log_tail()}")
+        raise BackendError(f"{self.engine} did not become ready within {timeout:.0f} s:\n{self.log_tail()}")
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + "/model_info", timeout=5) as r:
+            with urllib.request.urlopen(self.url + self.ready_path, timeout=5) as r:
                 json.loads(r.read())
             return True
         except (urllib.error.URLError, ConnectionError, OSError, ValueError):

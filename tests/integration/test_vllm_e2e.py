@@ -1,0 +1,214 @@
+"""The vLLM runtime end to end: a real vLLM 0.32 server (CPU build, default compiled mode) with the plugin.
+
+One plugin server and one stock server for the module (fp32, so norms compare
+with the transformers backend's; small context so they start fast); short
+greedy requests. Server logs are kept in ``out/test-logs``. Needs
+``make vllm`` (``$L2REASON_VLLM_PYTHON``); without that environment these
+tests fail, they do not skip.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams, SelectionSpec
+from l2reason.errors import BackendError, CapabilityError, ConfigError
+from l2reason.serving import SETTINGS_KEY, TOKEN_KEY, EngineSettings
+
+pytestmark = [pytest.mark.real, pytest.mark.ci, pytest.mark.vllm]
+
+LOGS = Path("out/test-logs")
+SERVER = dict(dtype="float32", max_model_len=1024, max_num_seqs=16)
+PROMPTS = ["def fibonacci(n):", "The capital of France is"]
+Q = "Tom has 3 boxes of 18 marbles and gives 14 away. How many are left? Think step by step."
+
+
+@pytest.fixture(scope="module")
+def server():
+    from l2reason.backends.vllm.server import VLLMServer, free_port
+
+    port = free_port()
+    srv = VLLMServer("default", port=port, log_path=LOGS / f"vllm-{port}.log", **SERVER)
+    srv.start(timeout=900)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def backend(server):
+    from l2reason.backends.vllm import VLLMBackend
+
+    return VLLMBackend(server.url, model="default")
+
+
+@pytest.fixture(scope="module")
+def hf():
+    from l2reason.backends.hf import HFBackend
+
+    return HFBackend("default")
+
+
+def raw(server, prompt, max_new, settings=None, **extra):
+    body = {"model": server.model_path, "prompt": prompt, "max_tokens": max_new, "temperature": 0.0}
+    body.update(return_token_ids=True, **extra)
+    if settings is not None:
+        body["vllm_xargs"] = {SETTINGS_KEY: settings.encode()[SETTINGS_KEY]}
+    out = server.complete(body)
+    c = out["choices"][0]
+    return {"ids": c["token_ids"], "text": c["text"], "recs": (out.get("kv_transfer_params") or {}).get(TOKEN_KEY)}
+
+
+def chat(n=1, max_new=16, temp=0.0, **kw):
+    return GenerationRequest(
+        messages=[Message(role="user", content=Q)],
+        n=n,
+        sampling=SamplingParams(max_new_tokens=max_new, temperature=temp, seed=0),
+        **kw,
+    )
+
+
+NOOPS = [
+    {"kind": "erss", "beta": 0.0, "S": 1, "p": 1.0, "C": 0, "c_min": -1.0, "threshold": {"warmup": 1}},
+    {"kind": "static_steer", "vectors": {12: [1.0] * 896}, "alpha": 0.0},
+    {"kind": "suppress", "target": "random", "rate": 0.0},
+]
+
+
+def test_plugin_tokens_equal_stock_vllm_and_no_plugin_is_a_clear_error(server):
+    from l2reason.backends.vllm import VLLMBackend
+    from l2reason.backends.vllm.server import VLLMServer, free_port
+
+    port = free_port()
+    with VLLMServer("default", port=port, plugin=False, log_path=LOGS / f"stock-{port}.log", **SERVER) as stock:
+        plain = [raw(stock, p, 12) for p in PROMPTS]
+        with pytest.raises(BackendError, match="without the l2reason plugin"):
+            VLLMBackend(stock.url)
+    for p, s in zip(PROMPTS, plain, strict=True):
+        none = raw(server, p, 12)  # no settings: the plugin's op does nothing
+        norms = raw(server, p, 12, EngineSettings(layers=list(range(24))))
+        noop = raw(server, p, 12, EngineSettings(layers=[18, 22], interventions=NOOPS))
+        assert s["ids"] == none["ids"] == norms["ids"] == noop["ids"]
+        assert none["recs"] is None and s["recs"] is None
+        assert len(norms["recs"]) == len(norms["ids"]) and all(len(r["n"]) == 24 for r in norms["recs"])
+        rep = noop["recs"][-1]["r"]
+        assert rep["erss"]["fires"] > 0  # β=0: fired, changed nothing
+        assert rep["static_steer"]["steered_tokens"] == len(noop["ids"]) - 1  # decode steps only
+        np.testing.assert_array_equal(  # identities: the no-op interventions leave the states bit for bit
+            [r["n"] for r in noop["recs"]], [[r["n"][18], r["n"][22]] for r in norms["recs"]]
+        )
+
+
+def test_norms_equal_the_transformers_backend(backend, hf):
+    req = chat(max_new=10, norms=NormSpec(layers="all", mask_massive=False))
+    a, b = backend.generate(req).candidates[0], hf.generate(req).candidates[0]
+    assert a.text == b.text and a.completion_tokens == b.completion_tokens == 10
+    na, nb = a.norms.array(), b.norms.array()
+    assert na.shape == nb.shape == (10, 24)
+    # fp32 on both sides; different kernels (vLLM's CPU attention and fused ops vs transformers' SDPA).
+    # Row 0 is the prompt's last position: aligned with the first generated token.
+    np.testing.assert_allclose(na, nb, rtol=2e-3, atol=1e-3)
+
+
+def test_concurrent_requests_keep_their_own_state_and_a_reused_slot_starts_clean(server):
+    steer = EngineSettings(
+        layers=[12, 20],
+        interventions=[
+            {"kind": "static_steer", "vectors": {12: [0.05] * 896}, "alpha": 4.0},
+            {"kind": "erss", "layers": [20], "S": 2, "p": 1.0, "C": 1, "c_min": -1.0, "threshold": {"warmup": 2}},
+        ],
+        seed=5,
+    )
+    plain = EngineSettings(layers=[12, 20])
+    alone_a = raw(server, PROMPTS[0], 12, steer)
+    alone_b = raw(server, PROMPTS[1], 12, plain)
+    got: dict[int, dict] = {}
+
+    def run(i, text, s):
+        got[i] = raw(server, text, 12, s)
+
+    ts = [threading.Thread(target=run, args=(i, PROMPTS[i % 2], (steer, plain)[i % 2])) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for i, x in got.items():
+        ref = (alone_a, alone_b)[i % 2]
+        assert x["ids"] == ref["ids"]
+        np.testing.assert_allclose([r["n"] for r in x["recs"]], [r["n"] for r in ref["recs"]], rtol=1e-4)
+    reps = [x["recs"][-1]["r"] for x in (alone_a, got[0], got[2])]
+    assert reps[0] == reps[1] == reps[2] and reps[0]["erss"]["fires"] > 0  # same fresh state every time
+    assert "r" not in alone_b["recs"][-1]
+    assert alone_a["ids"] != raw(server, PROMPTS[0], 12, plain)["ids"]  # steering did something
+
+
+def test_n8_selection_in_one_call_and_stop_strings(backend):
+    from l2reason.select import select_result
+
+    r = backend.generate(chat(n=8, max_new=40, temp=0.8, logprobs=5, selection=SelectionSpec(method="l2")))
+    assert len(r.candidates) == 8 and len({c.text for c in r.candidates}) > 1
+    sel = r.selection
+    assert sel["method"] == "l2" and sel["index"] == max(range(8), key=lambda i: (sel["scores"][i], -i))
+    for method in ("majority", "deepconf", "self-certainty"):
+        out = select_result(r, SelectionSpec(method=method), num_layers=backend.num_layers)
+        assert 0 <= out.index < 8
+    for c in r.candidates:
+        assert c.norms.array().shape == (c.completion_tokens, 5)
+        assert len(c.logprobs.logprob) == len(c.logprobs.self_certainty) == c.completion_tokens
+        assert all(math.isfinite(x) and x > 0 for x in c.logprobs.self_certainty)
+    again = backend.generate(chat(n=8, max_new=40, temp=0.8, logprobs=5, selection=SelectionSpec(method="l2")))
+    assert [c.text for c in again.candidates] == [c.text for c in r.candidates]  # per-candidate seeds
+    # stop strings are applied by the client (vLLM would abort the request and drop its records)
+    full = backend.generate(chat(max_new=24)).candidates[0]
+    stop = full.text[10:14]
+    cut = backend.generate(chat(max_new=24, stop=[stop])).candidates[0] if stop.strip() else full
+    if stop.strip():
+        assert cut.finish_reason == "stop" and stop not in cut.text and full.text.startswith(cut.text)
+        assert cut.norms.array().shape[0] == cut.completion_tokens < full.completion_tokens
+
+
+def test_dspy_l2selectbest_against_the_server(server):
+    import dspy
+
+    import l2reason
+
+    spec = "vllm://" + server.url.split("://", 1)[1]
+    l2reason.configure_dspy(spec, max_tokens=96)
+    solve = l2reason.L2SelectBest(dspy.Predict("question -> answer"), n=3)
+    pred = solve(question="What is 12 + 30?")
+    assert pred.l2.calls and all(len(c) == 3 for c in pred.l2.candidate_scores) and pred.l2.score is not None
+    assert isinstance(pred.answer, str) and pred.answer
+
+
+def test_error_paths(server, backend):
+    from l2reason.backends.vllm import VLLMBackend
+    from l2reason.backends.vllm.server import free_port
+
+    with pytest.raises(BackendError, match="cannot reach the vLLM server"):
+        VLLMBackend(f"http://127.0.0.1:{free_port()}", retries=1, backoff=0.01)
+    with pytest.raises(ConfigError, match="not a vLLM server address"):
+        VLLMBackend("ftp://nowhere")
+    with pytest.raises(ConfigError, match="serves"):
+        VLLMBackend(server.url, model="fast")
+    # bad settings reach the plugin raw: reported per token, the server keeps serving
+    bad = server.complete(
+        {"model": server.model_path, "prompt": PROMPTS[0], "max_tokens": 2, "vllm_xargs": {SETTINGS_KEY: "{not json"}}
+    )
+    assert "invalid l2reason settings" in bad["kv_transfer_params"][TOKEN_KEY][0]["e"]
+    for settings, msg in (({"layers": [99]}, "do not exist"), ({"interventions": [{"kind": "alrr"}]}, "not supported")):
+        body = {"model": server.model_path, "prompt": PROMPTS[0], "max_tokens": 2}
+        bad = server.complete({**body, "vllm_xargs": {SETTINGS_KEY: json.dumps(settings)}})
+        assert msg in bad["kv_transfer_params"][TOKEN_KEY][0]["e"]
+    # the client refuses what the plugin cannot do, before sending
+    with pytest.raises(CapabilityError, match="cannot run 'alrr'"):
+        backend.generate(chat(interventions=[{"kind": "alrr", "K": 0}]))
+    with pytest.raises(CapabilityError, match="calibrated"):
+        backend.generate(chat(interventions=[{"kind": "erss", "threshold": {"mode": "calibrated"}}]))
+    with pytest.raises(ConfigError, match="896"):
+        backend.generate(chat(interventions=[{"kind": "static_steer", "vectors": {3: [1.0, 2.0]}}]))
+    assert backend.generate(chat(max_new=2)).candidates[0].completion_tokens == 2
