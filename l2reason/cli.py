@@ -623,6 +623,15 @@ def _register_eval() -> None:
 _register_eval()
 
 
+def _register_sae() -> None:
+    from l2reason.sae.cli import register
+
+    register(app)
+
+
+_register_sae()
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     logging.basicConfig(

@@ -68,6 +68,8 @@ LAYERS: dict[str, int] = {
     "l2reason.eval": PROGRAMS,
     "l2reason.calibrate": PROGRAMS,
     "l2reason.viz": PROGRAMS,
+    "l2reason.sae": PROGRAMS,
+    "l2reason.sae.cli": CLI,  # builds prompts from the eval's datasets
     "l2reason.cli": CLI,
 }
 FACADE = "l2reason"

@@ -1,0 +1,267 @@
+"""The ``l2reason collect``, ``l2reason sae ...`` and ``l2reason vector ...`` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from l2reason.errors import ConfigError
+
+sae_app = typer.Typer(no_args_is_help=True, help="Train, load and inspect SAELens SAEs on an activation store.")
+vector_app = typer.Typer(no_args_is_help=True, help="Build steering vectors (static-steer / L2Steer format).")
+
+
+def _layers(text: str) -> Any:
+    text = text.strip()
+    if text in ("band", "all"):
+        return text
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise ConfigError(f"layers must be 'band', 'all' or comma-separated indices (got {text!r})") from e
+
+
+def _prompts(source: str, limit: int | None, offset: int) -> tuple[list[Any], Any]:
+    """StorePrompts from a dataset name (the eval's names) or a text file with one prompt per line."""
+    from l2reason.eval.harness import DEFAULT_SYSTEM
+    from l2reason.sae.store import StorePrompt
+
+    p = Path(source)
+    if p.suffix == ".txt" and p.is_file():
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        lines = lines[offset : offset + limit if limit is not None else None]
+        return [
+            StorePrompt(f"{p.name}:{offset + i}", [{"role": "user", "content": q}]) for i, q in enumerate(lines)
+        ], None
+    from l2reason.eval.datasets import load_dataset
+
+    ds = load_dataset(source)
+    items = ds.items(limit=limit, offset=offset)
+    out = []
+    for it in items:
+        sys_text = it.meta.get("system") or DEFAULT_SYSTEM
+        msgs = [{"role": "system", "content": sys_text}, {"role": "user", "content": it.question}]
+        out.append(StorePrompt(it.id, msgs, answer=it.answer, meta={"item": it}))
+    return out, ds
+
+
+def collect_cmd(
+    source: Annotated[
+        str, typer.Argument(help="a dataset (gsm_symbolic:seed=7, evals:<task>, jsonl:<file>) or a .txt file")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the store folder (resumes if it exists)")],
+    model: Annotated[str, typer.Option("--model", "-m")] = "default",
+    layers: Annotated[str, typer.Option(help="'band', 'all' or indices '18,20'")] = "band",
+    limit: Annotated[int | None, typer.Option(min=1)] = None,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    n: Annotated[int, typer.Option("-n", min=1, help="candidates per prompt")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-t", min=1)] = 128,
+    batch: Annotated[int, typer.Option(min=1, help="prompts per forward batch (= per shard)")] = 8,
+    dtype: Annotated[str, typer.Option(help="float16 or float32")] = "float16",
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    threads: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Run a dataset or prompt file and store every decode token's residual states (sharded, resumable)."""
+    import torch
+
+    from l2reason.cli import _backend, err
+    from l2reason.sae.store import collect_store
+
+    if dtype not in ("float16", "float32"):
+        raise ConfigError(f"--dtype must be float16 or float32 (got {dtype!r})")
+    if threads:
+        torch.set_num_threads(threads)
+    prompts, ds = _prompts(source, limit, offset)
+    score = (lambda text, p: bool(ds.score(text, p.meta["item"]))) if ds is not None else None
+    be = _backend(model)
+
+    def progress(done: int, total: int) -> None:
+        err.print(f"[dim]{done}/{total} prompts[/dim]")
+
+    store = collect_store(
+        be,
+        prompts,
+        out,
+        layers=_layers(layers),
+        n=n,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch,
+        dtype=dtype,
+        seed=seed,
+        score=score,
+        on_batch=progress,
+    )
+    err.print(f"store {out}: {len(store)} decode tokens, layers {store.layers}")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+@sae_app.command("train")
+def train_cmd(
+    store: Annotated[Path, typer.Argument(help="an activation store (l2reason collect)")],
+    layer: Annotated[int, typer.Option(help="the layer to train on (must be in the store)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the SAE folder (SAELens format)")],
+    architecture: Annotated[str, typer.Option(help="topk or standard")] = "topk",
+    d_sae: Annotated[int, typer.Option(min=1)] = 2048,
+    k: Annotated[int, typer.Option(min=1, help="active features (topk)")] = 32,
+    l1: Annotated[float, typer.Option(min=0.0, help="L1 coefficient (standard)")] = 5.0,
+    lr: Annotated[float, typer.Option(min=0.0)] = 3e-4,
+    batch_size: Annotated[int, typer.Option(min=1)] = 512,
+    samples: Annotated[int, typer.Option(min=1, help="training tokens in total")] = 300_000,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    threads: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Train an SAE with SAELens on one layer of a store; print the held-out reconstruction figures."""
+    import torch
+
+    from l2reason.sae.train import SAETrainSettings, train_sae
+
+    if threads:
+        torch.set_num_threads(threads)
+    s = SAETrainSettings(
+        architecture=architecture,
+        d_sae=d_sae,
+        k=k,
+        l1=l1,
+        lr=lr,
+        batch_size=batch_size,
+        total_samples=samples,
+        seed=seed,
+    )
+    rep = train_sae(store, layer, out, s)
+    typer.echo(json.dumps({k: rep[k] for k in ("layer", "train_tokens", "epochs", "seconds", "holdout")}, indent=1))
+
+
+@sae_app.command("bound")
+def bound_cmd(
+    sae: Annotated[Path, typer.Argument(help="a SAELens SAE folder")],
+    store: Annotated[Path, typer.Argument(help="an activation store")],
+    layer: Annotated[int, typer.Option()],
+    out: Annotated[Path, typer.Option("--out", "-o", help="a folder for bound.json and bound.png")],
+) -> None:
+    """Check the norm bound on every stored token and feature; report its tightness vs the token norm."""
+    from l2reason.sae.bound import check_norm_bound, tightness_by_norm
+    from l2reason.sae.plots import plot_bound
+    from l2reason.sae.store import ActivationStore
+    from l2reason.sae.train import load_sae
+
+    st = ActivationStore(store)
+    rep = check_norm_bound(load_sae(sae), st.states(layer))
+    data = {"layer": layer, **rep.summary(), "by_norm_decile": tightness_by_norm(rep)}
+    _write_json(out / "bound.json", data)
+    plot_bound(rep, out / "bound.png", title=f"norm bound, layer {layer}")
+    typer.echo(json.dumps(rep.summary(), indent=1))
+
+
+@sae_app.command("features")
+def features_cmd(
+    sae: Annotated[Path, typer.Argument(help="a SAELens SAE folder")],
+    store: Annotated[Path, typer.Argument(help="an activation store")],
+    layer: Annotated[int, typer.Option()],
+    out: Annotated[Path, typer.Option("--out", "-o", help="a folder for features.json and features.html")],
+    quantile: Annotated[float, typer.Option(help="high norm = above this quantile of the layer's norms")] = 0.95,
+    top: Annotated[int, typer.Option(min=1)] = 20,
+) -> None:
+    """Rank features by how much more they fire on high-norm tokens (and right answers); HTML of their contexts."""
+    import torch
+
+    from l2reason.sae.features import (
+        encode_store,
+        norm_activation_correlation,
+        rank_by_correct,
+        rank_by_norm,
+        top_contexts_html,
+    )
+    from l2reason.sae.store import ActivationStore
+    from l2reason.sae.train import load_sae
+
+    st = ActivationStore(store)
+    acts = encode_store(load_sae(sae), st, layer)
+    norms = st.norms(layer)
+    tau, by_norm = rank_by_norm(acts, norms, quantile, top)
+    rec, _ = st.token_index()
+    correct = [r.get("correct") for r in st.records()]
+    known = torch.tensor([correct[r] is not None for r in rec.tolist()])
+    data: dict[str, Any] = {
+        "layer": layer,
+        "tokens": len(norms),
+        "quantile": quantile,
+        "tau": tau,
+        "by_norm": by_norm,
+        "corr_norm_vs_top_features": norm_activation_correlation(acts, norms, [f["feature"] for f in by_norm]),
+    }
+    if bool(known.any()):
+        right = torch.tensor([bool(correct[r]) for r in rec.tolist()])
+        sub = known.nonzero().flatten()
+        if 0 < int(right[sub].sum()) < len(sub):
+            data["by_correct"] = rank_by_correct(acts[sub], right[sub], top)
+            data["overlap_norm_correct"] = sorted(
+                {f["feature"] for f in by_norm} & {f["feature"] for f in data["by_correct"]}
+            )
+    _write_json(out / "features.json", data)
+    (out / "features.html").write_text(
+        top_contexts_html(acts, st, by_norm, title=f"High-norm features, layer {layer}"), encoding="utf-8"
+    )
+    typer.echo(json.dumps({k: data[k] for k in ("tau", "corr_norm_vs_top_features")}, indent=1))
+
+
+@vector_app.command("caa")
+def caa_cmd(
+    pairs: Annotated[Path, typer.Argument(help='JSONL of {"positive": "...", "negative": "..."} prompts')],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the vector file (JSON {layer: [floats]})")],
+    layers: Annotated[str, typer.Option(help="'band', 'all' or indices '18,20'")] = "band",
+    model: Annotated[str, typer.Option("--model", "-m")] = "default",
+) -> None:
+    """CAA vectors: mean last-prompt-position state of the positives minus the negatives, per layer."""
+    from l2reason.cli import _backend
+    from l2reason.sae.vectors import caa_vectors, load_pairs, save_vectors
+
+    pr = load_pairs(pairs)
+    vecs = caa_vectors(_backend(model), pr, _layers(layers))
+    save_vectors(vecs, out)
+    typer.echo(
+        f"{out}: layers {sorted(vecs)} from {len(pr)} pairs; norms "
+        + ", ".join(f"{k}: {float(v.norm()):.3g}" for k, v in vecs.items())
+    )
+
+
+@vector_app.command("norms")
+def norms_cmd(
+    store: Annotated[Path, typer.Argument(help="an activation store")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the vector file (JSON {layer: [floats]})")],
+    layers: Annotated[str, typer.Option(help="indices '18,20' (default: every layer of the store)")] = "",
+    quantile: Annotated[float, typer.Option(help="high norm = above this quantile")] = 0.95,
+) -> None:
+    """The high-norm minus low-norm state vector per layer, from an activation store."""
+    from l2reason.sae.store import ActivationStore
+    from l2reason.sae.vectors import norm_split_vectors, save_vectors
+
+    st = ActivationStore(store)
+    chosen = _layers(layers) if layers.strip() else st.layers
+    if not isinstance(chosen, list):
+        chosen = st.layers
+    vecs = norm_split_vectors(st, chosen, quantile)
+    save_vectors(vecs, out)
+    typer.echo(
+        f"{out}: layers {sorted(vecs)}; norms " + ", ".join(f"{k}: {float(v.norm()):.3g}" for k, v in vecs.items())
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``collect``, ``sae`` and ``vector`` to the main app."""
+    app.command("collect", help="Collect decode-token residual states into an activation store (resumable).")(
+        collect_cmd
+    )
+    app.add_typer(sae_app, name="sae")
+    app.add_typer(vector_app, name="vector")
+
+
+__all__ = ["collect_cmd", "register", "sae_app", "vector_app"]

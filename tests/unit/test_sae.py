@@ -1,0 +1,194 @@
+"""Activation stores, SAELens training and loading, the norm bound, reasoning-feature ranking (tiny model).
+
+SAELens is a required test dependency (``make setup`` installs ``.[all,sae,test]``):
+these tests import it and are never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from l2reason.errors import ConfigError
+from l2reason.sae.store import ActivationStore, StorePrompt, collect_store
+
+PROMPTS = [StorePrompt(f"p{i}", [{"role": "user", "content": f"w{i} w{i + 1} hello w{2 * i}"}]) for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def store(tiny_backend, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store")
+    return collect_store(
+        tiny_backend,
+        PROMPTS,
+        out,
+        layers=[1, 2],
+        n=3,
+        temperature=1.0,
+        max_new_tokens=24,
+        batch_size=4,
+        dtype="float32",
+        seed=5,
+        score=lambda text, p: len(text) % 2 == 0,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    from l2reason.sae.train import SAETrainSettings, train_sae
+
+    out = tmp_path_factory.mktemp("sae")
+    s = SAETrainSettings(
+        architecture="topk", d_sae=48, k=6, lr=3e-3, batch_size=64, total_samples=64 * 300, holdout_every=5
+    )
+    rep = train_sae(store, 2, out, s)
+    return out, rep
+
+
+def test_store_holds_the_reported_norms_and_tokens(store) -> None:
+    assert len(store.manifest["shards"]) == 3 and store.layers == [1, 2]
+    recs = store.records()
+    assert len(recs) == 12 * 3
+    rec, step = store.token_index()
+    assert len(rec) == len(store) == sum(len(r["tokens"]) for r in recs)
+    for layer in store.layers:  # the stored vectors are the states the norms are of
+        np.testing.assert_allclose(store.states(layer).norm(dim=-1), store.norms(layer), rtol=1e-5)
+    assert {r["correct"] for r in recs} <= {True, False}
+    # tokens of a record are consecutive steps 0..T-1
+    first = (rec == 0).nonzero().flatten()
+    assert step[first].tolist() == list(range(len(recs[0]["tokens"])))
+
+
+def test_store_resumes_and_refuses_other_settings(tiny_backend, tmp_path) -> None:
+    kw = dict(layers=[1], n=1, max_new_tokens=5, batch_size=2, dtype="float32")
+    collect_store(tiny_backend, PROMPTS[:4], tmp_path, **kw)
+    calls = []
+    orig = tiny_backend.generate_many
+
+    class Counting:
+        num_layers, hidden_size, model_id, name = (
+            tiny_backend.num_layers,
+            tiny_backend.hidden_size,
+            tiny_backend.model_id,
+            tiny_backend.name,
+        )
+
+        def generate_many(self, reqs):
+            calls.append([r.request_id for r in reqs])
+            return orig(reqs)
+
+    st = collect_store(Counting(), PROMPTS[:6], tmp_path, **kw)
+    assert calls == [["p4", "p5"]]  # only the new prompts ran
+    assert [s["items"] for s in st.manifest["shards"]] == [["p0", "p1"], ["p2", "p3"], ["p4", "p5"]]
+    with pytest.raises(ConfigError, match="was collected with"):
+        collect_store(tiny_backend, PROMPTS[:6], tmp_path, **{**kw, "layers": [2]})
+    with pytest.raises(ConfigError, match="not an activation store"):
+        ActivationStore(tmp_path / "nothing")
+
+
+def test_sae_trains_and_loads_from_folder(trained) -> None:
+    from sae_lens import SAE
+
+    from l2reason.sae.train import load_sae
+
+    out, rep = trained
+    assert (out / "cfg.json").is_file() and (out / "sae_weights.safetensors").is_file()
+    sae = load_sae(out)
+    assert isinstance(sae, SAE) and sae.cfg.d_in == 32 and sae.cfg.d_sae == 48
+    assert json.loads((out / "train_report.json").read_text())["layer"] == 2
+    h = rep["holdout"]
+    assert h["tokens"] > 0 and 0 < h["l0"] <= 6
+    # it learned: far better than SAELens's initialisation on the same held-out tokens
+    assert h["explained_variance"] > rep["holdout_at_init"]["explained_variance"] + 0.2, rep
+    with pytest.raises(ConfigError, match="not a SAELens SAE folder"):
+        load_sae(out / "missing")
+
+
+def test_norm_bound_holds_on_trained_sae(trained, store) -> None:
+    from l2reason.sae.bound import check_norm_bound, tightness_by_norm
+    from l2reason.sae.train import load_sae
+
+    sae = load_sae(trained[0])
+    x = store.states(2)
+    rep = check_norm_bound(sae, x)
+    assert rep.tokens == len(x) and rep.features == 48
+    assert rep.violations == 0 and rep.max_excess <= 1e-4
+    assert rep.firing > 0 and np.all(rep.cos <= 1 + 1e-4) and np.all(rep.ratio <= 1 + 1e-4)
+    assert sum(r["pairs"] for r in tightness_by_norm(rep)) >= rep.firing
+
+
+def test_norm_bound_fails_on_tampered_sae(trained, store) -> None:
+    """An encoder that is not the affine map its weights say (here: an input scaling left unfolded) is caught."""
+    from l2reason.sae.bound import check_norm_bound
+    from l2reason.sae.train import load_sae
+
+    sae = load_sae(trained[0])
+    handle = sae.hook_sae_input.register_forward_hook(lambda _m, _i, out: out * 3.0)
+    try:
+        rep = check_norm_bound(sae, store.states(2))
+    finally:
+        handle.remove()
+    assert rep.violations > 0 and rep.max_excess > 0.1
+    # and a corrupted encoder bias that the weights do not show
+    sae2 = load_sae(trained[0])
+    h2 = sae2.hook_sae_acts_pre.register_forward_hook(lambda _m, _i, out: out + 1.0)
+    try:
+        assert check_norm_bound(sae2, store.states(2)).violations == rep.features * rep.tokens
+    finally:
+        h2.remove()
+
+
+def test_bound_report_plot(trained, store, tmp_path) -> None:
+    from l2reason.sae.bound import check_norm_bound
+    from l2reason.sae.plots import plot_bound
+    from l2reason.sae.train import load_sae
+
+    p = plot_bound(check_norm_bound(load_sae(trained[0]), store.states(2)), tmp_path / "b.png")
+    assert p.stat().st_size > 1000
+
+
+def test_feature_ranking_finds_a_planted_high_norm_feature() -> None:
+    from l2reason.sae.features import norm_activation_correlation, rank_by_correct, rank_by_norm
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.rand(2000, 30, generator=g).clamp_min(0.5) - 0.5  # sparse-ish noise
+    norms = torch.rand(2000, generator=g) * 10
+    high = norms > torch.quantile(norms, 0.9)
+    acts[high, 7] += 2.0  # feature 7 fires on high-norm tokens
+    tau, ranked = rank_by_norm(acts, norms, 0.9, top=3)
+    assert ranked[0]["feature"] == 7 and ranked[0]["mean_high"] > ranked[0]["mean_low"] + 1.5
+    assert abs(tau - float(torch.quantile(norms, 0.9))) < 1e-6
+    assert norm_activation_correlation(acts, norms, [7]) > 0.5
+    right = torch.arange(2000) % 2 == 0
+    acts[right, 11] += 1.0
+    assert rank_by_correct(acts, right, top=1)[0]["feature"] == 11
+    with pytest.raises(ConfigError, match="one side is empty"):
+        rank_by_norm(acts, torch.ones(2000), 0.5)
+
+
+def test_top_contexts_html(trained, store) -> None:
+    from l2reason.sae.features import encode_store, rank_by_norm, top_contexts_html
+    from l2reason.sae.train import load_sae
+
+    acts = encode_store(load_sae(trained[0]), store, 2)
+    assert acts.shape == (len(store), 48)
+    _, ranked = rank_by_norm(acts, store.norms(2), 0.9, top=2)
+    page = top_contexts_html(acts, store, ranked, per_feature=3, title="t <x>")
+    assert page.count("class='hit'") >= 1 and "t &lt;x&gt;" in page
+    assert f"<h2>feature {ranked[0]['feature']}</h2>" in page
+
+
+def test_import_l2reason_sae_loads_no_sae_lens() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, l2reason, l2reason.sae, l2reason.sae.store, l2reason.sae.vectors, l2reason.sae.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sae_lens', 'transformer_lens', 'matplotlib')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
