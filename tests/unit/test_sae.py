@@ -192,3 +192,35 @@ def test_import_l2reason_sae_loads_no_sae_lens() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_ablation_hook_removes_exactly_the_features_and_is_removed(trained, store, tiny_backend) -> None:
+    from l2reason.backends.base import GenerationRequest, NormSpec, SamplingParams
+    from l2reason.sae.ablate import ablate_features, matched_random_features, remove_features
+    from l2reason.sae.train import load_sae
+
+    sae = load_sae(trained[0])
+    x = store.states(2)[:50]
+    every = torch.arange(48)
+    # removing every feature leaves the SAE's error term plus b_dec
+    torch.testing.assert_close(
+        remove_features(sae, x, every), x - (sae.decode(sae.encode(x)) - sae.b_dec), rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(remove_features(sae, x, every[:0]), x)
+    req = GenerationRequest(prompt="w1 w2 hello", sampling=SamplingParams(max_new_tokens=6), norms=NormSpec(layers=[2]))
+    base = tiny_backend.generate(req).candidates[0]
+    with ablate_features(tiny_backend, sae, 2, []):
+        assert tiny_backend.generate(req).candidates[0].norms.per_token == base.norms.per_token
+    with ablate_features(tiny_backend, sae, 2, list(range(48))):
+        assert tiny_backend.layers[2]._forward_hooks
+        abl = tiny_backend.generate(req).candidates[0]
+    assert not tiny_backend.layers[2]._forward_hooks
+    assert abl.norms.per_token[0] != base.norms.per_token[0]  # the backend read the ablated state
+    assert tiny_backend.generate(req).candidates[0].norms.per_token == base.norms.per_token
+    with pytest.raises(ConfigError, match="feature indices"):
+        with ablate_features(tiny_backend, sae, 2, [48]):
+            pass
+    mass = torch.linspace(0, 1, 48)
+    ctrl = matched_random_features(mass, [40, 41, 42], seed=1)
+    assert not set(ctrl) & {40, 41, 42} and len(set(ctrl)) == 3
+    assert abs(float(mass[ctrl].sum() - mass[[40, 41, 42]].sum())) < 0.25
