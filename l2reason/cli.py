@@ -76,7 +76,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="'default', 'fast', packaged:<name>, a .gguf, a folder, a hub id, or an SGLang server sglang://host:port",
+        help="'default', 'fast', packaged:<name>, a .gguf, a folder, a hub id, a server sglang://host:port or "
+        "vllm://host:port, or vllm:<model> (starts a vLLM server for this command)",
     ),
 ]
 MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", "-t", min=1, help="generation limit")]
@@ -547,39 +548,60 @@ def demo(
 def serve(
     ctx: typer.Context,
     model: ModelOpt = "default",
+    engine: Annotated[
+        str, typer.Option(help="'sglang' or 'vllm' (each in its own environment: make sglang / make vllm)")
+    ] = "sglang",
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 30000,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    device: Annotated[str, typer.Option(help="'cuda' (GPU) or 'cpu' (slow; for trying it out)")] = "cuda",
+    device: Annotated[str, typer.Option(help="SGLang: 'cuda' (GPU) or 'cpu' (slow; for trying it out)")] = "cuda",
     tp: Annotated[int, typer.Option(min=1, help="tensor-parallel size (GPUs per replica)")] = 1,
     dp: Annotated[int, typer.Option(min=1, help="data-parallel replicas")] = 1,
-    python: Annotated[str | None, typer.Option(help="SGLang environment's Python (default .venv-sglang)")] = None,
-    log: Annotated[Path, typer.Option(help="server log file")] = Path("sglang-server.log"),
+    python: Annotated[str | None, typer.Option(help="the engine environment's Python (default .venv-<engine>)")] = None,
+    log: Annotated[Path | None, typer.Option(help="server log file (default <engine>-server.log)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the server to be ready")] = 900.0,
 ) -> None:
-    """Start SGLang with the l2reason plugin; extra arguments go to sglang.launch_server.
+    """Start SGLang or vLLM with the l2reason plugin; extra arguments go to the engine's server.
 
     Example: l2reason serve -m default --device cpu -- --context-length 2048
+    Example: l2reason serve -m default --engine vllm -- --max-model-len 2048
     """
-    from l2reason.backends.sglang import SGLangBackend
-    from l2reason.backends.sglang.server import SGLangServer
     from l2reason.errors import L2ReasonError
 
+    if engine not in ("sglang", "vllm"):
+        err.print(f"[red]error:[/red] --engine must be 'sglang' or 'vllm' (got {engine!r})")
+        raise typer.Exit(2)
     extra = [a for a in ctx.args if a != "--"]
+    log = log or Path(f"{engine}-server.log")
+    server: Any
+    Client: Any
     try:
-        server = SGLangServer(
-            model, port=port, host=host, device=device, tp=tp, dp=dp, extra_args=extra, python=python, log_path=log
-        )
-        with err.status(f"starting SGLang with the l2reason plugin on {server.url} (log: {log})"):
+        if engine == "vllm":
+            from l2reason.backends.vllm import VLLMBackend as Client
+            from l2reason.backends.vllm.server import VLLMServer
+
+            if dp != 1:
+                raise typer.BadParameter("--dp is SGLang's; run one vLLM server per replica")
+            server = VLLMServer(model, port=port, host=host, tp=tp, extra_args=extra, python=python, log_path=log)
+        else:
+            from l2reason.backends.sglang import SGLangBackend as Client
+            from l2reason.backends.sglang.server import SGLangServer
+
+            server = SGLangServer(
+                model, port=port, host=host, device=device, tp=tp, dp=dp, extra_args=extra, python=python, log_path=log
+            )
+        with err.status(f"starting {server.engine} with the l2reason plugin on {server.url} (log: {log})"):
             server.start(timeout=timeout)
-            be = SGLangBackend(server.url)  # the plugin self-check: per-token norms must come back
+            be = Client(server.url)  # the plugin self-check: per-token norms must come back
     except L2ReasonError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
-    spec = f"sglang://{host}:{port}"
-    console.print(f"[green]l2reason + SGLang ready[/green] at {server.url} ({be.model_id}, {be.num_layers} layers)")
+    spec = f"{engine}://{host}:{port}"
+    console.print(
+        f"[green]l2reason + {server.engine} ready[/green] at {server.url} ({be.model_id}, {be.num_layers} layers)"
+    )
     console.print(f"  CLI:    l2reason ask '2+2?' --model {spec}")
     console.print(f"  DSPy:   l2reason.configure_dspy({spec!r})")
-    console.print(f"  Python: SGLangBackend({spec!r})")
+    console.print(f"  Python: {type(be).__name__}({spec!r})")
     console.print("Ctrl-C stops the server.")
     try:
         while server.proc is not None and server.proc.poll() is None:

@@ -30,14 +30,46 @@ Q = "Tom has 3 boxes of 18 marbles and gives 14 away. How many are left? Think s
 
 
 @pytest.fixture(scope="module")
-def server():
+def servers(monkeypatch_module):
+    """The plugin server and a stock one, started at the same time (start-up is mostly compilation)."""
     from l2reason.backends.vllm.server import VLLMServer, free_port
 
-    port = free_port()
-    srv = VLLMServer("default", port=port, log_path=LOGS / f"vllm-{port}.log", **SERVER)
-    srv.start(timeout=900)
-    yield srv
-    srv.stop()
+    monkeypatch_module.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    p1, p2 = free_port(), free_port()
+    ours = VLLMServer("default", port=p1, log_path=LOGS / f"vllm-{p1}.log", **SERVER)
+    stock = VLLMServer("default", port=p2, plugin=False, log_path=LOGS / f"stock-{p2}.log", **SERVER)
+    errors: list[BaseException] = []
+
+    def start(srv):
+        try:
+            srv.start(timeout=900)
+        except BaseException as e:
+            errors.append(e)
+
+    ts = [threading.Thread(target=start, args=(srv,)) for srv in (ours, stock)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    try:
+        if errors:
+            raise errors[0]
+        yield ours, stock
+    finally:
+        ours.stop()
+        stock.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def server(servers):
+    return servers[0]
 
 
 @pytest.fixture(scope="module")
@@ -64,31 +96,30 @@ def raw(server, prompt, max_new, settings=None, **extra):
     return {"ids": c["token_ids"], "text": c["text"], "recs": (out.get("kv_transfer_params") or {}).get(TOKEN_KEY)}
 
 
-def chat(n=1, max_new=16, temp=0.0, **kw):
+def chat(n=1, max_new=16, temp=0.0, stop=(), **kw):
     return GenerationRequest(
         messages=[Message(role="user", content=Q)],
         n=n,
-        sampling=SamplingParams(max_new_tokens=max_new, temperature=temp, seed=0),
+        sampling=SamplingParams(max_new_tokens=max_new, temperature=temp, seed=0, stop=list(stop)),
         **kw,
     )
 
 
 NOOPS = [
+    {"kind": "alrr", "K": 0},
     {"kind": "erss", "beta": 0.0, "S": 1, "p": 1.0, "C": 0, "c_min": -1.0, "threshold": {"warmup": 1}},
     {"kind": "static_steer", "vectors": {12: [1.0] * 896}, "alpha": 0.0},
     {"kind": "suppress", "target": "random", "rate": 0.0},
 ]
 
 
-def test_plugin_tokens_equal_stock_vllm_and_no_plugin_is_a_clear_error(server):
+def test_plugin_tokens_equal_stock_vllm_and_no_plugin_is_a_clear_error(servers):
     from l2reason.backends.vllm import VLLMBackend
-    from l2reason.backends.vllm.server import VLLMServer, free_port
 
-    port = free_port()
-    with VLLMServer("default", port=port, plugin=False, log_path=LOGS / f"stock-{port}.log", **SERVER) as stock:
-        plain = [raw(stock, p, 12) for p in PROMPTS]
-        with pytest.raises(BackendError, match="without the l2reason plugin"):
-            VLLMBackend(stock.url)
+    server, stock = servers
+    plain = [raw(stock, p, 12) for p in PROMPTS]
+    with pytest.raises(BackendError, match="without the l2reason plugin"):
+        VLLMBackend(stock.url)
     for p, s in zip(PROMPTS, plain, strict=True):
         none = raw(server, p, 12)  # no settings: the plugin's op does nothing
         norms = raw(server, p, 12, EngineSettings(layers=list(range(24))))
@@ -97,6 +128,7 @@ def test_plugin_tokens_equal_stock_vllm_and_no_plugin_is_a_clear_error(server):
         assert none["recs"] is None and s["recs"] is None
         assert len(norms["recs"]) == len(norms["ids"]) and all(len(r["n"]) == 24 for r in norms["recs"])
         rep = noop["recs"][-1]["r"]
+        assert rep["alrr"]["passes_tried"] == [0] * 5
         assert rep["erss"]["fires"] > 0  # β=0: fired, changed nothing
         assert rep["static_steer"]["steered_tokens"] == len(noop["ids"]) - 1  # decode steps only
         np.testing.assert_array_equal(  # identities: the no-op interventions leave the states bit for bit
@@ -113,6 +145,34 @@ def test_norms_equal_the_transformers_backend(backend, hf):
     # fp32 on both sides; different kernels (vLLM's CPU attention and fused ops vs transformers' SDPA).
     # Row 0 is the prompt's last position: aligned with the first generated token.
     np.testing.assert_allclose(na, nb, rtol=2e-3, atol=1e-3)
+
+
+def test_alrr_changes_the_states_as_the_transformers_backend_does(backend, hf):
+    static = chat(max_new=12, logprobs=1, interventions=[{"kind": "alrr", "mode": "static"}])
+    plain = chat(max_new=12, logprobs=1)
+    a, p = backend.generate(static).candidates[0], backend.generate(plain).candidates[0]
+    rep = a.interventions["alrr"]
+    assert rep["passes_accepted"] == [rep["decode_steps"]] * 5 and rep["decode_steps"] == 11
+    assert not np.allclose(a.norms.array()[1:], p.norms.array()[1:], rtol=1e-2)
+    # the same controllers as the embedded backend: same passes, same states (fp32, kernel tolerance)
+    h = hf.generate(static).candidates[0]
+    assert h.interventions["alrr"] == rep and h.text == a.text
+    np.testing.assert_allclose(a.norms.array(), h.norms.array(), rtol=2e-3, atol=1e-3)
+
+
+def test_recursion_leaves_the_kv_cache_as_it_was(server, backend):
+    # Re-run only the last layer: it changes no later layer, so the K/V this request leaves in the prefix
+    # cache must be exactly what a plain pass writes. A continuation that reuses them must then match one
+    # computed from scratch (a cache_salt keeps it off the cached blocks); a leaked re-run write would not.
+    ids = backend.tokenizer(PROMPTS[0] * 12)["input_ids"]  # several KV blocks long
+    s = EngineSettings(layers=[23], interventions=[{"kind": "alrr", "mode": "static", "layers": [23]}])
+    first = raw(server, ids, 12, s)
+    assert first["recs"][-1]["r"]["alrr"]["passes_accepted"] == [11]
+    cont = ids + first["ids"]
+    cached = raw(server, cont, 6, EngineSettings(layers=[23]))
+    fresh = raw(server, cont, 6, EngineSettings(layers=[23]), cache_salt="fresh")
+    assert cached["ids"] == fresh["ids"]
+    np.testing.assert_allclose([r["n"] for r in cached["recs"]], [r["n"] for r in fresh["recs"]], rtol=1e-4)
 
 
 def test_concurrent_requests_keep_their_own_state_and_a_reused_slot_starts_clean(server):
@@ -150,7 +210,7 @@ def test_concurrent_requests_keep_their_own_state_and_a_reused_slot_starts_clean
 def test_n8_selection_in_one_call_and_stop_strings(backend):
     from l2reason.select import select_result
 
-    r = backend.generate(chat(n=8, max_new=40, temp=0.8, logprobs=5, selection=SelectionSpec(method="l2")))
+    r = backend.generate(chat(n=8, max_new=24, temp=0.8, logprobs=5, selection=SelectionSpec(method="l2")))
     assert len(r.candidates) == 8 and len({c.text for c in r.candidates}) > 1
     sel = r.selection
     assert sel["method"] == "l2" and sel["index"] == max(range(8), key=lambda i: (sel["scores"][i], -i))
@@ -161,7 +221,7 @@ def test_n8_selection_in_one_call_and_stop_strings(backend):
         assert c.norms.array().shape == (c.completion_tokens, 5)
         assert len(c.logprobs.logprob) == len(c.logprobs.self_certainty) == c.completion_tokens
         assert all(math.isfinite(x) and x > 0 for x in c.logprobs.self_certainty)
-    again = backend.generate(chat(n=8, max_new=40, temp=0.8, logprobs=5, selection=SelectionSpec(method="l2")))
+    again = backend.generate(chat(n=8, max_new=24, temp=0.8, logprobs=5, selection=SelectionSpec(method="l2")))
     assert [c.text for c in again.candidates] == [c.text for c in r.candidates]  # per-candidate seeds
     # stop strings are applied by the client (vLLM would abort the request and drop its records)
     full = backend.generate(chat(max_new=24)).candidates[0]
@@ -200,13 +260,13 @@ def test_error_paths(server, backend):
         {"model": server.model_path, "prompt": PROMPTS[0], "max_tokens": 2, "vllm_xargs": {SETTINGS_KEY: "{not json"}}
     )
     assert "invalid l2reason settings" in bad["kv_transfer_params"][TOKEN_KEY][0]["e"]
-    for settings, msg in (({"layers": [99]}, "do not exist"), ({"interventions": [{"kind": "alrr"}]}, "not supported")):
+    for settings, msg in (({"layers": [99]}, "do not exist"),):
         body = {"model": server.model_path, "prompt": PROMPTS[0], "max_tokens": 2}
         bad = server.complete({**body, "vllm_xargs": {SETTINGS_KEY: json.dumps(settings)}})
         assert msg in bad["kv_transfer_params"][TOKEN_KEY][0]["e"]
     # the client refuses what the plugin cannot do, before sending
-    with pytest.raises(CapabilityError, match="cannot run 'alrr'"):
-        backend.generate(chat(interventions=[{"kind": "alrr", "K": 0}]))
+    with pytest.raises(CapabilityError, match="cannot prune"):
+        backend.generate(chat(prune={}, n=4, logprobs=5))
     with pytest.raises(CapabilityError, match="calibrated"):
         backend.generate(chat(interventions=[{"kind": "erss", "threshold": {"mode": "calibrated"}}]))
     with pytest.raises(ConfigError, match="896"):

@@ -129,8 +129,8 @@ def test_response_parsing_aligns_records_and_cuts_at_stop_strings():
 
 def test_what_the_plugin_cannot_run_is_refused_before_sending():
     be = _offline()
-    with pytest.raises(CapabilityError, match="cannot run 'alrr'"):
-        be.generate_many([GenerationRequest(prompt="x", interventions=[{"kind": "alrr"}])])
+    with pytest.raises(CapabilityError, match="cannot prune"):
+        be.generate_many([GenerationRequest(prompt="x", n=4, prune={}, logprobs=5)])
     with pytest.raises(CapabilityError, match="calibrated"):
         be.generate_many(
             [GenerationRequest(prompt="x", interventions=[{"kind": "erss", "threshold": {"mode": "calibrated"}}])]

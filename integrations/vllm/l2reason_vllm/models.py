@@ -48,7 +48,7 @@ def l2_model_forward(
     residual = None
     for idx, layer in enumerate(islice(self.layers, self.start_layer, self.end_layer), start=self.start_layer):
         hidden, residual = layer(positions, hidden, residual)
-        torch.ops.l2reason.after_layer(hidden, residual, idx)
+        torch.ops.l2reason.after_layer(hidden, residual, positions, idx)
     hidden, _ = self.norm(hidden, residual)
     return hidden
 
@@ -125,9 +125,12 @@ class L2Qwen2ForCausalLM(_L2Mixin, qwen2.Qwen2ForCausalLM):
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         _check(vllm_config)
-        _with_inner(qwen2, "Qwen2Model", L2Qwen2Model, lambda: super(L2Qwen2ForCausalLM, self).__init__(
-            vllm_config=vllm_config, prefix=prefix
-        ))
+        _with_inner(
+            qwen2,
+            "Qwen2Model",
+            L2Qwen2Model,
+            lambda: super(L2Qwen2ForCausalLM, self).__init__(vllm_config=vllm_config, prefix=prefix),
+        )
         assert isinstance(self.model, L2Qwen2Model)
         self._l2_setup(vllm_config)
 
@@ -137,9 +140,12 @@ class L2Qwen3ForCausalLM(_L2Mixin, qwen3.Qwen3ForCausalLM):
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         _check(vllm_config)
-        _with_inner(qwen3, "Qwen3Model", L2Qwen3Model, lambda: super(L2Qwen3ForCausalLM, self).__init__(
-            vllm_config=vllm_config, prefix=prefix
-        ))
+        _with_inner(
+            qwen3,
+            "Qwen3Model",
+            L2Qwen3Model,
+            lambda: super(L2Qwen3ForCausalLM, self).__init__(vllm_config=vllm_config, prefix=prefix),
+        )
         assert isinstance(self.model, L2Qwen3Model)
         self._l2_setup(vllm_config)
 

@@ -49,8 +49,8 @@ from l2reason.serving import EngineSettings, SlotRuntime, StepPlan
 
 log = logging.getLogger("l2reason_vllm")
 
-#: the interventions this plugin runs (ALRR's layer re-run is not wired into vLLM's attention yet)
-SUPPORTED = frozenset({"erss", "static_steer", "suppress"})
+#: the interventions this plugin runs
+SUPPORTED = frozenset({"alrr", "erss", "static_steer", "suppress"})
 #: row kinds the scheduler sends: a decode step, a prefill that ends this step (emits a token), a prefill chunk
 DECODE, PREFILL, CHUNK = "d", "p", "c"
 
@@ -96,6 +96,7 @@ class WorkerState:
         self.block_size = 16
         self.num_layers = 0
         self.runtime: SlotRuntime | None = None
+        self.layers: Any = None  # the inner model's decoder layers (ALRR re-runs them)
         self.settings: dict[str, EngineSettings | Exception | None] = {}
         self.slot_of: dict[str, int] = {}
         self.free: list[int] = []
@@ -136,6 +137,7 @@ class WorkerState:
     # ---- inside the forward ------------------------------------------------
     def setup(self, model: torch.nn.Module, num_layers: int, hidden_size: int, max_seqs: int, block_size: int) -> None:
         self.num_layers, self.block_size = num_layers, block_size
+        self.layers = model.layers
         dtype = next(model.parameters()).dtype
         device = next(model.parameters()).device
         # slot 0 stays unused (a padding row, as in SGLang); one slot per running request
@@ -207,7 +209,7 @@ class WorkerState:
         ]
         return step
 
-    def after_layer(self, hidden: torch.Tensor, residual: torch.Tensor, layer: int) -> None:
+    def after_layer(self, hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, layer: int) -> None:
         step = self.current(hidden.device)
         if step is None or layer not in step.touched:
             return
@@ -218,10 +220,51 @@ class WorkerState:
             last = step.last[rows]
             o = hidden[last]
             x = o + residual[last]  # [B, d] the residual stream after `layer` (see the module docstring)
-            new = self.runtime.step_layer(plan, layer, x, mlp_out=o, rerun=None)
+            rerun = None
+            if plan.decode and layer in plan.by_layer:
+
+                def rerun(xs: torch.Tensor, _last: torch.Tensor = last) -> torch.Tensor:
+                    return self._rerun(layer, positions, hidden, residual, _last, xs)
+
+            new = self.runtime.step_layer(plan, layer, x, mlp_out=o, rerun=rerun)
             if new is not x:
                 residual[last] = new.to(residual.dtype)
                 hidden[last] = 0
+
+    def _rerun(
+        self,
+        layer: int,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor,
+        last: torch.Tensor,
+        xs: torch.Tensor,
+    ) -> torch.Tensor:
+        """Layer ``layer`` applied again, with ``xs [B, d]`` as the input stream of the tokens ``last``; the
+        KV cache is left as it was.
+
+        vLLM's attention runs over the whole step's batch, so the re-run does too (other tokens feed their
+        own stream after ``layer``; only the ``last`` rows are used). It writes this step's keys/values
+        again: the blocks those writes land in are saved first and put back after, so later tokens see
+        pass-0 keys/values only (as in the embedded backend; the re-run attends to its own new ones).
+        """
+        from vllm.forward_context import get_forward_context
+        from vllm.model_executor.layers.attention.attention import get_attention_context
+
+        mod = self.layers[layer]
+        name = mod.self_attn.attn.layer_name
+        _, _, kv, _ = get_attention_context(name)
+        sm = get_forward_context().slot_mapping
+        slots = (sm[0] if isinstance(sm, list) else sm)[name].to(torch.long)
+        blocks = torch.unique(torch.div(slots[slots >= 0], self.block_size, rounding_mode="floor")).to(kv.device)
+        saved = kv[blocks].clone()
+        try:
+            x_in = hidden + residual  # a new tensor: the step's own tensors stay untouched
+            x_in[last] = xs.to(x_in.dtype)
+            o, r = mod(positions, x_in, None)  # residual None: the layer takes x_in as its input stream
+            return (o + r)[last]
+        finally:
+            kv[blocks] = saved
 
     def _finish(self, step: _Step) -> None:
         assert self.runtime is not None
@@ -249,11 +292,11 @@ STATE = WorkerState()
 
 
 @torch.library.custom_op("l2reason::after_layer", mutates_args=("hidden", "residual"))
-def after_layer(hidden: torch.Tensor, residual: torch.Tensor, layer: int) -> None:
+def after_layer(hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, layer: int) -> None:
     """The l2reason step after decoder layer ``layer`` (norm capture; interventions write rows in place)."""
-    STATE.after_layer(hidden, residual, layer)
+    STATE.after_layer(hidden, residual, positions, layer)
 
 
 @after_layer.register_fake
-def _(hidden: torch.Tensor, residual: torch.Tensor, layer: int) -> None:
+def _(hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, layer: int) -> None:
     return None

@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["VLLM_INTERVENTIONS", "VLLMBackend", "parse_vllm_url"]
 
-#: the interventions the vLLM plugin runs (ALRR's layer re-run is not wired into vLLM's attention yet)
-VLLM_INTERVENTIONS = frozenset({"erss", "static_steer", "suppress"})
+#: the interventions the vLLM plugin runs
+VLLM_INTERVENTIONS = frozenset({"alrr", "erss", "static_steer", "suppress"})
 
 
 def parse_vllm_url(spec: str) -> str:
@@ -219,8 +219,10 @@ class VLLMBackend(SGLangBackend):
             chosen = [float(x) if x is not None else -math.inf for x in (lp.get("token_logprobs") or [])][:T]
             top = None
             if req.logprobs:
-                top = [sorted((float(v) for v in (d or {}).values()), reverse=True)[: req.logprobs] for d in
-                       (lp.get("top_logprobs") or [])][:T]
+                top = [
+                    sorted((float(v) for v in (d or {}).values()), reverse=True)[: req.logprobs]
+                    for d in (lp.get("top_logprobs") or [])
+                ][:T]
             lps = TokenLogprobs(
                 logprob=chosen,
                 top_logprobs=top,

@@ -103,7 +103,9 @@ class VLLMServer(SGLangServer):
     def complete(self, payload: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
         """POST a raw ``/v1/completions`` payload (for tests and benchmarks)."""
         req = urllib.request.Request(
-            self.url + "/v1/completions", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+            self.url + "/v1/completions",
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return dict(json.loads(r.read()))

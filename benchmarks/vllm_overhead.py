@@ -1,0 +1,193 @@
+"""The vLLM plugin's cost: decode tok/s with norm capture and interventions vs stock vLLM, compiled and eager.
+
+Four vLLM servers run at once: stock and with the plugin, each in vLLM's
+default compiled mode and with ``--enforce-eager``. Each round calls every
+(server, mode) once, interleaved (the order alternates between rounds), so a
+ratio compares calls made seconds apart on the same machine. Each call:
+``--batch`` distinct prompts as concurrent completions, greedy,
+``--max-new-tokens`` tokens each (``ignore_eos``). Modes on the plugin server:
+``off`` (requests without settings: the plugin's op runs and finds nothing to
+do), band norms, all-layer norms, ERSS, static steering.
+
+Usage:
+    python benchmarks/vllm_overhead.py [--rounds 3] [--batch 8] [--max-new-tokens 64] [--dtype bfloat16]
+
+Writes ``docs/results/vllm_overhead.md`` (and ``.json``) with the machine,
+versions and command, after every round. Not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.sglang_overhead import PROMPTS, cpu_model  # noqa: E402
+from l2reason.backends.vllm.server import VLLMServer  # noqa: E402
+from l2reason.serving import SETTINGS_KEY, EngineSettings  # noqa: E402
+
+BAND = [18, 19, 20, 21, 22]
+MODES: dict[str, EngineSettings | None] = {
+    "off": None,
+    "norms-band": EngineSettings(layers=BAND),
+    "norms-all": EngineSettings(layers=list(range(24))),
+    "erss": EngineSettings(layers=BAND, interventions=[{"kind": "erss"}]),
+    "static_steer": EngineSettings(
+        layers=BAND, interventions=[{"kind": "static_steer", "vectors": {12: [0.01] * 896}}]
+    ),
+}
+
+
+def versions(python: Path) -> dict[str, str]:
+    code = "import vllm, torch, transformers; print(vllm.__version__, torch.__version__, transformers.__version__)"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return {"vllm": out[0], "torch": out[1], "transformers": out[2], "python": platform.python_version()}
+
+
+def call(srv: VLLMServer, prompts: list[str], max_new: int, settings: EngineSettings | None) -> float:
+    """Decode tok/s of one batch (concurrent completions; vLLM batches them)."""
+
+    def one(p: str) -> int:
+        body: dict = {"model": srv.model_path, "prompt": p, "max_tokens": max_new, "temperature": 0.0}
+        body.update(ignore_eos=True, return_token_ids=True)
+        if settings is not None:
+            body["vllm_xargs"] = {SETTINGS_KEY: settings.encode()[SETTINGS_KEY]}
+        out = srv.complete(body)
+        if settings is not None and not (out.get("kv_transfer_params") or {}).get("l2r"):
+            raise RuntimeError("no records came back")
+        return len(out["choices"][0]["token_ids"])
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        n = sum(pool.map(one, prompts))
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "vllm_overhead" / "vllm_overhead"))
+    args = ap.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    prompts = (PROMPTS * ((args.batch + len(PROMPTS) - 1) // len(PROMPTS)))[: args.batch]
+    logs = ROOT / "out"
+    servers = {
+        (compiled, plugin): VLLMServer(
+            args.model,
+            dtype=args.dtype,
+            max_model_len=1024,
+            max_num_seqs=max(8, args.batch),
+            eager=not compiled,
+            plugin=plugin,
+            log_path=logs / f"bench-vllm-{'compiled' if compiled else 'eager'}-{'plugin' if plugin else 'stock'}.log",
+        )
+        for compiled in (True, False)
+        for plugin in (False, True)
+    }
+    some = next(iter(servers.values()))
+    out: dict = {
+        "command": " ".join(["python", *sys.argv]),
+        "model": args.model,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "max_new_tokens": args.max_new_tokens,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "versions": versions(some.python),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "ready_seconds": {},
+        "tok_s": {},
+        "ratio_vs_stock": {},
+    }
+    try:
+        for (compiled, plugin), srv in servers.items():
+            srv.start(timeout=1200)
+            out["ready_seconds"][_name(compiled, plugin)] = round(srv.ready_seconds, 1)
+            print(f"{_name(compiled, plugin)} ready in {srv.ready_seconds:.0f} s", flush=True)
+        runs = [(c, False, "stock") for c in (True, False)] + [(c, True, m) for c in (True, False) for m in MODES]
+        for key in runs:
+            out["tok_s"][_key(*key)] = []
+            if key[1]:
+                out["ratio_vs_stock"][_key(*key)] = []
+        for srv in servers.values():
+            call(srv, prompts[:2], 8, None)  # warm-up
+        for r in range(args.rounds):
+            order = runs if r % 2 == 0 else list(reversed(runs))
+            got = {}
+            for compiled, plugin, mode in order:
+                got[(compiled, plugin, mode)] = call(
+                    servers[(compiled, plugin)], prompts, args.max_new_tokens, MODES.get(mode) if plugin else None
+                )
+            for (compiled, plugin, mode), v in got.items():
+                out["tok_s"][_key(compiled, plugin, mode)].append(round(v, 3))
+                if plugin:
+                    ratio = v / got[(compiled, False, "stock")]
+                    out["ratio_vs_stock"][_key(compiled, plugin, mode)].append(round(ratio, 4))
+            write(args, out)
+            print(
+                f"round {r + 1}/{args.rounds}: " + ", ".join(f"{_key(*k)} {v:.1f}" for k, v in got.items()), flush=True
+            )
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+def _name(compiled: bool, plugin: bool) -> str:
+    return f"{'compiled' if compiled else 'eager'}/{'plugin' if plugin else 'stock'}"
+
+
+def _key(compiled: bool, plugin: bool, mode: str) -> str:
+    return f"{'compiled' if compiled else 'eager'}/{mode if plugin else 'stock'}"
+
+
+def write(args: argparse.Namespace, out: dict) -> None:
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(out, indent=2))
+    med = {k: statistics.median(v) for k, v in out["tok_s"].items() if v}
+    ratio = {k: statistics.median(v) for k, v in out["ratio_vs_stock"].items() if v}
+    n = len(next(iter(out["tok_s"].values()), []))
+    lines = [
+        "# vLLM plugin overhead",
+        "",
+        f"Command: `{out['command']}`  ",
+        f"Date: {out['date']}; model {out['model']} ({out['dtype']}), vLLM CPU build; batch {out['batch']} x "
+        f"{out['max_new_tokens']} new tokens (greedy, ignore_eos, concurrent completions); {n} interleaved rounds.  ",
+        f"Machine: {out['cpu']}, {out['cores']} cores **shared** with a background evaluation (niced) and another "
+        "engineer's jobs while this ran: absolute tok/s are low and noisy; compare the ratios, which come from "
+        "calls made seconds apart in the same round.  ",
+        f"Versions: {out['versions']}.  ",
+        f"Servers ready in (s): {out['ready_seconds']}.",
+        "",
+        "Decode throughput per call (all prompts' tokens / wall time). `stock` = vLLM without the plugin, same "
+        "compile mode; `off` = the plugin server with requests that ask for nothing.",
+        "",
+        "| mode | median tok/s | median ratio to stock (same mode, same round) |",
+        "|---|---|---|",
+    ]
+    for k in out["tok_s"]:
+        if k in med:
+            r = f"{ratio[k]:.3f} ({100 * (1 - ratio[k]):+.1f}% cost)" if k in ratio else "-"
+            lines.append(f"| {k} | {med[k]:.1f} | {r} |")
+    if "compiled/stock" in med and "eager/stock" in med:
+        lines += ["", f"Stock vLLM, compiled / eager: {med['compiled/stock'] / med['eager/stock']:.2f}."]
+    lines += ["", "Per-round values are in the `.json` next to this file.", ""]
+    path.with_suffix(".md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
