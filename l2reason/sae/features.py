@@ -93,8 +93,11 @@ def top_contexts_html(
 ) -> str:
     """A self-contained HTML page: for each feature, its ``per_feature`` strongest tokens in context.
 
-    The token itself is highlighted; the tokens around it are shaded by the
-    feature's activation (darker = stronger).
+    Token ``t`` of a candidate is shown where the state of decode step ``t``
+    is (the backend's convention: that state sits at the previous position and
+    *produced* token ``t``), so the highlighted token is the one the firing
+    state predicted; the tokens around it are shaded by the feature's
+    activation at the states that produced them (darker = stronger).
     """
     rec, step = store.token_index()
     records = store.records()
@@ -106,7 +109,9 @@ def top_contexts_html(
         "white-space:pre-wrap;margin:2px 0;padding:3px;border-bottom:1px solid #eee} .hit{outline:2px solid #c00}"
         " td,th{padding:2px 8px;text-align:right}</style>",
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>store: {html.escape(str(store.path))}, model {html.escape(store.model_id)}, {len(rec)} tokens</p>",
+        f"<p>store: {html.escape(str(store.path))}, model {html.escape(store.model_id)}, {len(rec)} tokens. "
+        "Each token is shaded by the feature's activation at the state that produced it (the highlighted one: "
+        "the strongest).</p>",
     ]
     for feat in features:
         i = int(feat["feature"])
