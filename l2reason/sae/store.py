@@ -279,14 +279,18 @@ class ActivationStore:
 
     def unmasked(self) -> torch.Tensor:
         """``[N]`` bool: False for tokens the backend masked as massive activations."""
-        rec, step = self.token_index()
-        masks = [r.get("masked") for r in self.records()]
-        keep = torch.ones(len(rec), dtype=torch.bool)
-        for k, (r, t) in enumerate(zip(rec.tolist(), step.tolist(), strict=True)):
-            m = masks[r]
-            if m is not None and t < len(m) and m[t]:
-                keep[k] = False
-        return keep
+        # a record's tokens are stored together, in step order, records in token order
+        parts = []
+        for r in self.records():
+            T = len(r.get("tokens") or [])
+            m = r.get("masked")
+            parts.append(torch.tensor(m[:T], dtype=torch.bool) if m else torch.zeros(T, dtype=torch.bool))
+        masked = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+        if len(masked) != len(self):
+            raise ConfigError(
+                f"the store {self.path} is inconsistent: {len(masked)} tokens in records, {len(self)} stored"
+            )
+        return ~masked
 
     def batches(
         self, layer: int, batch_size: int, *, seed: int = 0, index: torch.Tensor | None = None
