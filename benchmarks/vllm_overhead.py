@@ -7,7 +7,7 @@ ratio compares calls made seconds apart on the same machine. Each call:
 ``--batch`` distinct prompts as concurrent completions, greedy,
 ``--max-new-tokens`` tokens each (``ignore_eos``). Modes on the plugin server:
 ``off`` (requests without settings: the plugin's op runs and finds nothing to
-do), band norms, all-layer norms, ERSS, static steering.
+do), band norms, all-layer norms, ALRR (adaptive and static), ERSS, static steering.
 
 Usage:
     python benchmarks/vllm_overhead.py [--rounds 3] [--batch 8] [--max-new-tokens 64] [--dtype bfloat16]
@@ -41,6 +41,8 @@ MODES: dict[str, EngineSettings | None] = {
     "off": None,
     "norms-band": EngineSettings(layers=BAND),
     "norms-all": EngineSettings(layers=list(range(24))),
+    "alrr": EngineSettings(layers=BAND, interventions=[{"kind": "alrr"}]),
+    "alrr-static": EngineSettings(layers=BAND, interventions=[{"kind": "alrr", "mode": "static"}]),
     "erss": EngineSettings(layers=BAND, interventions=[{"kind": "erss"}]),
     "static_steer": EngineSettings(
         layers=BAND, interventions=[{"kind": "static_steer", "vectors": {12: [0.01] * 896}}]
@@ -114,8 +116,9 @@ def main() -> None:
         "ratio_vs_stock": {},
     }
     try:
+        with ThreadPoolExecutor(len(servers)) as pool:  # started together (start-up is mostly compilation)
+            list(pool.map(lambda srv: srv.start(timeout=1800), servers.values()))
         for (compiled, plugin), srv in servers.items():
-            srv.start(timeout=1200)
             out["ready_seconds"][_name(compiled, plugin)] = round(srv.ready_seconds, 1)
             print(f"{_name(compiled, plugin)} ready in {srv.ready_seconds:.0f} s", flush=True)
         runs = [(c, False, "stock") for c in (True, False)] + [(c, True, m) for c in (True, False) for m in MODES]
@@ -171,7 +174,7 @@ def write(args: argparse.Namespace, out: dict) -> None:
         "engineer's jobs while this ran: absolute tok/s are low and noisy; compare the ratios, which come from "
         "calls made seconds apart in the same round.  ",
         f"Versions: {out['versions']}.  ",
-        f"Servers ready in (s): {out['ready_seconds']}.",
+        f"Servers ready in (s; all four started at once): {out['ready_seconds']}.",
         "",
         "Decode throughput per call (all prompts' tokens / wall time). `stock` = vLLM without the plugin, same "
         "compile mode; `off` = the plugin server with requests that ask for nothing.",

@@ -167,6 +167,8 @@ class WorkerState:
         from vllm.forward_context import get_forward_context
 
         assert self.rows is not None and self.runtime is not None
+        if all(self.settings.get(rid) is None for rid in self.rows):
+            return None  # nobody in this step asked for anything
         sm = get_forward_context().slot_mapping
         if isinstance(sm, list):
             sm = sm[0] if sm else {}
