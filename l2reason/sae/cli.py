@@ -256,7 +256,15 @@ def ablate_cmd(
     conditions = {"none": [], "top": chosen, "random_matched": control}
     correct: dict[str, list[bool]] = {}
     texts: dict[str, list[str]] = {}
+    ids = [p.id for p in prompts]
     for name, feats in conditions.items():
+        part = out / f"ablation_{name}.json"  # one file per finished condition: a rerun skips it
+        if part.is_file():
+            done = json.loads(part.read_text(encoding="utf-8"))
+            if done.get("items") == ids and done.get("features") == feats and done.get("layer") == layer:
+                texts[name], correct[name] = done["texts"], done["correct"]
+                err.print(f"[dim]{name}: {sum(correct[name])}/{len(ids)} (from {part})[/dim]")
+                continue
         t0 = time.perf_counter()
         got: list[str] = []
         for i in range(0, len(prompts), batch):
@@ -272,6 +280,7 @@ def ablate_cmd(
                 got += [r.text for r in be.generate_many(reqs)]
         texts[name] = got
         correct[name] = [bool(ds.score(t, p.meta["item"])) for t, p in zip(got, prompts, strict=True)]
+        _write_json(part, {"layer": layer, "items": ids, "features": feats, "texts": got, "correct": correct[name]})
         err.print(f"[dim]{name}: {sum(correct[name])}/{len(got)} in {time.perf_counter() - t0:.0f}s[/dim]")
 
     def cmp(a: str, b: str) -> dict[str, float]:

@@ -224,3 +224,66 @@ def test_ablation_hook_removes_exactly_the_features_and_is_removed(trained, stor
     ctrl = matched_random_features(mass, [40, 41, 42], seed=1)
     assert not set(ctrl) & {40, 41, 42} and len(set(ctrl)) == 3
     assert abs(float(mass[ctrl].sum() - mass[[40, 41, 42]].sum())) < 0.25
+
+
+def test_cli_collect_vector_bound_features(trained, store, tiny_backend, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import l2reason.cli
+    from l2reason.cli import app
+
+    monkeypatch.setattr(l2reason.cli, "_backend", lambda model: tiny_backend)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("w1 w2 hello\nw3 w4 world\n\nw5 hello\n")
+    run = CliRunner().invoke
+    r = run(
+        app,
+        [
+            "collect",
+            str(prompts),
+            "--out",
+            str(tmp_path / "st"),
+            "-t",
+            "5",
+            "--layers",
+            "1,2",
+            "--dtype",
+            "float32",
+            "--batch",
+            "2",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    st = ActivationStore(tmp_path / "st")
+    assert st.layers == [1, 2] and len(st.records()) == 3 and len(st.manifest["shards"]) == 2
+    r = run(app, ["vector", "norms", str(tmp_path / "st"), "--out", str(tmp_path / "v.json"), "--quantile", "0.5"])
+    assert r.exit_code == 0, r.output
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert sorted(v) == ["1", "2"] and len(v["2"]) == 32
+    r = run(app, ["sae", "bound", str(trained[0]), str(store.path), "--layer", "2", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b" / "bound.json").read_text())["violations"] == 0
+    assert (tmp_path / "b" / "bound.png").is_file()
+    r = run(
+        app,
+        [
+            "sae",
+            "features",
+            str(trained[0]),
+            str(store.path),
+            "--layer",
+            "2",
+            "--out",
+            str(tmp_path / "f"),
+            "--quantile",
+            "0.9",
+            "--top",
+            "3",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    feats = json.loads((tmp_path / "f" / "features.json").read_text())
+    assert len(feats["by_norm"]) == 3 and "by_correct" in feats  # the store's candidates are scored
+    assert (tmp_path / "f" / "features.html").read_text().count("<h2>feature") == 3
+    r = run(app, ["sae", "bound", str(tmp_path / "nope"), str(store.path), "--layer", "2", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "not a SAELens SAE folder" in r.output
