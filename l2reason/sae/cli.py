@@ -229,8 +229,15 @@ def ablate_cmd(
     seed: Annotated[int, typer.Option(min=0, help="seed of the matched random features")] = 0,
     model: Annotated[str, typer.Option("--model", "-m")] = "default",
     threads: Annotated[int | None, typer.Option(min=1)] = None,
+    only: Annotated[
+        str, typer.Option(help="run only these conditions (none,top,random_matched), e.g. one per process")
+    ] = "",
 ) -> None:
-    """Greedy accuracy with the top high-norm features ablated vs random features of matched activation mass."""
+    """Greedy accuracy with the top high-norm features ablated vs random features of matched activation mass.
+
+    Each finished condition is saved (``ablation_<condition>.json``) and reused by a rerun; with all three
+    saved, ``ablation.json`` gets the paired comparisons.
+    """
     import time
 
     import torch
@@ -254,6 +261,10 @@ def ablate_cmd(
     prompts, ds = _prompts(dataset, limit, offset)
     be = _backend(model)
     conditions = {"none": [], "top": chosen, "random_matched": control}
+    wanted = [c.strip() for c in only.split(",") if c.strip()] or list(conditions)
+    bad = sorted(set(wanted) - set(conditions))
+    if bad:
+        raise ConfigError(f"--only: unknown condition(s) {bad}; valid: {', '.join(conditions)}")
     correct: dict[str, list[bool]] = {}
     texts: dict[str, list[str]] = {}
     ids = [p.id for p in prompts]
@@ -265,6 +276,8 @@ def ablate_cmd(
                 texts[name], correct[name] = done["texts"], done["correct"]
                 err.print(f"[dim]{name}: {sum(correct[name])}/{len(ids)} (from {part})[/dim]")
                 continue
+        if name not in wanted:
+            continue
         t0 = time.perf_counter()
         got: list[str] = []
         for i in range(0, len(prompts), batch):
@@ -282,6 +295,10 @@ def ablate_cmd(
         correct[name] = [bool(ds.score(t, p.meta["item"])) for t, p in zip(got, prompts, strict=True)]
         _write_json(part, {"layer": layer, "items": ids, "features": feats, "texts": got, "correct": correct[name]})
         err.print(f"[dim]{name}: {sum(correct[name])}/{len(got)} in {time.perf_counter() - t0:.0f}s[/dim]")
+
+    if set(correct) != set(conditions):
+        typer.echo(f"conditions done: {sorted(correct)}; run the rest (or rerun without --only) for the comparison")
+        return
 
     def cmp(a: str, b: str) -> dict[str, float]:
         d, lo, hi, p = paired_bootstrap(correct[a], correct[b])
