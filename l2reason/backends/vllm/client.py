@@ -95,9 +95,15 @@ class VLLMBackend(SGLangBackend):
     @classmethod
     def launch(cls, model: str = "default", *, timeout: float = 900.0, **server_args: Any) -> VLLMBackend:
         """Start a vLLM server with the plugin for ``model`` (see :class:`~l2reason.backends.vllm.server.VLLMServer`
-        for ``server_args``) and return a backend that owns it (stopped by :meth:`close` or at exit)."""
+        for ``server_args``; its log goes to the temp folder unless ``log_path`` is given) and return a backend
+        that owns it (stopped by :meth:`close` or at exit)."""
+        import os
+        import tempfile
+        from pathlib import Path
+
         from l2reason.backends.vllm.server import VLLMServer
 
+        server_args.setdefault("log_path", Path(tempfile.gettempdir()) / f"l2reason-vllm-{os.getpid()}.log")
         srv = VLLMServer(model, **server_args)
         srv.start(timeout=timeout)
         try:
