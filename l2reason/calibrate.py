@@ -72,4 +72,5 @@ def calibrate(
         hidden_size=backend.hidden_size,
         q=q,
         n_prompts=len(prompts),
+        weights_sha256=getattr(backend, "weights_sha256", None),
     )

@@ -7,6 +7,9 @@ anything the library raises on purpose.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class L2ReasonError(Exception):
     """Base class of every error l2reason raises on purpose."""
@@ -52,3 +55,43 @@ class PartialResultsError(BackendError):
 
 class L2ReasonWarning(UserWarning):
     """Something went wrong that l2reason handled without failing (e.g. a candidate stopped on a non-finite state)."""
+
+
+def validation_summary(
+    e: Any,
+    *,
+    loc_from: int = 0,
+    unknown_field: str = "unknown field",
+    root: str = "",
+    strip: Sequence[str] = (),
+) -> str:
+    """A pydantic ``ValidationError`` as one short line: ``field: message; field: message``.
+
+    Args:
+        e: the ``ValidationError``.
+        loc_from: location parts to drop from the front (a union's tag), unless
+            nothing would be left.
+        unknown_field: the message for a field the model does not have.
+        root: the name of an error with no location ("" = the message alone).
+        strip: endings to cut from each message (a fix the caller states once).
+
+    Example:
+        >>> import pydantic
+        >>> class P(pydantic.BaseModel):
+        ...     n: int
+        >>> try:
+        ...     P(n="x")
+        ... except pydantic.ValidationError as err:
+        ...     print(validation_summary(err))
+        n: Input should be a valid integer, unable to parse string as an integer
+    """
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"][loc_from:] or err["loc"]) or root
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = unknown_field
+        for tail in strip:
+            msg = msg.removesuffix(tail)
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)

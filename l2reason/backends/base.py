@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from l2reason.errors import ConfigError
+from l2reason.errors import ConfigError, validation_summary
 from l2reason.limits import (
     MAX_ABS_VALUE,
     MAX_LOGPROBS,
@@ -38,14 +38,7 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 def brief(e: Any) -> str:
     """A pydantic ``ValidationError`` as one short line per error: ``field: message``."""
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
+    return validation_summary(e)
 
 
 def _no_repeats(v: Any) -> Any:

@@ -67,17 +67,24 @@ class CalibrationMixin:
 
     @property
     def calibration(self) -> Any:
-        """The calibration in use: the one given, else the model's default file if it exists."""
+        """The calibration in use, the first of: the one given; the user's file for ``model_id``
+        (written by ``l2reason calibrate``); the file shipped with l2reason for these exact weights."""
         if self._calibration is None:
-            from l2reason.signal.calibration import Calibration, default_calibration_path
+            from l2reason.signal.calibration import Calibration, default_calibration_path, shipped_calibration
 
             path = default_calibration_path(self.model_id)
             if path.is_file():
                 self._calibration = Calibration.load(path, expected_model_id=self.model_id)
+            else:
+                self._calibration = shipped_calibration(self.model_id, getattr(self, "weights_sha256", None))
         if self._calibration is not None:
-            # sizes against the model loaded now: a calibration of another model or conversion is refused
+            # sizes (and the weights' hash, where both are known) against the model loaded now:
+            # a calibration of another model, release or conversion is refused
             sizes = {"num_layers": getattr(self, "num_layers", None), "hidden_size": getattr(self, "hidden_size", None)}
-            self._calibration.check_model(**{k: v for k, v in sizes.items() if isinstance(v, int)})
+            self._calibration.check_model(
+                **{k: v for k, v in sizes.items() if isinstance(v, int)},
+                weights_sha256=getattr(self, "weights_sha256", None),
+            )
         return self._calibration
 
     @staticmethod

@@ -17,7 +17,6 @@ prompt plus ``max_new_tokens`` must fit the model's context length.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,10 +127,9 @@ def _check_norms(spec: NormSpec, limits: ModelLimits) -> list[int]:
 
 def _check_selection(spec: SelectionSpec, request: GenerationRequest, captured: list[int], limits: ModelLimits) -> None:
     from l2reason.select import L2_METHODS, LOGPROB_METHODS
-    from l2reason.techniques.baselines import SELECTORS
+    from l2reason.techniques.baselines import selector_params
 
-    fn = SELECTORS[spec.method]
-    allowed = [p for p in inspect.signature(fn).parameters if p not in ("cands", "tau", "seed")]
+    allowed = selector_params(spec.method)
     unknown = sorted(set(spec.params) - set(allowed) - {"score"})
     if unknown:
         raise ConfigError(

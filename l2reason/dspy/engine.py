@@ -26,22 +26,32 @@ different samples (``temperature > 0``), the ``k``-th time one engine serves
 an identical request it uses sample stream ``k``: the seed is a hash of
 (base seed, request content, k). A fresh process replaying the same calls in
 the same order gets the same samples; a cache hit never reaches the engine.
+
+Streaming. Under ``dspy.streamify`` DSPy asks the engine for ``stream(request)``
+events instead of ``complete``: for ``n=1`` on a backend that streams (the
+transformers backend) the text arrives as it decodes, one ``TextDelta`` per
+backend delta; the final ``StreamEndEvent`` carries the same
+``provider_data["l2reason"]`` summary as ``complete``. With ``n>1`` (a choice
+among candidates needs all of them) or a backend without token streaming the
+whole answer is one delta at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from l2reason.errors import CapabilityError, ConfigError, L2ReasonError
+from l2reason.errors import CapabilityError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,21 @@ _PROBE_LOGPROB_K = 20  # the l2-probe's confidence features: the evaluation's to
 _MAX_OCCURRENCES = 65_536  # distinct requests whose occurrence count an engine remembers (LRU)
 
 from l2reason.backends.shared import get_backend, register_backend  # noqa: E402  (re-exported)
+
+
+@contextlib.contextmanager
+def _dspy_errors() -> Iterator[None]:
+    """l2reason's request errors as the ``dspy.lm15`` errors DSPy expects from an engine."""
+    from dspy.lm15 import CapabilityError as LM15CapabilityError
+    from dspy.lm15 import InvalidRequestError
+
+    try:
+        yield
+    except CapabilityError as e:
+        raise LM15CapabilityError(str(e), feature="l2reason") from e
+    except ConfigError as e:
+        raise InvalidRequestError(str(e), provider="l2reason") from e
+
 
 # ---- per-call settings -------------------------------------------------------
 
@@ -201,28 +226,74 @@ class L2Engine:
     def complete(self, request: Any) -> Any:
         """Serve one ``dspy.lm15.Request`` with one backend call."""
         from dspy.clients.engines.base import validate_request
-        from dspy.lm15 import CapabilityError as LM15CapabilityError
-        from dspy.lm15 import InvalidRequestError, UnsupportedFeatureError
 
         validate_request(request)
-        try:
+        with _dspy_errors():
             gen_req, settings = self.build_request(request)
             result = self.backend.generate(gen_req)
-        except CapabilityError as e:
-            raise LM15CapabilityError(str(e), feature="l2reason") from e
-        except ConfigError as e:
-            raise InvalidRequestError(str(e), provider="l2reason") from e
-        except L2ReasonError:
-            raise
-        except UnsupportedFeatureError:
-            raise
         return self.to_response(request, result, settings)
 
-    def stream(self, request: Any) -> Any:
-        """One response as stream events (the backend does not stream tokens)."""
-        from dspy.lm15 import response_to_events
+    def _streams_tokens(self, gen_req: Any) -> bool:
+        return gen_req.n == 1 and callable(getattr(self.backend, "generate_stream", None))
 
-        return response_to_events(self.complete(request))
+    def stream(self, request: Any) -> Iterator[Any]:
+        """Serve one request as ``dspy.lm15`` stream events (see the module docstring).
+
+        Example:
+            >>> events = list(eng.stream(request))  # doctest: +SKIP
+            >>> "".join(e.delta.text for e in events if e.type == "delta")  # doctest: +SKIP
+        """
+        from dspy.clients.engines.base import validate_request
+        from dspy.lm15 import StreamStartEvent, response_to_events
+
+        validate_request(request)
+        with _dspy_errors():
+            gen_req, settings = self.build_request(request)
+        if not self._streams_tokens(gen_req):
+            with _dspy_errors():
+                result = self.backend.generate(gen_req)
+            yield from response_to_events(self.to_response(request, result, settings))
+            return
+        yield StreamStartEvent(model=request.model)
+        with _dspy_errors(), contextlib.closing(self.backend.generate_stream(gen_req)) as events:
+            for ev in events:
+                out = self._stream_event(request, ev, settings)
+                if out is not None:
+                    yield out
+
+    async def astream(self, request: Any) -> AsyncIterator[Any]:
+        """:meth:`stream` for an event loop: decoding never blocks the loop."""
+        from dspy.clients.engines.base import validate_request
+        from dspy.lm15 import StreamStartEvent, response_to_events
+
+        validate_request(request)
+        with _dspy_errors():
+            gen_req, settings = self.build_request(request)
+        agen = getattr(self.backend, "agenerate_stream", None)
+        if gen_req.n != 1 or not callable(agen):
+            with _dspy_errors():
+                result = await asyncio.to_thread(self.backend.generate, gen_req)
+            for event in response_to_events(self.to_response(request, result, settings)):
+                yield event
+            return
+        yield StreamStartEvent(model=request.model)
+        events = agen(gen_req)
+        try:
+            with _dspy_errors():
+                async for ev in events:
+                    out = self._stream_event(request, ev, settings)
+                    if out is not None:
+                        yield out
+        finally:
+            await events.aclose()  # a consumer that stops early stops the decoding
+
+    def _stream_event(self, request: Any, ev: Any, settings: L2CallSettings) -> Any:
+        from dspy.lm15 import StreamDeltaEvent, StreamEndEvent, TextDelta
+
+        if ev.kind in ("delta", "finish"):
+            return StreamDeltaEvent(delta=TextDelta(text=ev.text)) if ev.text else None
+        resp = self.to_response(request, ev.result, settings)
+        return StreamEndEvent(finish_reason=resp.finish_reason, usage=resp.usage, provider_data=resp.provider_data)
 
     def close(self) -> None:
         """Nothing to close: the backend is shared and outlives the engine."""
@@ -390,8 +461,8 @@ class AsyncL2Engine:
     async def complete(self, request: Any) -> Any:
         return await asyncio.to_thread(self.sync.complete, request)
 
-    async def stream(self, request: Any) -> Any:
-        for event in self.sync.stream(request):
+    async def stream(self, request: Any) -> AsyncIterator[Any]:
+        async for event in self.sync.astream(request):
             yield event
 
     async def aclose(self) -> None:

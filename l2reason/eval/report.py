@@ -127,6 +127,12 @@ class MethodRow:
     vs_majority: Paired | None = None
     ties: int | None = None  # items whose best score several candidates shared (argmax rules only)
 
+    def record(self, item_id: str, correct: bool, details: dict[str, Any]) -> None:
+        """One item's outcome; a selection that reports ``n_tied`` (the argmax rules) counts toward ``ties``."""
+        self.correct[item_id] = correct
+        if "n_tied" in details:
+            self.ties = (self.ties or 0) + int(details["n_tied"] > 1)
+
 
 @dataclass
 class ReportData:
@@ -330,7 +336,6 @@ def _probe_cv(
         rules = [("l2-probe", _probe_name(fs))] + ([("l2-probe-vote", PROBE_VOTE_CV)] if fs == "both" else [])
         for method, name in rules:
             row = MethodRow(name, "selection", {})
-            ties = tie_items = 0
             try:
                 for r in samples:
                     if r.item_id not in cf.scores:
@@ -339,14 +344,10 @@ def _probe_cv(
                     cands = _restrict_cands(by_id[r.item_id], pr.layers)
                     spec = SelectionSpec(method=method, seed=cfg.item_seed(r.index))
                     sel = select_candidates(cands, pr.layers, spec, probe=pr)
-                    row.correct[r.item_id] = bool(r.correct[sel.index])
-                    if "n_tied" in sel.details:
-                        tie_items += 1
-                        ties += int(sel.details["n_tied"] > 1)
+                    row.record(r.item_id, bool(r.correct[sel.index]), sel.details)
             except L2ReasonError as e:
                 rep.notes.append(f"{name}: not scored ({e})")
                 continue
-            row.ties = ties if tie_items else None
             rows.append(row)
     if "both" in fits:
         f = fits["both"]
@@ -492,7 +493,6 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
         rep.notes.append("l2-probe not reported: no fitted probe in the calibration file when the run started")
     for name in methods:
         row = MethodRow(name, "selection", {})
-        ties = tie_items = 0
         try:
             for r in samples:
                 if name == AUTO and r.item_id in auto_skip:
@@ -501,14 +501,10 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
                     continue  # fitted on this item: never scored on it
                 spec = selection_spec(name, auto=auto, seed=cfg.item_seed(r.index))
                 sel = select_result(r.result, spec, num_layers=L, extractor=_answers_of(r), probe=probe)
-                row.correct[r.item_id] = bool(r.correct[sel.index])
-                if "n_tied" in sel.details:
-                    tie_items += 1
-                    ties += int(sel.details["n_tied"] > 1)
+                row.record(r.item_id, bool(r.correct[sel.index]), sel.details)
         except L2ReasonError as e:
             rep.notes.append(f"{name}: not scored ({e})")
             continue
-        row.ties = ties if tie_items else None
         row.tokens, row.seconds = tok_s, sec_s
         rows[name] = row
     cross_probes: dict[str, Any] = {}

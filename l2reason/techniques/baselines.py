@@ -441,6 +441,19 @@ SELECTORS: dict[str, Selector] = {
 }
 
 
+def selector_params(method: str) -> list[str]:
+    """The keyword parameters selector ``method`` takes besides ``cands``, ``tau`` and ``seed``.
+
+    Example:
+        >>> selector_params("deepconf")
+        ['window', 'keep_frac', 'bottom_frac']
+    """
+    fn = SELECTORS.get(method)
+    if fn is None:
+        raise ConfigError(f"unknown selection method {method!r}; valid methods: {', '.join(SELECTORS)}")
+    return [n for n in inspect.signature(fn).parameters if n not in ("cands", "tau", "seed")]
+
+
 def select(
     method: str,
     cands: Sequence[CandidateSignals],
@@ -469,10 +482,8 @@ def select(
     Example:
         See the module docstring.
     """
-    fn = SELECTORS.get(method)
-    if fn is None:
-        raise ConfigError(f"unknown selection method {method!r}; valid methods: {', '.join(SELECTORS)}")
-    allowed = [n for n in inspect.signature(fn).parameters if n not in ("cands", "tau", "seed")]
+    allowed = selector_params(method)  # ConfigError: an unknown method
+    fn = SELECTORS[method]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ConfigError(

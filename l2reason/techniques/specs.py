@@ -33,7 +33,7 @@ from pydantic import (
     field_validator,
 )
 
-from l2reason.errors import ConfigError
+from l2reason.errors import ConfigError, validation_summary
 from l2reason.limits import MAX_ABS_VALUE, MAX_ALRR_K, MAX_BANK, MAX_STEPS
 
 __all__ = [
@@ -394,15 +394,10 @@ def parse_interventions(
 
 
 def _brief(e: ValidationError) -> str:
-    """One line per pydantic error: ``field: message``."""
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"][1:] or err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see the spec's docstring for valid fields)"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+    """One line per pydantic error: ``field: message`` (the union's tag left out)."""
+    return validation_summary(
+        e, loc_from=1, unknown_field="unknown field (check the spelling; see the spec's docstring for valid fields)"
+    )
 
 
 def check_vectors(spec: StaticSteerSpec, hidden_size: int, num_layers: int) -> None:

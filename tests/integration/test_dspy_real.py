@@ -61,3 +61,32 @@ def test_default_model_program_compose():
         pred = prog(question="What is 6 times 7?")
     assert pred.l2.calls[0]["n"] == 2
     assert pred.l2.calls[0]["settings"]["interventions"][0]["kind"] == "alrr"
+
+
+@pytest.mark.ci
+def test_streamify_streams_a_field_token_by_token():
+    """dspy.streamify over the engine: a field's text arrives in several chunks that join to the field."""
+    import asyncio
+
+    from dspy.streaming import StreamListener, StreamResponse
+
+    lm = l2.l2_lm("default", max_tokens=160, cache=False)
+    prog = dspy.streamify(
+        dspy.ChainOfThought("question -> answer"),
+        stream_listeners=[StreamListener(signature_field_name="reasoning")],
+    )
+
+    async def run():
+        chunks, final = [], None
+        with dspy.context(lm=lm):
+            async for x in prog(question="A baker bakes 7 trays of 12 muffins and sells 59. How many are left?"):
+                if isinstance(x, StreamResponse):
+                    chunks.append(x.chunk)
+                elif isinstance(x, dspy.Prediction):
+                    final = x
+        return chunks, final
+
+    chunks, final = asyncio.run(run())
+    assert final is not None and final.reasoning
+    assert len(chunks) >= 3  # streamed as it decoded, not one block
+    assert "".join(chunks).strip() == final.reasoning.strip()

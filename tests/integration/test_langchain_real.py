@@ -44,10 +44,43 @@ def calculator(expression: str) -> str:
     return str(int(value) if float(value).is_integer() else value)
 
 
+QUESTION = (
+    "A baker makes 12 muffins per tray and bakes 7 trays. She sells 59 muffins. How many are left? "
+    "Use the calculator tool."
+)
+NUDGE = "Now answer my question in one sentence, without calling any tool."
+
+
 @pytest.mark.ci
+def test_langchain_agent_answers_with_the_calculator(default_backend):
+    """LangChain's own agent constructor drives ChatL2Reason: a tool call with parsed arguments, then the answer."""
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import before_model
+
+    # Given only the tool result, this 0.5B model repeats its call; a nudge after each tool result
+    # (LangChain middleware, the user's side) makes it answer. Larger models need none.
+    @before_model
+    def answer_after_tool(state, runtime):
+        if isinstance(state["messages"][-1], ToolMessage):
+            return {"messages": [HumanMessage(NUDGE)]}
+        return None
+
+    llm = ChatL2Reason(backend=default_backend, max_tokens=48)  # greedy
+    agent = create_agent(llm, tools=[calculator], middleware=[answer_after_tool])
+    out = agent.invoke({"messages": [{"role": "user", "content": QUESTION}]}, {"recursion_limit": 8})
+    msgs = out["messages"]
+    calls = [c for m in msgs for c in getattr(m, "tool_calls", None) or []]
+    assert [c["name"] for c in calls] == ["calculator"], [m.content for m in msgs]
+    assert calculator.invoke(calls[0]["args"]) == "25", calls[0]["args"]  # parsed arguments, both steps in them
+    results = [m.content for m in msgs if isinstance(m, ToolMessage)]
+    assert results == ["25"]
+    final = msgs[-1]
+    assert final.type == "ai" and not final.tool_calls and "25" in final.text, final.text
+    assert final.usage_metadata["output_tokens"] > 0 and final.response_metadata["l2reason"]["mean_norm"]
+
+
 def test_tool_calling_loop_answers_with_the_calculator(default_backend):
-    # LangChain's own agent constructor (`langchain.agents.create_agent`) lives in the `langchain`
-    # package, which l2reason does not depend on; this is the loop it runs, by hand with langchain-core:
+    # The loop create_agent runs, by hand with langchain-core only:
     # bind_tools -> invoke -> run the tool calls -> ToolMessages -> invoke again.
     llm = ChatL2Reason(backend=default_backend, max_tokens=36)  # greedy
     agent = llm.bind_tools([calculator])
@@ -65,7 +98,7 @@ def test_tool_calling_loop_answers_with_the_calculator(default_backend):
     for call in first.tool_calls:
         messages.append(ToolMessage(calculator.invoke(call["args"]), tool_call_id=call["id"]))
     # Given only the tool result, this 0.5B model repeats its call; asked for the answer, it gives it.
-    messages.append(HumanMessage("Now answer my question in one sentence, without calling any tool."))
+    messages.append(HumanMessage(NUDGE))
     final = agent.invoke(messages, max_tokens=24)
     assert final.tool_calls == [] and "25" in final.text, final.text
 

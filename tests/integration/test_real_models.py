@@ -90,3 +90,29 @@ def test_each_technique_on_default(default_backend):
     ):
         c = default_backend.generate(req(max_new=24, interventions=[iv])).candidates[0]
         assert c.interventions, iv
+
+
+@pytest.mark.ci
+def test_shipped_calibration_matches_the_default_model(default_backend):
+    """The shipped file names these weights, fits the model's sizes, and its medians match a fresh measurement."""
+    from l2reason.calibrate import calibrate
+    from l2reason.data import PROBLEMS
+    from l2reason.models.registry import QWEN_05B
+    from l2reason.signal.calibration import shipped_calibration
+
+    assert default_backend.weights_sha256 == QWEN_05B.sha256
+    cal = shipped_calibration(QWEN_05B.model_id, QWEN_05B.sha256)
+    assert cal is not None
+    cal.check_model(
+        model_id=default_backend.model_id,
+        num_layers=default_backend.num_layers,
+        hidden_size=default_backend.hidden_size,
+        weights_sha256=default_backend.weights_sha256,
+    )
+    fresh = calibrate(default_backend, [p for p, _ in PROBLEMS[:2]], max_new_tokens=160)
+    ratio = np.asarray(fresh.median) / np.asarray(cal.median)
+    assert fresh.layers == cal.layers
+    assert np.all(np.abs(ratio - 1) < MEDIAN_TOL), dict(zip(cal.layers, ratio.round(3).tolist(), strict=True))
+
+
+MEDIAN_TOL = 0.15  # per-layer median norm, 2 problems vs the shipped 16: measured spread below

@@ -140,3 +140,65 @@ def test_async_engine(lm):
         return await lm.acall("hello w2")
 
     assert asyncio.run(go()) == lm("hello w2")
+
+
+def test_engine_streams_tokens_as_they_decode(tiny_backend):
+    """stream(): start, several text deltas that join to complete()'s text, an end with the same summary."""
+    lm_s = l2.l2_lm(backend=tiny_backend, max_tokens=8, cache=False)
+    lm_c = l2.l2_lm(backend=tiny_backend, max_tokens=8, cache=False)  # a fresh engine: the same sample stream
+    req = _req(lm_s, "stream me", max_tokens=8, temperature=0.9)
+    events = list(lm_s.engine.stream(req))
+    whole = lm_c.engine.complete(req)
+    kinds = [e.type for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and set(kinds[1:-1]) == {"delta"}
+    deltas = [e.delta.text for e in events if e.type == "delta"]
+    assert len(deltas) >= 2  # token by token, not one block at the end
+    assert "".join(deltas) == whole.text
+    end = events[-1]
+    timeless = [{k: v for k, v in pd["l2reason"].items() if k != "seconds"} for pd in (end.provider_data, whole.provider_data)]
+    assert timeless[0] == timeless[1] and end.usage == whole.usage
+
+
+def test_engine_stream_with_n_gt_1_is_one_delta(tiny_backend):
+    lm_s = l2.l2_lm(backend=tiny_backend, max_tokens=6, cache=False)
+    lm_c = l2.l2_lm(backend=tiny_backend, max_tokens=6, cache=False)
+    req = _req(lm_s, "choose", max_tokens=6, temperature=0.9, l2={"n": 3})
+    events = list(lm_s.engine.stream(req))
+    deltas = [e.delta.text for e in events if e.type == "delta"]
+    assert len(deltas) == 1 and deltas[0] == lm_c.engine.complete(req).text
+    assert events[-1].provider_data["l2reason"]["n"] == 3
+
+
+def test_async_engine_streams_and_stops_early(tiny_backend):
+    import asyncio
+
+    lm_s = l2.l2_lm(backend=tiny_backend, max_tokens=8, cache=False)
+    lm_c = l2.l2_lm(backend=tiny_backend, max_tokens=8, cache=False)
+    req = _req(lm_s, "async stream", max_tokens=8, temperature=0.9)
+
+    async def collect(limit=None):
+        out = []
+        agen = (lm_s if limit is None else lm_c)._async_engine_spec.stream(req)
+        async for e in agen:
+            out.append(e)
+            if limit is not None and len(out) >= limit:
+                break
+        await agen.aclose()
+        return out
+
+    events = asyncio.run(collect())
+    deltas = "".join(e.delta.text for e in events if e.type == "delta")
+    assert len(events) >= 4 and events[-1].type == "end"
+    assert deltas == l2.l2_lm(backend=tiny_backend, max_tokens=8, cache=False).engine.complete(req).text
+    # stopping early leaves the backend usable: no lock held, no hooks left
+    asyncio.run(collect(limit=2))
+    assert not any(m._forward_hooks for m in tiny_backend.model.modules())
+    lm_d = l2.l2_lm(backend=tiny_backend, max_tokens=4, cache=False)
+    assert lm_d.engine.complete(_req(lm_d, "after", max_tokens=4)).text is not None
+
+
+def test_engine_stream_maps_config_errors(lm):
+    from dspy.lm15 import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="n"):
+        list(lm.engine.stream(_req(lm, l2={"n": 0})))

@@ -214,6 +214,11 @@ class HFBackend(CalibrationMixin):
         return next(self.model.parameters()).dtype
 
     @property
+    def weights_sha256(self) -> str | None:
+        """sha256 of the source weights when known (packaged models); keys the shipped calibrations."""
+        return self.loaded.weights_sha256
+
+    @property
     def context_length(self) -> int | None:
         """The model's maximum positions (``max_position_embeddings``), if its config says."""
         n = getattr(self.model.config, "max_position_embeddings", None)
