@@ -76,10 +76,12 @@ def test_memory_bound_is_a_clear_error(tiny_backend, monkeypatch) -> None:
     with pytest.raises(ConfigError, match=r"collect would hold .* at most .* MiB per request: collect fewer layers"):
         tiny_backend.generate(req)
     # float16 halves it; positions="mean" keeps one vector per row
-    validate_requests([req.model_copy(update={"collect": CollectSpec(layers="all", dtype="float16")})],
-                      tiny_backend.limits())
-    validate_requests([req.model_copy(update={"collect": CollectSpec(layers="all", positions="mean")})],
-                      tiny_backend.limits())
+    validate_requests(
+        [req.model_copy(update={"collect": CollectSpec(layers="all", dtype="float16")})], tiny_backend.limits()
+    )
+    validate_requests(
+        [req.model_copy(update={"collect": CollectSpec(layers="all", positions="mean")})], tiny_backend.limits()
+    )
     # two requests each under the bound, together over it
     half = _req(CollectSpec(layers="all"), n=2, max_new=7)
     with pytest.raises(ConfigError, match="in one call"):
@@ -88,8 +90,9 @@ def test_memory_bound_is_a_clear_error(tiny_backend, monkeypatch) -> None:
 
 
 def test_backend_without_hidden_states_refuses() -> None:
-    lim = ModelLimits(num_layers=4, hidden_size=32, context_length=None, vocab_size=None,
-                      capabilities=Capabilities(name="sglang"))
+    lim = ModelLimits(
+        num_layers=4, hidden_size=32, context_length=None, vocab_size=None, capabilities=Capabilities(name="sglang")
+    )
     with pytest.raises(CapabilityError, match="cannot return hidden states"):
         validate_requests([_req(CollectSpec())], lim)
     validate_requests([_req(None)], lim)
