@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--hf-batch-items", type=int, default=2)
     ap.add_argument("--vllm-batch-items", type=int, default=4)
+    ap.add_argument("--only-vllm", action="store_true", help="reuse the transformers run stored in --out's .json")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "vllm_eval" / "vllm_eval"))
     args = ap.parse_args()
     runs = ROOT / "out" / "bench-vllm-eval"
@@ -92,7 +93,10 @@ def main() -> None:
         "n": args.n,
         "max_new_tokens": args.max_new_tokens,
     }
-    res["transformers"] = run("transformers", "default", args, args.hf_batch_items, runs)
+    if args.only_vllm:  # keep the transformers run of an earlier invocation
+        res["transformers"] = json.loads(Path(args.out).with_suffix(".json").read_text())["transformers"]
+    else:
+        res["transformers"] = run("transformers", "default", args, args.hf_batch_items, runs)
     write(args, res)
     t = time.perf_counter()
     res["vllm"] = run("vllm", "vllm:default", args, args.vllm_batch_items, runs)

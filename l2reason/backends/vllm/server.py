@@ -50,6 +50,9 @@ class VLLMServer(SGLangServer):
         max_model_len: context length (prompt + generation); small values start faster and use less memory.
         max_num_seqs: most requests decoded together (and the plugin's number of state slots).
         eager: ``enforce_eager`` (no torch.compile: starts faster, decodes slower).
+        chunked_prefill: vLLM's chunked prefill. Off by default: on vLLM 0.32's CPU build a *seeded* request
+            whose prompt is split across steps crashes the engine ("CPU Generator does not use offset"), and
+            every l2reason candidate is seeded; off, each step's token budget is ``max(max_model_len, 8192)``.
         tp: tensor-parallel size.
         extra_args: more ``vllm serve`` flags, passed through.
         python: the vLLM environment's Python.
@@ -74,6 +77,7 @@ class VLLMServer(SGLangServer):
         max_model_len: int = 4096,
         max_num_seqs: int = 32,
         eager: bool = False,
+        chunked_prefill: bool = False,
         tp: int = 1,
         extra_args: list[str] | None = None,
         python: str | os.PathLike[str] | None = None,
@@ -89,6 +93,8 @@ class VLLMServer(SGLangServer):
         args += ["--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs)]
         if eager:
             args.append("--enforce-eager")
+        if not chunked_prefill:
+            args += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 8192))]
         if tp != 1:
             args += ["--tensor-parallel-size", str(tp)]
         args += list(extra_args or [])
