@@ -189,11 +189,16 @@ class SGLangBackend(CalibrationMixin):
             out = [out]
         if len(out) != len(items):
             raise BackendError(f"the server answered {len(out)} outputs for {len(items)} prompts")
-        seconds = time.perf_counter() - t0
+        return self._results(requests, prepared, out, time.perf_counter() - t0)
+
+    def _results(
+        self, requests: Sequence[GenerationRequest], prepared: list[dict[str, Any]], outs: list[Any], seconds: float
+    ) -> list[GenerationResult]:
+        """One result per request from the server's outputs, ``n`` consecutive outputs per request."""
         results: list[GenerationResult] = []
         pos = 0
         for req, p in zip(requests, prepared, strict=True):
-            cands = [self._candidate(j, req, p, out[pos + j]) for j in range(req.n)]
+            cands = [self._candidate(j, req, p, outs[pos + j]) for j in range(req.n)]
             pos += req.n
             res = GenerationResult(
                 request_id=req.request_id, model_id=self.model_id, backend=self.name, candidates=cands, seconds=seconds

@@ -147,17 +147,7 @@ class VLLMBackend(SGLangBackend):
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(items)))) as pool:
             outs = list(pool.map(lambda it: self._call("POST", "/v1/completions", it), items))
-        seconds = time.perf_counter() - t0
-        results: list[GenerationResult] = []
-        pos = 0
-        for req, p in zip(requests, prepared, strict=True):
-            cands = [self._candidate(j, req, p, outs[pos + j]) for j in range(req.n)]
-            pos += req.n
-            res = GenerationResult(
-                request_id=req.request_id, model_id=self.model_id, backend=self.name, candidates=cands, seconds=seconds
-            )
-            results.append(self.finish(res, req, self.num_layers))
-        return results
+        return self._results(requests, prepared, outs, time.perf_counter() - t0)
 
     def _prepare(self, req: GenerationRequest) -> dict[str, Any]:
         """The completions payloads (one per candidate) of a request ``validate_requests`` has checked."""
