@@ -288,3 +288,98 @@ def test_cli_collect_vector_bound_features(trained, store, tiny_backend, tmp_pat
     assert (tmp_path / "f" / "features.html").read_text().count("<h2>feature") == 3
     r = run(app, ["sae", "bound", str(tmp_path / "nope"), str(store.path), "--layer", "2", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "not a SAELens SAE folder" in r.output
+
+
+def _cli(tiny_backend, monkeypatch):
+    """The CLI app with model loading pointed at the tiny model (the commands themselves run for real)."""
+    from typer.testing import CliRunner
+
+    import l2reason.cli
+    from l2reason.cli import app
+
+    monkeypatch.setattr(l2reason.cli, "_backend", lambda model: tiny_backend)
+    runner = CliRunner()
+    return lambda args: runner.invoke(app, [str(a) for a in args])
+
+
+def test_cli_sae_train_writes_a_loadable_sae_and_refuses_a_missing_layer(store, tiny_backend, tmp_path, monkeypatch):
+    from l2reason.sae.train import load_sae
+
+    run = _cli(tiny_backend, monkeypatch)
+    args = ["sae", "train", store.path, "--layer", 2, "--out", tmp_path / "s", "--d-sae", 24, "--k", 4]
+    r = run([*args, "--batch-size", 32, "--samples", 32 * 40, "--lr", "3e-3"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)  # SAELens progress bars go to stderr
+    assert rep["layer"] == 2 and rep["train_tokens"] > 0
+    assert rep["holdout"]["tokens"] > 0 and np.isfinite(rep["holdout"]["explained_variance"])
+    sae = load_sae(tmp_path / "s")
+    assert sae.cfg.d_in == 32 and sae.cfg.d_sae == 24
+    r = run(["sae", "train", store.path, "--layer", 0, "--out", tmp_path / "s0", "--batch-size", 32])
+    assert r.exit_code == 2 and "error:" in r.output and "layer 0" in r.output
+    assert not (tmp_path / "s0").exists()
+    r = run([*args[:-4], "--architecture", "gated"])
+    assert r.exit_code == 2 and "architecture must be 'topk' or 'standard'" in r.output
+
+
+def test_cli_vector_caa_equals_the_function_and_names_a_bad_line(tiny_backend, tmp_path, monkeypatch) -> None:
+    from l2reason.sae.vectors import caa_vectors
+
+    run = _cli(tiny_backend, monkeypatch)
+    pairs = [("w1 w2 hello w3", "w4 w5 world"), ("hello w7", "w8 w9"), ("w2 hello hello", "w6 w6")]
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("\n".join(json.dumps({"positive": p, "negative": n}) for p, n in pairs) + "\n")
+    r = run(["vector", "caa", src, "--out", tmp_path / "caa.json", "--layers", "1,2"])
+    assert r.exit_code == 0, r.output
+    assert "from 3 pairs" in r.output
+    got = json.loads((tmp_path / "caa.json").read_text())
+    want = caa_vectors(tiny_backend, pairs, [1, 2])
+    assert sorted(got) == ["1", "2"]
+    for layer in (1, 2):
+        np.testing.assert_allclose(got[str(layer)], want[layer].numpy(), rtol=1e-5, atol=1e-6)
+        assert float(np.linalg.norm(got[str(layer)])) > 0
+    src.write_text('{"positive": "a b"}\n')
+    r = run(["vector", "caa", src, "--out", tmp_path / "bad.json"])
+    assert r.exit_code == 2 and "pairs.jsonl:1" in r.output and not (tmp_path / "bad.json").exists()
+
+
+def test_cli_sae_ablate_resumes_per_condition_and_none_equals_plain_greedy(
+    trained, store, tiny_backend, tmp_path, monkeypatch
+) -> None:
+    from l2reason.backends.base import GenerationRequest, Message, SamplingParams
+    from l2reason.eval.harness import DEFAULT_SYSTEM
+
+    run = _cli(tiny_backend, monkeypatch)
+    qs = ["w1 w2 hello", "w3 hello w4", "w5 w6 w7"]
+    data = tmp_path / "items.jsonl"
+    data.write_text("\n".join(json.dumps({"question": q, "answer": i}) for i, q in enumerate(qs)) + "\n")
+    feats = tmp_path / "features.json"
+    feats.write_text(json.dumps({"by_norm": [{"feature": f} for f in (5, 7, 9, 11)]}))
+    out = tmp_path / "abl"
+    common = ["sae", "ablate", trained[0], store.path, feats, "--layer", 2, "--out", out]
+    common += ["--dataset", f"jsonl:{data}", "--limit", 3, "--top", 2, "-t", 4, "--batch", 2]
+    r = run([*common, "--only", "none"])
+    assert r.exit_code == 0, r.output
+    assert "conditions done: ['none']" in r.output and not (out / "ablation.json").exists()
+    none = json.loads((out / "ablation_none.json").read_text())
+    plain = [
+        tiny_backend.generate(
+            GenerationRequest(
+                messages=[Message(role="system", content=DEFAULT_SYSTEM), Message(role="user", content=q)],
+                sampling=SamplingParams(max_new_tokens=4),
+                norms=None,
+            )
+        ).text
+        for q in qs
+    ]
+    assert none["texts"] == plain and none["features"] == []  # the "none" condition is the plain model
+    (out / "ablation_none.json").write_text(json.dumps({**none, "texts": ["kept"] * 3}))  # a rerun must reuse it
+    r = run(common)
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "ablation.json").read_text())
+    assert rep["texts"]["none"] == ["kept"] * 3
+    assert rep["top_features"] == [5, 7] and len(rep["random_features"]) == 2
+    assert not set(rep["random_features"]) & {5, 7}
+    assert set(rep["accuracy"]) == {"none", "top", "random_matched"}
+    assert {"diff", "ci_lo", "ci_hi", "p"} <= set(rep["top_minus_random"])
+    r = run([*common, "--only", "top,bogus"])
+    assert r.exit_code == 2 and "unknown condition(s) ['bogus']" in r.output
