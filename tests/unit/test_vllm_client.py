@@ -34,6 +34,21 @@ def test_launcher_selects_the_plugin_class_and_connector(model_dir):
     assert "--hf-overrides" not in stock and "--kv-transfer-config" not in stock and "--no-l2reason-plugin" not in stock
 
 
+def test_launcher_keeps_stock_cpu_core_binding(model_dir):
+    # vLLM 0.32's CPU build reserves one more core per worker for any KV connector; the plugin's server
+    # gets stock vLLM's reservation instead (one per worker on x86/Arm/RISC-V), unless the caller set one
+    _, env = launch.build(["--model", model_dir], env={})
+    assert env[launch.RESERVED_CPU_ENV] == str(launch.stock_reserved_cpus(1))
+    _, env = launch.build(["--model", model_dir, "--tensor-parallel-size", "2"], env={})
+    assert env[launch.RESERVED_CPU_ENV] == str(launch.stock_reserved_cpus(2))
+    _, env = launch.build(["--model", model_dir], env={launch.RESERVED_CPU_ENV: "3"})
+    assert env[launch.RESERVED_CPU_ENV] == "3"
+    _, stock = launch.build(["--model", model_dir, "--no-l2reason-plugin"], env={})
+    assert launch.RESERVED_CPU_ENV not in stock
+    assert launch.stock_reserved_cpus(2, "x86_64") == 2 and launch.stock_reserved_cpus(2, "aarch64") == 2
+    assert launch.stock_reserved_cpus(2, "ppc64le") == 1 and launch.stock_reserved_cpus(0, "x86_64") == 1
+
+
 @pytest.mark.parametrize(
     ("extra", "msg"),
     [

@@ -29,11 +29,19 @@ stop strings itself.
 Limits: records arrive when the request finishes (no per-token streaming);
 the connector takes the one KV-connector slot (combine with another through
 vLLM's ``MultiConnector``); vLLM logs the interface as experimental.
+
+Cost: the per-step hooks are a few dict operations. What configuring *a* KV
+connector does cost on vLLM 0.32's CPU build is one more core reserved per
+worker for connector threads (``vllm/utils/ompmultiprocessing.py``), which this
+connector has none of; ``l2reason_vllm.launch`` keeps stock vLLM's binding
+(``VLLM_CPU_NUM_OF_RESERVED_CPU``), and the scheduler side warns at start-up
+when that is not set.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
@@ -82,6 +90,8 @@ class L2ReasonConnector(KVConnectorBase_V1):
         self._reqs: dict[str, _Req] = {}
         self._records: dict[str, list[dict[str, Any]]] = {}
         self._closing: dict[str, list[dict[str, Any]]] = {}  # finished; the last records may still come
+        if role == KVConnectorRole.SCHEDULER:
+            _warn_cpu_binding()
 
     @property
     def requires_kv_delivery(self) -> bool:
@@ -173,3 +183,23 @@ class L2ReasonConnector(KVConnectorBase_V1):
             return False, None
         self._closing[rid] = lst  # the live list: this step's record is appended right after
         return False, {TOKEN_KEY: lst}
+
+
+def _warn_cpu_binding() -> None:
+    """Warn when vLLM's CPU build bound its workers with the extra core it reserves for KV connectors."""
+    if "VLLM_CPU_NUM_OF_RESERVED_CPU" in os.environ or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") != "auto":
+        return
+    try:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return
+    except Exception:  # a warning only
+        return
+    log.warning(
+        "l2reason: on vLLM's CPU build a configured KV connector makes vLLM reserve one more core per worker "
+        "(for connector threads this connector does not have); on a small machine the workers' OpenMP threads "
+        "then compete with the engine's own processes (~0.4x stock decode speed on 2 cores). Start through "
+        "`python -m l2reason_vllm.launch`, or set VLLM_CPU_NUM_OF_RESERVED_CPU (l2reason_vllm.launch."
+        "cpu_binding_env) before the engine starts."
+    )

@@ -8,7 +8,15 @@ What it adds to ``python -m vllm.entrypoints.openai.api_server``:
   request's settings in and its per-token records out;
 - a clear error, before anything loads, for what the plugin does not support
   yet: pipeline parallelism, speculative decoding, another KV connector, an
-  architecture it has no class for.
+  architecture it has no class for;
+- on vLLM's CPU build, the same OpenMP core binding as stock vLLM
+  (``VLLM_CPU_NUM_OF_RESERVED_CPU``, unless set already): vLLM reserves one
+  more core per worker whenever *any* KV connector is configured (meant for
+  NIXL's transfer threads; ``vllm/utils/ompmultiprocessing.py``), which this
+  connector does not need. On a 2-core machine that reservation leaves none
+  for the engine-core and API-server processes: the worker's 2 OpenMP threads
+  then share both cores with them and decode ran at ~0.4x stock's speed
+  (``docs/vllm.md``, "Measured").
 
 ``--no-l2reason-plugin`` starts stock vLLM with the same arguments (for A/B
 comparisons). Everything else goes to vLLM unchanged.
@@ -18,7 +26,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +47,9 @@ _UNSUPPORTED = {
     "--hf-overrides": "--hf-overrides (the launcher sets the architecture itself)",
 }
 _PP = ("--pipeline-parallel-size", "-pp")
+_TP = ("--tensor-parallel-size", "-tp")
+#: vLLM's CPU build: OpenMP cores kept free of the workers' threads (for its scheduler and front end)
+RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
 def _value(argv: list[str], flags: tuple[str, ...]) -> str | None:
@@ -90,14 +103,45 @@ def check_args(argv: list[str]) -> str:
     return model
 
 
+def stock_reserved_cpus(local_world_size: int = 1, machine: str | None = None) -> int:
+    """The cores vLLM 0.32's CPU build reserves for its own processes when *no* KV connector is configured.
+
+    Mirrors ``OMPProcessManager`` (``vllm/utils/ompmultiprocessing.py``): one per local worker on
+    x86/Arm/RISC-V, else one; with any ``kv_transfer_config`` vLLM adds ``local_world_size`` more.
+    """
+    m = (platform.machine() if machine is None else machine).lower()
+    per_worker = m in ("x86_64", "amd64", "i386", "i686") or m.startswith(("arm", "aarch", "riscv"))
+    return max(1, local_world_size) if per_worker else 1
+
+
+def cpu_binding_env(env: Mapping[str, str], tensor_parallel_size: int = 1) -> dict[str, str]:
+    """``env`` with stock vLLM's CPU core reservation for a server that has the plugin's connector.
+
+    vLLM 0.32 reserves an extra core per worker for any KV connector (``ompmultiprocessing.py``, "reserve
+    at one more core for nixl_connector"); this connector starts no threads, so the plugin server gets the
+    binding stock vLLM gets. A value the caller set (``VLLM_CPU_NUM_OF_RESERVED_CPU``) is kept. No effect
+    off the CPU build. Use it for offline ``vllm.LLM(kv_transfer_config=...)`` too: set these variables in
+    ``os.environ`` before the engine starts.
+    """
+    out = dict(env)
+    out.setdefault(RESERVED_CPU_ENV, str(stock_reserved_cpus(tensor_parallel_size)))
+    return out
+
+
 def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start vLLM's server with (or, with ``--no-l2reason-plugin``,
     without) the plugin."""
     plugin = "--no-l2reason-plugin" not in argv
     args = [a for a in argv if a != "--no-l2reason-plugin"]
+    env = dict(os.environ if env is None else env)
     if plugin:
         args += plugin_args(check_args(args))
-    env = dict(os.environ if env is None else env)
+        tp = _value(args, _TP)
+        try:
+            tp_size = int(tp) if tp is not None else 1
+        except ValueError:
+            raise SystemExit(f"l2reason plugin: --tensor-parallel-size {tp!r} is not a number") from None
+        env = cpu_binding_env(env, tp_size)
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args], env
 
 
