@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import math
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_e2e import LOGS, NOOPS, PROMPTS, Q, serving
 
 from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams, SelectionSpec
 from l2reason.errors import BackendError, CapabilityError, ConfigError
@@ -20,10 +20,7 @@ from l2reason.serving import TOKEN_KEY, EngineSettings
 
 pytestmark = [pytest.mark.real, pytest.mark.ci, pytest.mark.sglang]
 
-LOGS = Path("out/test-logs")
 SERVER_ARGS = ["--dtype", "float32", "--context-length", "2048", "--max-total-tokens", "8192"]
-PROMPTS = ["def fibonacci(n):", "The capital of France is"]
-Q = "Tom has 3 boxes of 18 marbles and gives 14 away. How many are left? Think step by step."
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +29,8 @@ def server():
 
     port = free_port()
     srv = SGLangServer("default", port=port, device="cpu", extra_args=SERVER_ARGS, log_path=LOGS / f"sglang-{port}.log")
-    srv.start(timeout=900)
-    yield srv
-    srv.stop()
+    with serving(srv, timeout=900):
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +62,6 @@ def chat(n=1, max_new=16, temp=0.0, **kw):
         sampling=SamplingParams(max_new_tokens=max_new, temperature=temp, seed=0),
         **kw,
     )
-
-
-NOOPS = [
-    {"kind": "alrr", "K": 0},
-    {"kind": "erss", "beta": 0.0, "S": 1, "p": 1.0, "C": 0, "c_min": -1.0, "threshold": {"warmup": 1}},
-    {"kind": "static_steer", "vectors": {12: [1.0] * 896}, "alpha": 0.0},
-    {"kind": "suppress", "target": "random", "rate": 0.0},
-]
 
 
 def test_plugin_on_with_nothing_to_do_gives_the_stock_tokens(server):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import math
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_e2e import LOGS, NOOPS, PROMPTS, Q, serving
 
 from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams, SelectionSpec
 from l2reason.errors import BackendError, CapabilityError, ConfigError
@@ -23,10 +23,7 @@ from l2reason.serving import SETTINGS_KEY, TOKEN_KEY, EngineSettings
 
 pytestmark = [pytest.mark.real, pytest.mark.ci, pytest.mark.vllm]
 
-LOGS = Path("out/test-logs")
 SERVER = dict(dtype="float32", max_model_len=1024, max_num_seqs=16)
-PROMPTS = ["def fibonacci(n):", "The capital of France is"]
-Q = "Tom has 3 boxes of 18 marbles and gives 14 away. How many are left? Think step by step."
 
 
 @pytest.fixture(scope="module")
@@ -38,26 +35,8 @@ def servers(monkeypatch_module):
     p1, p2 = free_port(), free_port()
     ours = VLLMServer("default", port=p1, log_path=LOGS / f"vllm-{p1}.log", **SERVER)
     stock = VLLMServer("default", port=p2, plugin=False, log_path=LOGS / f"stock-{p2}.log", **SERVER)
-    errors: list[BaseException] = []
-
-    def start(srv):
-        try:
-            srv.start(timeout=900)
-        except BaseException as e:
-            errors.append(e)
-
-    ts = [threading.Thread(target=start, args=(srv,)) for srv in (ours, stock)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    try:
-        if errors:
-            raise errors[0]
+    with serving(ours, stock, timeout=900):
         yield ours, stock
-    finally:
-        ours.stop()
-        stock.stop()
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +82,6 @@ def chat(n=1, max_new=16, temp=0.0, stop=(), **kw):
         sampling=SamplingParams(max_new_tokens=max_new, temperature=temp, seed=0, stop=list(stop)),
         **kw,
     )
-
-
-NOOPS = [
-    {"kind": "alrr", "K": 0},
-    {"kind": "erss", "beta": 0.0, "S": 1, "p": 1.0, "C": 0, "c_min": -1.0, "threshold": {"warmup": 1}},
-    {"kind": "static_steer", "vectors": {12: [1.0] * 896}, "alpha": 0.0},
-    {"kind": "suppress", "target": "random", "rate": 0.0},
-]
 
 
 def test_plugin_tokens_equal_stock_vllm_and_no_plugin_is_a_clear_error(servers):
@@ -272,3 +243,17 @@ def test_error_paths(server, backend):
     with pytest.raises(ConfigError, match="896"):
         backend.generate(chat(interventions=[{"kind": "static_steer", "vectors": {3: [1.0, 2.0]}}]))
     assert backend.generate(chat(max_new=2)).candidates[0].completion_tokens == 2
+
+
+def test_plugin_server_gets_stock_cpu_core_binding(servers):
+    """vLLM 0.32's CPU build reserves one more core per worker when a KV connector is configured; the launcher
+    keeps stock's reservation (on 2 cores the extra one put the worker's 2 OpenMP threads next to the engine's
+    own processes: ~0.4x stock's decode speed)."""
+
+    def binding(srv):
+        lines = srv.log_path.read_text(errors="replace").splitlines()
+        keys = ("reserve_cpu_num=", "core ids=", "reserved_cpus=")
+        return [ln.split("]", 1)[-1].strip() for ln in lines if any(k in ln for k in keys)]
+
+    ours, stock = servers
+    assert binding(ours) and binding(ours) == binding(stock)

@@ -155,7 +155,9 @@ def test_engine_streams_tokens_as_they_decode(tiny_backend):
     assert len(deltas) >= 2  # token by token, not one block at the end
     assert "".join(deltas) == whole.text
     end = events[-1]
-    timeless = [{k: v for k, v in pd["l2reason"].items() if k != "seconds"} for pd in (end.provider_data, whole.provider_data)]
+    timeless = [
+        {k: v for k, v in pd["l2reason"].items() if k != "seconds"} for pd in (end.provider_data, whole.provider_data)
+    ]
     assert timeless[0] == timeless[1] and end.usage == whole.usage
 
 

