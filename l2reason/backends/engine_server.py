@@ -40,6 +40,8 @@ __all__ = [
     "NO_PLUGIN_FLAG",
     "EngineServer",
     "engine_python",
+    "exec_launch",
+    "flag_value",
     "free_port",
     "launcher_command",
     "resolve_model_path",
@@ -83,6 +85,31 @@ def engine_python(python: str | os.PathLike[str] | None, engine: str, make_targe
             f"{env_var} to a Python with {needs})"
         )
     return p
+
+
+def flag_value(argv: Sequence[str], flags: Sequence[str]) -> str | None:
+    """The value of the first of ``flags`` in a command line (``--flag v`` or ``--flag=v``), else None.
+
+    Example:
+        >>> flag_value(["--model", "m", "--tp=2"], ("--tp", "--tensor-parallel-size"))
+        '2'
+    """
+    for i, a in enumerate(argv):
+        for f in flags:
+            if a == f and i + 1 < len(argv):
+                return argv[i + 1]
+            if a.startswith(f + "="):
+                return a.split("=", 1)[1]
+    return None
+
+
+def exec_launch(cmd: Sequence[str], env: Mapping[str, str]) -> None:
+    """Replace this process with the engine's server (the plugin launchers' last step); the command goes to stderr."""
+    import sys
+
+    sys.stderr.write(f"l2reason plugin: {' '.join(cmd[1:])}\n")
+    sys.stderr.flush()
+    os.execvpe(cmd[0], list(cmd), dict(env))
 
 
 def launcher_command(

@@ -22,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+from l2reason.backends.engine_server import exec_launch, flag_value
+
 PACKAGE = "l2reason_sglang.models"
 STANDIN_DIR = Path(__file__).resolve().parent / "standin"
 
@@ -38,28 +40,18 @@ _UNSUPPORTED_FLAGS = {
 _PP_FLAGS = ("--pp-size", "--pipeline-parallel-size", "--pp")
 
 
-def _value(argv: list[str], flags: tuple[str, ...]) -> str | None:
-    for i, a in enumerate(argv):
-        for f in flags:
-            if a == f and i + 1 < len(argv):
-                return argv[i + 1]
-            if a.startswith(f + "="):
-                return a.split("=", 1)[1]
-    return None
-
-
 def check_args(argv: list[str]) -> None:
     """Raise ``SystemExit`` with a clear message for a mode the plugin does not support."""
     for flag, what in _UNSUPPORTED_FLAGS.items():
         if any(a == flag or a.startswith(flag + "=") for a in argv):
             raise SystemExit(f"l2reason plugin: {what} ({flag}) is not supported yet; start without it")
-    pp = _value(argv, _PP_FLAGS)
+    pp = flag_value(argv, _PP_FLAGS)
     if pp is not None and pp != "1":
         raise SystemExit("l2reason plugin: pipeline parallelism is not supported; use --tp-size / --dp-size")
-    cp = _value(argv, ("--attn-cp-size",))
+    cp = flag_value(argv, ("--attn-cp-size",))
     if cp is not None and cp != "1":
         raise SystemExit("l2reason plugin: context-parallel attention (--attn-cp-size) is not supported yet")
-    if _value(argv, ("--model-path", "--model")) is None:
+    if flag_value(argv, ("--model-path", "--model")) is None:
         raise SystemExit("l2reason plugin: give --model-path <folder or hub id>")
 
 
@@ -77,7 +69,7 @@ def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str]
         env["SGLANG_EXTERNAL_MODEL_PACKAGE"] = PACKAGE
     else:
         env.pop("SGLANG_EXTERNAL_MODEL_PACKAGE", None)
-    device = _value(args, ("--device",))
+    device = flag_value(args, ("--device",))
     if device == "cpu":
         env["SGLANG_USE_CPU_ENGINE"] = "1"
         if "--no-cpu-standin" not in argv:
@@ -89,9 +81,7 @@ def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str]
 
 def main(argv: list[str] | None = None) -> None:
     cmd, env = build(list(sys.argv[1:] if argv is None else argv))
-    sys.stderr.write(f"l2reason plugin: {' '.join(cmd[1:])}\n")
-    sys.stderr.flush()
-    os.execvpe(cmd[0], cmd, env)
+    exec_launch(cmd, env)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from l2reason.backends.engine_server import exec_launch, flag_value
 from l2reason_vllm import ARCHITECTURES
 
 #: the plugin's KV connector (the only way it returns per-token data; see l2reason_vllm.connector)
@@ -50,16 +51,6 @@ _PP = ("--pipeline-parallel-size", "-pp")
 _TP = ("--tensor-parallel-size", "-tp")
 #: vLLM's CPU build: OpenMP cores kept free of the workers' threads (for its scheduler and front end)
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
-
-
-def _value(argv: list[str], flags: tuple[str, ...]) -> str | None:
-    for i, a in enumerate(argv):
-        for f in flags:
-            if a == f and i + 1 < len(argv):
-                return argv[i + 1]
-            if a.startswith(f + "="):
-                return a.split("=", 1)[1]
-    return None
 
 
 def architecture(model: str) -> str:
@@ -94,10 +85,10 @@ def check_args(argv: list[str]) -> str:
     for flag, what in _UNSUPPORTED.items():
         if any(a == flag or a.startswith(flag + "=") for a in argv):
             raise SystemExit(f"l2reason plugin: {what} ({flag}) is not supported; start without it")
-    pp = _value(argv, _PP)
+    pp = flag_value(argv, _PP)
     if pp is not None and pp != "1":
         raise SystemExit("l2reason plugin: pipeline parallelism is not supported; use --tensor-parallel-size")
-    model = _value(argv, ("--model",))
+    model = flag_value(argv, ("--model",))
     if model is None:
         raise SystemExit("l2reason plugin: give --model <folder or hub id>")
     return model
@@ -136,7 +127,7 @@ def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str]
     env = dict(os.environ if env is None else env)
     if plugin:
         args += plugin_args(check_args(args))
-        tp = _value(args, _TP)
+        tp = flag_value(args, _TP)
         try:
             tp_size = int(tp) if tp is not None else 1
         except ValueError:
@@ -147,9 +138,7 @@ def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str]
 
 def main(argv: list[str] | None = None) -> None:
     cmd, env = build(list(sys.argv[1:] if argv is None else argv))
-    sys.stderr.write(f"l2reason plugin: {' '.join(cmd[1:])}\n")
-    sys.stderr.flush()
-    os.execvpe(cmd[0], cmd, env)
+    exec_launch(cmd, env)
 
 
 if __name__ == "__main__":
