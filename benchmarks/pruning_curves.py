@@ -77,6 +77,29 @@ PERCENTILES = [2, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80,
 QUANTILES = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
 
 
+def compare_verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """How the best ℓ2 rule ``b`` compares with the best logprob rule ``a`` (cross-fitted points).
+
+    A rule that meets the goal beats one that does not; otherwise one is better only if it is at least as
+    good on both Δ and saving. When each wins on one of them, the sentence says so instead of ranking.
+    """
+    if bool(a["goal"]) != bool(b["goal"]):
+        return f"ℓ2-based pruning {'does better than' if b['goal'] else 'is worse than'} confidence-based pruning here"
+    d = float(b["delta"]) - float(a["delta"])
+    sv = float(b["saved"]) - float(a["saved"])
+    if d == 0 and sv == 0:
+        return "ℓ2-based and confidence-based pruning do the same here"
+    if d >= 0 and sv >= 0:
+        return "ℓ2-based pruning does better than confidence-based pruning here"
+    if d <= 0 and sv <= 0:
+        return "ℓ2-based pruning is worse than confidence-based pruning here"
+    overlap = a["delta_ci"][0] <= b["delta_ci"][1] and b["delta_ci"][0] <= a["delta_ci"][1]
+    loses_less, saves_more = ("the ℓ2 rule", "the logprob rule") if d > 0 else ("the logprob rule", "the ℓ2 rule")
+    return f"neither dominates: {loses_less} loses less accuracy, {saves_more} saves more tokens" + (
+        ", and their Δ CIs overlap" if overlap else ""
+    )
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -455,17 +478,12 @@ def summary(res: dict[str, Any], args: argparse.Namespace) -> list[str]:
     l2s = [s for s in cross if s.startswith("l2")]
     l2 = max(l2s, key=lambda s: (cross[s]["goal"], cross[s]["delta"], cross[s]["saved"]))
     a, b = cross[lp], cross[l2]
-    if (b["goal"], b["delta"], b["saved"]) < (a["goal"], a["delta"], a["saved"]):
-        verdict = "ℓ2-based pruning is worse than confidence-based pruning here"
-    elif (b["goal"], b["delta"], b["saved"]) > (a["goal"], a["delta"], a["saved"]):
-        verdict = "ℓ2-based pruning does better than confidence-based pruning here"
-    else:
-        verdict = "ℓ2-based and confidence-based pruning do the same here"
+    verdict = compare_verdict(a, b)
     out.append(
         f"- Best logprob score ({LABEL[lp]}): saves {pct(a['saved'])}% at Δ {100 * a['delta']:+.1f} "
         f"[{100 * a['delta_ci'][0]:+.1f}, {100 * a['delta_ci'][1]:+.1f}]; best ℓ2 score ({LABEL[l2]}): saves "
         f"{pct(b['saved'])}% at Δ {100 * b['delta']:+.1f} [{100 * b['delta_ci'][0]:+.1f}, "
-        f"{100 * b['delta_ci'][1]:+.1f}]: {verdict} (ranked by goal met, then Δ, then saving)."
+        f"{100 * b['delta_ci'][1]:+.1f}]: {verdict} (best of each kind ranked by goal met, then Δ, then saving)."
     )
     beat = [s for s, v in cross.items() if v["accuracy"] > v["control_accuracy"] + 1e-9]
     out.append(
