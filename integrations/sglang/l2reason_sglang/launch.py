@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from l2reason.backends.engine_server import exec_launch, flag_value
+from l2reason.backends.engine_server import NO_PLUGIN_FLAG, exec_launch, flag_value
 
 PACKAGE = "l2reason_sglang.models"
 STANDIN_DIR = Path(__file__).resolve().parent / "standin"
@@ -60,10 +60,10 @@ def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str]
 
     ``--no-l2reason-plugin`` starts stock SGLang with the same CPU set-up (for A/B comparisons).
     """
-    plugin = "--no-l2reason-plugin" not in argv
+    plugin = NO_PLUGIN_FLAG not in argv
     if plugin:
         check_args(argv)
-    args = [a for a in argv if a not in ("--no-cpu-standin", "--no-l2reason-plugin")]
+    args = [a for a in argv if a not in ("--no-cpu-standin", NO_PLUGIN_FLAG)]
     env = dict(os.environ if env is None else env)
     if plugin:
         env["SGLANG_EXTERNAL_MODEL_PACKAGE"] = PACKAGE

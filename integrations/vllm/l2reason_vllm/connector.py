@@ -187,7 +187,9 @@ class L2ReasonConnector(KVConnectorBase_V1):
 
 def _warn_cpu_binding() -> None:
     """Warn when vLLM's CPU build bound its workers with the extra core it reserves for KV connectors."""
-    if "VLLM_CPU_NUM_OF_RESERVED_CPU" in os.environ or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") != "auto":
+    from l2reason_vllm.launch import RESERVED_CPU_ENV
+
+    if RESERVED_CPU_ENV in os.environ or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") != "auto":
         return
     try:
         from vllm.platforms import current_platform

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from l2reason.backends.engine_server import exec_launch, flag_value
+from l2reason.backends.engine_server import NO_PLUGIN_FLAG, exec_launch, flag_value
 from l2reason_vllm import ARCHITECTURES
 
 #: the plugin's KV connector (the only way it returns per-token data; see l2reason_vllm.connector)
@@ -122,8 +122,8 @@ def cpu_binding_env(env: Mapping[str, str], tensor_parallel_size: int = 1) -> di
 def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start vLLM's server with (or, with ``--no-l2reason-plugin``,
     without) the plugin."""
-    plugin = "--no-l2reason-plugin" not in argv
-    args = [a for a in argv if a != "--no-l2reason-plugin"]
+    plugin = NO_PLUGIN_FLAG not in argv
+    args = [a for a in argv if a != NO_PLUGIN_FLAG]
     env = dict(os.environ if env is None else env)
     if plugin:
         args += plugin_args(check_args(args))

@@ -24,7 +24,7 @@ from l2reason.backends.engine_server import (
     resolve_model_path,
 )
 
-__all__ = ["CPU_KVCACHE_GB", "VLLMServer", "vllm_python"]
+__all__ = ["CPU_KVCACHE_GB", "VLLMServer", "free_port", "resolve_model_path", "vllm_python"]
 
 #: KV-cache space (GB) given to a CPU server unless VLLM_CPU_KVCACHE_SPACE is set (vLLM's CPU build sizes its
 #: cache from free memory otherwise, and fails when another process holds some)
@@ -102,6 +102,3 @@ class VLLMServer(EngineServer):
     def complete(self, payload: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
         """POST a raw ``/v1/completions`` payload (for tests and benchmarks)."""
         return dict(self._post("/v1/completions", payload, timeout))
-
-
-free_port = free_port  # re-exported for tests and benchmarks
