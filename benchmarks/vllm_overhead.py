@@ -83,7 +83,15 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "vllm_overhead" / "vllm_overhead"))
+    ap.add_argument("--note", default="", help="what else ran on the machine (written into the report)")
+    ap.add_argument("--render", metavar="JSON", help="only re-write the report from a stored .json")
     args = ap.parse_args()
+    if args.render:
+        stored = json.loads(Path(args.render).read_text())
+        if args.note:
+            stored["note"] = args.note
+        write(args, stored)
+        return
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     prompts = (PROMPTS * ((args.batch + len(PROMPTS) - 1) // len(PROMPTS)))[: args.batch]
     logs = ROOT / "out"
@@ -111,7 +119,9 @@ def main() -> None:
         "cores": os.cpu_count(),
         "versions": versions(some.python),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "note": args.note,
         "ready_seconds": {},
+        "load_avg_1min": [],  # at the end of each round (the four servers' own processes count)
         "tok_s": {},
         "ratio_vs_stock": {},
     }
@@ -140,6 +150,7 @@ def main() -> None:
                 if plugin:
                     ratio = v / got[(compiled, False, "stock")]
                     out["ratio_vs_stock"][_key(compiled, plugin, mode)].append(round(ratio, 4))
+            out["load_avg_1min"].append(round(os.getloadavg()[0], 2))
             write(args, out)
             print(
                 f"round {r + 1}/{args.rounds}: " + ", ".join(f"{_key(*k)} {v:.1f}" for k, v in got.items()), flush=True
@@ -170,22 +181,23 @@ def write(args: argparse.Namespace, out: dict) -> None:
         f"Command: `{out['command']}`  ",
         f"Date: {out['date']}; model {out['model']} ({out['dtype']}), vLLM CPU build; batch {out['batch']} x "
         f"{out['max_new_tokens']} new tokens (greedy, ignore_eos, concurrent completions); {n} interleaved rounds.  ",
-        f"Machine: {out['cpu']}, {out['cores']} cores **shared** with a background evaluation (niced) and another "
-        "engineer's jobs while this ran: absolute tok/s are low and noisy; compare the ratios, which come from "
-        "calls made seconds apart in the same round.  ",
+        f"Machine: {out['cpu']}, {out['cores']} cores. {out.get('note') or ''} 1-minute load average at the end of "
+        f"each round: {out.get('load_avg_1min') or 'not recorded'}. Absolute tok/s vary from call to call; compare "
+        "the ratios, which come from calls made seconds apart in the same round.  ",
         f"Versions: {out['versions']}.  ",
         f"Servers ready in (s; all four started at once): {out['ready_seconds']}.",
         "",
         "Decode throughput per call (all prompts' tokens / wall time). `stock` = vLLM without the plugin, same "
         "compile mode; `off` = the plugin server with requests that ask for nothing.",
         "",
-        "| mode | median tok/s | median ratio to stock (same mode, same round) |",
-        "|---|---|---|",
+        "| mode | median tok/s | median ratio to stock (same mode, same round) | per-round ratios |",
+        "|---|---|---|---|",
     ]
     for k in out["tok_s"]:
         if k in med:
             r = f"{ratio[k]:.3f} ({100 * (1 - ratio[k]):+.1f}% cost)" if k in ratio else "-"
-            lines.append(f"| {k} | {med[k]:.1f} | {r} |")
+            each = ", ".join(f"{x:.2f}" for x in out["ratio_vs_stock"].get(k, [])) or "-"
+            lines.append(f"| {k} | {med[k]:.1f} | {r} | {each} |")
     if "compiled/stock" in med and "eager/stock" in med:
         lines += ["", f"Stock vLLM, compiled / eager: {med['compiled/stock'] / med['eager/stock']:.2f}."]
     lines += ["", "Per-round values are in the `.json` next to this file.", ""]

@@ -77,7 +77,8 @@ ModelOpt = Annotated[
         "--model",
         "-m",
         help="'default', 'fast', packaged:<name>, a .gguf, a folder, a hub id, a server sglang://host:port or "
-        "vllm://host:port, or vllm:<model> (starts a vLLM server for this command)",
+        "vllm://host:port, or vllm:<model> (starts a vLLM server for this command; options as in "
+        "vllm:default?dtype=float32&max_model_len=8192)",
     ),
 ]
 MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", "-t", min=1, help="generation limit")]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from l2reason.errors import ConfigError
+
 _BACKENDS: dict[str, Any] = {}
 _BACKENDS_LOCK = threading.Lock()
 
@@ -32,12 +34,75 @@ def is_vllm_spec(spec: str) -> bool:
     return spec.startswith("vllm:")
 
 
+#: ``vllm:<model>?key=value&…`` options: the :class:`~l2reason.backends.vllm.server.VLLMServer` arguments a
+#: spec may set, with their types.
+VLLM_SPEC_OPTIONS: dict[str, type] = {
+    "dtype": str,
+    "max_model_len": int,
+    "max_num_seqs": int,
+    "eager": bool,
+    "tp": int,
+}
+VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def parse_vllm_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``vllm:<model>[?key=value&…]`` into the model and the server's options.
+
+    Options: ``dtype`` (``auto``, ``bfloat16`` — the default —, ``float16``, ``float32``), ``max_model_len``,
+    ``max_num_seqs``, ``tp`` (integers) and ``eager`` (``true``/``false``/``1``/``0``).
+
+    Raises:
+        ConfigError: an unknown option, a value of the wrong type, or an option given twice.
+
+    Example:
+        >>> parse_vllm_spec("vllm:default?dtype=float32&max_model_len=2048")
+        ('default', {'dtype': 'float32', 'max_model_len': 2048})
+    """
+    body = spec[len("vllm:") :] if spec.startswith("vllm:") else spec
+    model, _, query = body.partition("?")
+    opts: dict[str, Any] = {}
+    for part in filter(None, query.split("&")):
+        key, eq, raw = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in VLLM_SPEC_OPTIONS:
+            raise ConfigError(
+                f"unknown option {key!r} in model spec {spec!r}; a vllm:<model>?… spec takes "
+                f"{', '.join(VLLM_SPEC_OPTIONS)} (other `vllm serve` flags: start the server yourself with "
+                "`l2reason serve --engine vllm -- FLAGS` and use vllm://host:port)"
+            )
+        if not eq or not raw.strip():
+            raise ConfigError(f"option {key!r} in model spec {spec!r} has no value (write {key}=VALUE)")
+        if key in opts:
+            raise ConfigError(f"option {key!r} is given twice in model spec {spec!r}")
+        raw = raw.strip()
+        kind = VLLM_SPEC_OPTIONS[key]
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ConfigError(f"option {key!r} in model spec {spec!r} must be true or false, got {raw!r}")
+            opts[key] = raw.lower() in ("true", "1")
+        elif kind is int:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"option {key!r} in model spec {spec!r} must be an integer, got {raw!r}") from None
+            if value < 1:
+                raise ConfigError(f"option {key!r} in model spec {spec!r} must be at least 1, got {value}")
+            opts[key] = value
+        else:
+            if key == "dtype" and raw not in VLLM_DTYPES:
+                raise ConfigError(f"dtype {raw!r} in model spec {spec!r} is not one of {', '.join(VLLM_DTYPES)}")
+            opts[key] = raw
+    return model or "default", opts
+
+
 def make_backend(spec: str, **kwargs: Any) -> Any:
     """A new backend for a model spec: an SGLang server address gives an
     :class:`~l2reason.backends.sglang.SGLangBackend`; ``vllm://host:port`` a
     :class:`~l2reason.backends.vllm.VLLMBackend` of that server and
     ``vllm:<model>`` one of a vLLM server it starts (and stops at exit; needs
-    ``make vllm``); anything else an :class:`~l2reason.backends.hf.HFBackend`
+    ``make vllm``; ``vllm:<model>?dtype=float32&max_model_len=2048`` sets that server's options, see
+    :func:`parse_vllm_spec`); anything else an :class:`~l2reason.backends.hf.HFBackend`
     (packaged name, .gguf, folder, hub id).
 
     Example:
@@ -51,7 +116,8 @@ def make_backend(spec: str, **kwargs: Any) -> Any:
     if is_vllm_spec(spec):
         from l2reason.backends.vllm import VLLMBackend
 
-        return VLLMBackend.launch(spec[len("vllm:") :] or "default", **kwargs)
+        model, opts = parse_vllm_spec(spec)
+        return VLLMBackend.launch(model, **opts, **kwargs)
     if is_server_spec(spec):
         from l2reason.backends.sglang import SGLangBackend
 

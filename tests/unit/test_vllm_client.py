@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from l2reason.backends.base import GenerationRequest, NormSpec, SamplingParams
-from l2reason.backends.shared import is_server_spec, is_vllm_spec
+from l2reason.backends.shared import is_server_spec, is_vllm_spec, make_backend, parse_vllm_spec
 from l2reason.backends.vllm import VLLMBackend, parse_vllm_url
 from l2reason.errors import BackendError, CapabilityError, ConfigError
 from l2reason.serving import SETTINGS_KEY, EngineSettings
@@ -76,6 +76,31 @@ def test_addresses():
     with pytest.raises(ConfigError, match="not a vLLM server address"):
         parse_vllm_url("sglang://h:1")
     assert is_server_spec("vllm://h:1") and is_vllm_spec("vllm:default") and not is_vllm_spec("default")
+
+
+def test_vllm_spec_options():
+    """vllm:<model>?… gives the server's options, typed; a bad option is named, with what is allowed."""
+    assert parse_vllm_spec("vllm:default") == ("default", {})
+    assert parse_vllm_spec("vllm:") == ("default", {})
+    assert parse_vllm_spec("vllm:large?dtype=float32&max-model-len=2048&eager=1&tp=2&max_num_seqs=8") == (
+        "large",
+        {"dtype": "float32", "max_model_len": 2048, "eager": True, "tp": 2, "max_num_seqs": 8},
+    )
+    assert parse_vllm_spec("vllm:/models/q?eager=false") == ("/models/q", {"eager": False})
+    for spec, msg in [
+        ("vllm:default?quantization=fp8", "unknown option 'quantization'.*takes dtype, max_model_len"),
+        ("vllm:default?dtype=fp64", "dtype 'fp64'.*not one of auto, bfloat16, float16, float32"),
+        ("vllm:default?max_model_len=big", "'max_model_len'.*must be an integer, got 'big'"),
+        ("vllm:default?tp=0", "'tp'.*at least 1, got 0"),
+        ("vllm:default?eager=yes", "'eager'.*true or false, got 'yes'"),
+        ("vllm:default?dtype", "'dtype'.*has no value"),
+        ("vllm:default?dtype=float32&dtype=bfloat16", "'dtype' is given twice"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_vllm_spec(spec)
+    # make_backend refuses a bad spec before it starts anything
+    with pytest.raises(ConfigError, match="unknown option 'port'"):
+        make_backend("vllm:default?port=8000")
 
 
 class _Tok:
