@@ -78,6 +78,40 @@ def test_addresses():
     assert is_server_spec("vllm://h:1") and is_vllm_spec("vllm:default") and not is_vllm_spec("default")
 
 
+def test_a_busy_server_is_told_apart_from_a_dead_one():
+    """A server that accepts the connection but does not answer in time is reported as busy (with the timeout
+    and what to change), not as unreachable; a closed port is unreachable."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    held: list[socket.socket] = []
+
+    def accept() -> None:  # read the request, never answer
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = srv.getsockname()[1]
+    try:
+        with pytest.raises(BackendError, match=r"sent no answer to /v1/models within 1 s; it is reachable but busy"):
+            VLLMBackend(f"http://127.0.0.1:{port}", timeout=1.0, retries=0)
+    finally:
+        srv.close()
+        for c in held:
+            c.close()
+    from l2reason.backends.vllm.server import free_port
+
+    with pytest.raises(BackendError, match="cannot reach the vLLM server"):
+        VLLMBackend(f"http://127.0.0.1:{free_port()}", timeout=1.0, retries=0)
+
+
 def test_vllm_spec_options():
     """vllm:<model>?… gives the server's options, typed; a bad option is named, with what is allowed."""
     assert parse_vllm_spec("vllm:default") == ("default", {})

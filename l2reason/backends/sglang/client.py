@@ -100,7 +100,7 @@ class SGLangBackend(CalibrationMixin):
         model: str | None = None,
         tokenizer: Any = None,
         calibration: Any = None,
-        timeout: float = 600.0,
+        timeout: float = 3600.0,
         retries: int = 3,
         backoff: float = 0.5,
     ) -> None:
@@ -295,8 +295,15 @@ class SGLangBackend(CalibrationMixin):
             except urllib.error.HTTPError as e:  # the server answered: never retried
                 body = e.read().decode(errors="replace")[:2000]
                 raise BackendError(f"{self.engine} server {self.url}{path} answered HTTP {e.code}: {body}") from e
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
-                if attempt >= self.retries or isinstance(e, TimeoutError):
+            except TimeoutError as e:  # connected, but no answer in time: the server is busy (or hung)
+                raise BackendError(
+                    f"the {self.engine} server at {self.url} sent no answer to {path} within "
+                    f"{timeout or self.timeout:.0f} s; it is reachable but busy (requests queue behind each other "
+                    "and a long generation on CPU takes minutes) or hung: pass a larger timeout= to the backend, "
+                    "or send fewer requests at once"
+                ) from e
+            except (urllib.error.URLError, ConnectionError, OSError) as e:
+                if attempt >= self.retries or isinstance(getattr(e, "reason", None), TimeoutError):
                     raise BackendError(
                         f"cannot reach the {self.engine} server at {self.url} ({e}); start one with "
                         "`l2reason serve` or check the address"
