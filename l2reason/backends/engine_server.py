@@ -183,7 +183,11 @@ class EngineServer:
                 return self
             time.sleep(self.poll_seconds)
         self.stop()
-        raise BackendError(f"{self.engine} did not become ready within {timeout:.0f} s:\n{self.log_tail()}")
+        raise BackendError(
+            f"{self.engine} did not become ready within {timeout:.0f} s (start-up is mostly loading and compiling, "
+            "which takes longer on a busy CPU: give it more time, e.g. start_timeout=1800 in a vllm:<model>?… spec, "
+            f"or skip compilation with eager):\n{self.log_tail()}"
+        )
 
     def _ready(self) -> bool:
         try:

@@ -42,6 +42,7 @@ VLLM_SPEC_OPTIONS: dict[str, type] = {
     "max_num_seqs": int,
     "eager": bool,
     "tp": int,
+    "start_timeout": int,  # seconds to wait for the server to be ready (VLLMBackend.launch's timeout)
 }
 VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -50,7 +51,8 @@ def parse_vllm_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split ``vllm:<model>[?key=value&…]`` into the model and the server's options.
 
     Options: ``dtype`` (``auto``, ``bfloat16`` — the default —, ``float16``, ``float32``), ``max_model_len``,
-    ``max_num_seqs``, ``tp`` (integers) and ``eager`` (``true``/``false``/``1``/``0``).
+    ``max_num_seqs``, ``tp``, ``start_timeout`` (seconds; default 900) (integers) and ``eager``
+    (``true``/``false``/``1``/``0``: skip torch.compile, which starts in ~2 minutes instead of 5–15 on a CPU).
 
     Raises:
         ConfigError: an unknown option, a value of the wrong type, or an option given twice.
@@ -117,6 +119,8 @@ def make_backend(spec: str, **kwargs: Any) -> Any:
         from l2reason.backends.vllm import VLLMBackend
 
         model, opts = parse_vllm_spec(spec)
+        if "start_timeout" in opts:
+            kwargs.setdefault("timeout", float(opts.pop("start_timeout")))
         return VLLMBackend.launch(model, **opts, **kwargs)
     if is_server_spec(spec):
         from l2reason.backends.sglang import SGLangBackend

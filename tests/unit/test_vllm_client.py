@@ -121,6 +121,7 @@ def test_vllm_spec_options():
         {"dtype": "float32", "max_model_len": 2048, "eager": True, "tp": 2, "max_num_seqs": 8},
     )
     assert parse_vllm_spec("vllm:/models/q?eager=false") == ("/models/q", {"eager": False})
+    assert parse_vllm_spec("vllm:default?start_timeout=1800") == ("default", {"start_timeout": 1800})
     for spec, msg in [
         ("vllm:default?quantization=fp8", "unknown option 'quantization'.*takes dtype, max_model_len"),
         ("vllm:default?dtype=fp64", "dtype 'fp64'.*not one of auto, bfloat16, float16, float32"),
