@@ -216,6 +216,35 @@ def test_dspy_l2selectbest_against_the_server(server):
     assert isinstance(pred.answer, str) and pred.answer
 
 
+def test_langchain_chat_model_over_the_server(server, backend):
+    """ChatL2Reason on a vllm:// spec: the greedy answer is the backend's own, with its ℓ2 summary; n=3 with
+    ℓ2 selection returns one message scoring every candidate; streaming joins to the same text and norms."""
+    from langchain_core.messages import HumanMessage
+
+    from l2reason.integrations.langchain import ChatL2Reason
+
+    spec = "vllm://" + server.url.split("://", 1)[1]
+    direct = backend.generate(chat(max_new=24, norms=NormSpec(layers=[20, 22]))).candidates[0]
+    lc = ChatL2Reason(model=spec, max_tokens=24, norm_layers=[20, 22])
+    msg = lc.invoke([HumanMessage(Q)])
+    info = msg.response_metadata["l2reason"]
+    assert msg.content == direct.text and info["completion_tokens"] == direct.completion_tokens
+    assert info["layers"] == [20, 22]
+    np.testing.assert_allclose(info["mean_norm"], direct.norms.mean, rtol=1e-5)
+    assert msg.usage_metadata["output_tokens"] == direct.completion_tokens
+
+    picked = ChatL2Reason(model=spec, max_tokens=24, n=3, temperature=0.8, selection="l2").invoke([HumanMessage(Q)])
+    meta = picked.response_metadata["l2reason"]
+    scores = [c["score"] for c in meta["candidates"]]
+    assert len(scores) == 3 and all(math.isfinite(x) for x in scores)
+    assert meta["selection"]["index"] == meta["index"] and meta["score"] == max(scores)  # argmax (ties allowed)
+
+    chunks = list(lc.stream([HumanMessage(Q)]))
+    assert "".join(str(c.content) for c in chunks) == direct.text
+    streamed = [x for c in chunks for x in c.response_metadata.get("l2reason", {}).get("norms") or []]
+    assert len(streamed) == direct.completion_tokens
+
+
 def test_error_paths(server, backend):
     from l2reason.backends.vllm import VLLMBackend
     from l2reason.backends.vllm.server import free_port
@@ -257,3 +286,50 @@ def test_plugin_server_gets_stock_cpu_core_binding(servers):
 
     ours, stock = servers
     assert binding(ours) and binding(ours) == binding(stock)
+
+
+def test_serve_command_starts_a_usable_server_and_ctrl_c_stops_it():
+    """``l2reason serve --engine vllm`` as a user runs it: it prints where it is ready, a client generates with
+    norms from it, extra arguments reach vLLM, and SIGINT stops it cleanly (exit 0, port released)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from l2reason.backends.vllm import VLLMBackend
+    from l2reason.backends.vllm.server import free_port
+
+    port = free_port()
+    log = LOGS / f"serve-{port}.log"
+    LOGS.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "l2reason.cli", "serve", "--engine", "vllm", "--port", str(port), "--log", str(log)]
+    cmd += ["--", "--enforce-eager", "--max-model-len", "512", "--dtype", "float32"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 900
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops the server" in line:
+                break
+        out = "".join(lines)
+        assert "ready" in out and f"vllm://127.0.0.1:{port}" in out, out[-2000:]
+        be = VLLMBackend(f"vllm://127.0.0.1:{port}", model="default")
+        c = be.generate(chat(max_new=6)).candidates[0]
+        assert c.completion_tokens == 6 and c.norms is not None and c.norms.array().shape == (6, 5)
+        argv = log.read_text(errors="replace")
+        assert "enforce_eager=True" in argv or "enforce-eager" in argv or "'enforce_eager': True" in argv
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(BackendError, match="cannot reach the vLLM server"):
+        VLLMBackend(f"http://127.0.0.1:{port}", retries=1, backoff=0.01)
