@@ -484,7 +484,8 @@ def compute_report(run: RunData, *, n_boot: int = 10_000, n_subsamples: int = 20
         orc = MethodRow(f"oracle@{cfg.n}", "reference", {r.item_id: any(r.correct) for r in samples})
         rows[ref1.name], rows[orc.name] = ref1, orc
     probe_methods = (PROBE, PROBE_VOTE)
-    methods = [m for m in cfg.methods if m != AUTO and m not in probe_methods]
+    # no sampling pass (n = 0): no selection rows, only the generation passes
+    methods = [m for m in cfg.methods if m != AUTO and m not in probe_methods] if cfg.n > 0 else []
     methods += [AUTO] if auto and AUTO in cfg.methods else []
     methods += [m for m in probe_methods if probe and m in cfg.methods]
     if AUTO in cfg.methods and not auto and not auto_note:

@@ -203,6 +203,11 @@ def test_generation_methods_run_on_the_tiny_model(tiny_backend, tmp_path):
     assert set(run.gens) == set(gens)
     assert all(len(v) == 2 and len(v[0].result.candidates) == 1 for v in run.gens.values())
     assert run.samples == []
+    from l2reason.eval.report import compute_report
+
+    rep = compute_report(load_run(tmp_path / "run"), n_boot=50, n_subsamples=5)
+    assert {r.name for r in rep.rows} == set(gens)  # no sampling pass: no empty selection rows
+    assert all(r.kind == "generation" for r in rep.rows)
 
 
 def test_progress_without_a_terminal_logs_one_line_per_batch(clean_run, tiny_backend, tmp_path, capfd):
