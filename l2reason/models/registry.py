@@ -87,7 +87,7 @@ QWEN_15B = PackagedModel(
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     size=1_117_320_768,
     chunked=True,
-    notes="larger: Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 28 layers x 1536 (~3x slower than the default)",
+    notes="larger: Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 28 layers x 1536 (~3x the default's compute per token)",
     aliases=("large", "qwen-1.5b"),
 )
 
