@@ -792,10 +792,16 @@ def _paired_cell(p: Paired | None) -> str:
 
 def reproduce_command(c: dict[str, Any]) -> str:
     """The ``l2reason eval`` command that recreates (or resumes) a run with this config."""
+    import shlex
+
+    def names(xs: list[str] | None) -> str:  # ';' between names when an option holds a comma; shell-quoted
+        xs = list(xs or [])
+        return shlex.quote((";" if any("," in x for x in xs) else ",").join(xs) or "none")
+
     parts = [
         "l2reason eval",
-        f"--dataset {c['dataset']}",
-        f"--model {c.get('model') or 'default'}",
+        f"--dataset {shlex.quote(c['dataset'])}",
+        f"--model {shlex.quote(c.get('model') or 'default')}",
         f"--offset {c['offset']}",
         f"--limit {c['limit']}",
         f"-n {c['n']}",
@@ -803,8 +809,8 @@ def reproduce_command(c: dict[str, Any]) -> str:
         f"--temperature {c['temperature']}",
         f"--top-p {c['top_p']}",
         f"--seed {c['seed']}",
-        f"--methods {','.join(c.get('methods') or []) or 'none'}",
-        f"--gen-methods {','.join(c.get('gen_methods') or []) or 'none'}",
+        f"--methods {names(c.get('methods'))}",
+        f"--gen-methods {names(c.get('gen_methods'))}",
     ]
     if c.get("gen_limit"):
         parts.append(f"--gen-limit {c['gen_limit']}")

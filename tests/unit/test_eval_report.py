@@ -248,6 +248,18 @@ def test_reproduce_command_parses_back_to_the_run_settings():
 
     md = render_markdown(ReportData(config=cfg, n_items=0, band=[18]))
     assert f"reproduce: `{line}`" in md and "generation passes: greedy, alrr on 60 items" in md
+    # a vllm spec with '&', and generation methods whose options hold commas, survive the shell
+    cfg.update(
+        model="vllm:default?dtype=float32&eager=true", gen_methods=["greedy", "static-steer:vectors=v.json,alpha=2"]
+    )
+    p = (
+        typer.main.get_command(app)
+        .commands["eval"]
+        .make_context("eval", shlex.split(reproduce_command(cfg))[2:])
+        .params
+    )  # type: ignore[attr-defined]
+    assert p["model"] == "vllm:default?dtype=float32&eager=true"
+    assert p["gen_methods"] == "greedy;static-steer:vectors=v.json,alpha=2"
 
 
 def test_auto_selection_finds_an_inverted_signal_and_selects_by_it():
