@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,17 @@ def generation_config(name: str) -> GenerationConfig:
 
     parse_interventions(ivs)  # validate now, with the spec's own error messages
     return GenerationConfig(name=name, interventions=ivs)
+
+
+def format_method_list(names: Sequence[str]) -> str:
+    """A method list as :func:`parse_method_list` reads it back: ``,`` between names, or ``;`` when an option
+    holds a comma; ``"none"`` for no methods.
+
+    Example:
+        >>> format_method_list(["greedy", "static-steer:vectors=v.json,alpha=2"])
+        'greedy;static-steer:vectors=v.json,alpha=2'
+    """
+    return (";" if any("," in n for n in names) else ",").join(names) or "none"
 
 
 def parse_method_list(text: str | list[str] | tuple[str, ...], kind: str) -> list[str]:

@@ -62,7 +62,7 @@ import numpy as np
 
 from l2reason.errors import ConfigError, L2ReasonError
 from l2reason.eval.harness import RunData, StoredItem, load_run, pass_path, stored_json, suppression_events
-from l2reason.eval.methods import AUTO, PROBE, PROBE_VOTE, selection_spec
+from l2reason.eval.methods import AUTO, PROBE, PROBE_VOTE, format_method_list, selection_spec
 from l2reason.eval.stats import (
     bootstrap_ci,
     mcnemar,
@@ -794,10 +794,6 @@ def reproduce_command(c: dict[str, Any]) -> str:
     """The ``l2reason eval`` command that recreates (or resumes) a run with this config."""
     import shlex
 
-    def names(xs: list[str] | None) -> str:  # ';' between names when an option holds a comma; shell-quoted
-        xs = list(xs or [])
-        return shlex.quote((";" if any("," in x for x in xs) else ",").join(xs) or "none")
-
     parts = [
         "l2reason eval",
         f"--dataset {shlex.quote(c['dataset'])}",
@@ -809,8 +805,8 @@ def reproduce_command(c: dict[str, Any]) -> str:
         f"--temperature {c['temperature']}",
         f"--top-p {c['top_p']}",
         f"--seed {c['seed']}",
-        f"--methods {names(c.get('methods'))}",
-        f"--gen-methods {names(c.get('gen_methods'))}",
+        f"--methods {shlex.quote(format_method_list(c.get('methods') or []))}",
+        f"--gen-methods {shlex.quote(format_method_list(c.get('gen_methods') or []))}",
     ]
     if c.get("gen_limit"):
         parts.append(f"--gen-limit {c['gen_limit']}")
