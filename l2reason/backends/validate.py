@@ -158,17 +158,30 @@ def _check_selection(spec: SelectionSpec, request: GenerationRequest, captured: 
 
 
 def _check_interventions(request: GenerationRequest, limits: ModelLimits) -> None:
-    from l2reason.techniques.specs import StaticSteerSpec, check_vectors
+    from l2reason.techniques.specs import SAEAblateSpec, StaticSteerSpec, check_vectors
 
     caps = limits.capabilities
     kinds = caps.interventions
     for i, spec in enumerate(request.interventions):
         kind = spec.kind
         if kind not in kinds:
+            hint = (
+                " (in-process, wrap the call in `with l2reason.sae.ablate.ablate_features(backend, sae, layer, "
+                "features):` instead)"
+                if kind == "sae_ablate"
+                else ""
+            )
             raise CapabilityError(
                 f"intervention #{i}: backend {limits.capabilities.name!r} cannot run {kind!r}; "
-                f"it supports: {', '.join(sorted(kinds)) or 'none'}"
+                f"it supports: {', '.join(sorted(kinds)) or 'none'}{hint}"
             )
+        if isinstance(spec, SAEAblateSpec):
+            if spec.layer >= limits.num_layers:
+                raise LayerError(
+                    f"intervention #{i} (sae_ablate): layer {spec.layer} does not exist "
+                    f"(the model has {limits.num_layers} layers, 0..{limits.num_layers - 1})"
+                )
+            continue
         if isinstance(spec, StaticSteerSpec):
             check_vectors(spec, limits.hidden_size, limits.num_layers)
             keys = [int(k) % limits.num_layers for k in spec.vectors]

@@ -22,21 +22,64 @@ from typing import Any
 import torch
 
 from l2reason.errors import ConfigError
+from l2reason.techniques.sae_ablate import SAEWeights
 
-__all__ = ["ablate_features", "matched_random_features", "remove_features"]
+__all__ = ["ablate_features", "matched_random_features", "remove_features", "sae_weights"]
+
+
+def sae_weights(sae: Any) -> SAEWeights:
+    """A SAELens SAE (standard or TopK) as :class:`~l2reason.techniques.sae_ablate.SAEWeights`.
+
+    A TopK SAE with ``rescale_acts_by_decoder_norm`` scales its pre-activations
+    by the decoder row norms ``n`` and decodes with ``W_dec / n``: both are
+    folded in here (``W_enc·n``, ``b_enc·n``, ``W_dec / n``), so the plain encode
+    gives SAELens' activations and the plain decoder rows its directions.
+    Passing an :class:`SAEWeights` returns it unchanged.
+
+    Raises:
+        ConfigError: an architecture other than standard/TopK, or input
+            normalisation the plain form does not model.
+    """
+    if isinstance(sae, SAEWeights):
+        return sae
+    cfg = sae.cfg
+    arch = cfg.architecture() if callable(getattr(cfg, "architecture", None)) else getattr(cfg, "architecture", "")
+    if arch not in ("standard", "topk"):
+        raise ConfigError(f"ablation supports standard and TopK SAEs (this one is {arch!r})")
+    if getattr(cfg, "normalize_activations", "none") not in ("none", None):
+        raise ConfigError(f"ablation needs an SAE without input normalisation (got {cfg.normalize_activations!r})")
+    with torch.no_grad():
+        W_enc, b_enc, W_dec = sae.W_enc.float(), sae.b_enc.float(), sae.W_dec.float()
+        if arch == "topk" and getattr(cfg, "rescale_acts_by_decoder_norm", False):
+            n = W_dec.norm(dim=-1)
+            W_enc, b_enc, W_dec = W_enc * n, b_enc * n, W_dec / n[:, None]
+        return SAEWeights(
+            W_enc=W_enc.detach().clone(),
+            b_enc=b_enc.detach().clone(),
+            b_dec=sae.b_dec.float().detach().clone(),
+            W_dec=W_dec.detach().clone(),
+            activation="topk" if arch == "topk" else "relu",
+            k=int(getattr(cfg, "k", 0) or 0),
+            apply_b_dec_to_input=bool(getattr(cfg, "apply_b_dec_to_input", True)),
+        )
 
 
 @torch.no_grad()
 def remove_features(sae: Any, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """``x − f_S(x) @ W_dec[S]`` for ``x [..., d]`` (computed in float32, returned in ``x``'s dtype)."""
-    xf = x.float()
-    f = sae.encode(xf)[..., features]  # [..., |S|]
-    return (xf - f @ sae.W_dec[features].float()).to(x.dtype)
+    """``x − Σ_{i∈S} f_i(x)·d_i`` for ``x [..., d]`` (float32 math, returned in ``x``'s dtype).
+
+    ``sae``: a SAELens SAE or :class:`SAEWeights`.
+    """
+    w = sae_weights(sae)
+    return w.remove(x, w.check_features(features))
 
 
 @contextmanager
 def ablate_features(backend: Any, sae: Any, layer: int, features: Sequence[int]) -> Iterator[None]:
     """Within the block, ``backend``'s layer ``layer`` outputs states with ``features`` removed.
+
+    ``sae``: a SAELens SAE or :class:`SAEWeights`. The engine plugins do the same
+    per request (the ``sae_ablate`` intervention).
 
     Example:
         >>> with ablate_features(be, sae, 20, [17, 402]):  # doctest: +SKIP
@@ -47,13 +90,15 @@ def ablate_features(backend: Any, sae: Any, layer: int, features: Sequence[int])
     if not features:
         yield
         return
-    idx = torch.tensor(sorted({int(i) for i in features}), dtype=torch.long)
-    if int(idx.max()) >= sae.cfg.d_sae or int(idx.min()) < 0:
-        raise ConfigError(f"feature indices must be in [0, {sae.cfg.d_sae}) (got {features})")
+    w = sae_weights(sae)
+    idx = w.check_features(list(features))
+    if not 0 <= layer < len(backend.layers):
+        raise ConfigError(f"layer {layer} does not exist (the model has {len(backend.layers)} layers)")
+    w = w.to(next(backend.layers[layer].parameters()).device)
 
     def hook(_m: Any, _args: Any, output: Any) -> Any:
         h = layer_output_tensor(output)  # [B, q, d]
-        return replace_layer_output(output, remove_features(sae, h, idx))
+        return replace_layer_output(output, w.remove(h, idx))
 
     handle = backend.layers[layer].register_forward_hook(hook)
     try:

@@ -213,6 +213,20 @@ def features_cmd(
     typer.echo(json.dumps({k: data[k] for k in ("tau", "corr_norm_vs_top_features")}, indent=1))
 
 
+@sae_app.command("export")
+def export_cmd(
+    sae: Annotated[Path, typer.Argument(help="a SAELens SAE folder (standard or TopK)")],
+    out: Annotated[Path, typer.Argument(help="the file to write (.safetensors)")],
+) -> None:
+    """Write an SAE as the plain file the engine plugins read (the ``sae_ablate`` intervention's ``sae``)."""
+    from l2reason.sae.ablate import sae_weights
+    from l2reason.sae.train import load_sae
+
+    w = sae_weights(load_sae(sae))
+    w.save(out)
+    typer.echo(f"{out}: {w.d_sae} features x {w.d_in} ({w.activation}{f', k={w.k}' if w.activation == 'topk' else ''})")
+
+
 @sae_app.command("ablate")
 def ablate_cmd(
     sae: Annotated[Path, typer.Argument(help="a SAELens SAE folder")],
@@ -225,9 +239,9 @@ def ablate_cmd(
     offset: Annotated[int, typer.Option(min=0)] = 0,
     top: Annotated[int, typer.Option(min=1, help="ablate the top-k high-norm features")] = 10,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-t", min=1)] = 256,
-    batch: Annotated[int, typer.Option(min=1)] = 10,
+    batch: Annotated[int, typer.Option(min=1, help="prompts per batch (each finished batch is saved)")] = 10,
     seed: Annotated[int, typer.Option(min=0, help="seed of the matched random features")] = 0,
-    model: Annotated[str, typer.Option("--model", "-m")] = "default",
+    model: Annotated[str, typer.Option("--model", "-m", help="a model, or an engine (vllm:<model>...)")] = "default",
     threads: Annotated[int | None, typer.Option(min=1)] = None,
     only: Annotated[
         str, typer.Option(help="run only these conditions (none,top,random_matched), e.g. one per process")
@@ -235,8 +249,11 @@ def ablate_cmd(
 ) -> None:
     """Greedy accuracy with the top high-norm features ablated vs random features of matched activation mass.
 
-    Each finished condition is saved (``ablation_<condition>.json``) and reused by a rerun; with all three
-    saved, ``ablation.json`` gets the paired comparisons.
+    With the embedded backend the ablation is a forward hook; with an engine whose plugin runs the
+    ``sae_ablate`` intervention (vLLM), each request carries it (the SAE is exported to
+    ``OUT/sae.safetensors``, which the engine reads: run it on this machine). Every finished batch is
+    saved (``ablation_<condition>.json``, ``"complete": false`` until the condition is done) and a rerun
+    continues from there; with all three conditions complete, ``ablation.json`` gets the paired comparisons.
     """
     import time
 
@@ -245,7 +262,7 @@ def ablate_cmd(
     from l2reason.backends.base import GenerationRequest, Message, SamplingParams
     from l2reason.cli import _backend, err
     from l2reason.eval.stats import paired_bootstrap
-    from l2reason.sae.ablate import ablate_features, matched_random_features
+    from l2reason.sae.ablate import ablate_features, matched_random_features, sae_weights
     from l2reason.sae.features import encode_store
     from l2reason.sae.store import ActivationStore
     from l2reason.sae.train import load_sae
@@ -258,42 +275,67 @@ def ablate_cmd(
     acts = encode_store(s, ActivationStore(store), layer)
     mass = acts.mean(0)
     control = matched_random_features(mass, chosen, seed=seed)
-    prompts, ds = _prompts(dataset, limit, offset)
-    be = _backend(model)
     conditions = {"none": [], "top": chosen, "random_matched": control}
     wanted = [c.strip() for c in only.split(",") if c.strip()] or list(conditions)
     bad = sorted(set(wanted) - set(conditions))
     if bad:
         raise ConfigError(f"--only: unknown condition(s) {bad}; valid: {', '.join(conditions)}")
+    prompts, ds = _prompts(dataset, limit, offset)
+    be = _backend(model)
+    in_engine = "sae_ablate" in be.capabilities.interventions
+    sae_file = None
+    if in_engine:
+        sae_file = sae_weights(s).save(out.resolve() / "sae.safetensors")
+    engine = {"model": model, "backend": be.name, "ablation": "engine plugin" if in_engine else "forward hook"}
     correct: dict[str, list[bool]] = {}
     texts: dict[str, list[str]] = {}
     ids = [p.id for p in prompts]
     for name, feats in conditions.items():
-        part = out / f"ablation_{name}.json"  # one file per finished condition: a rerun skips it
+        part = out / f"ablation_{name}.json"  # one file per condition, saved after every batch
+        got: list[str] = []
         if part.is_file():
             done = json.loads(part.read_text(encoding="utf-8"))
-            if done.get("items") == ids and done.get("features") == feats and done.get("layer") == layer:
+            same = done.get("features") == feats and done.get("layer") == layer
+            if same and done.get("items") == ids and done.get("complete", True):
                 texts[name], correct[name] = done["texts"], done["correct"]
                 err.print(f"[dim]{name}: {sum(correct[name])}/{len(ids)} (from {part})[/dim]")
                 continue
+            if same and done.get("items") == ids[: len(done.get("texts", []))] and name in wanted:
+                got = list(done["texts"])
+                err.print(f"[dim]{name}: resuming after {len(got)} items (from {part})[/dim]")
         if name not in wanted:
             continue
         t0 = time.perf_counter()
-        got: list[str] = []
-        for i in range(0, len(prompts), batch):
+        specs = (
+            [{"kind": "sae_ablate", "sae": str(sae_file), "layer": layer, "features": feats}]
+            if in_engine and feats
+            else []
+        )
+        for i in range(len(got), len(prompts), batch):
             reqs = [
                 GenerationRequest(
                     messages=[Message(role=m["role"], content=m["content"]) for m in p.messages],  # type: ignore[arg-type]
                     sampling=SamplingParams(max_new_tokens=max_new_tokens),
                     norms=None,
+                    interventions=specs,
                 )
                 for p in prompts[i : i + batch]
             ]
-            with ablate_features(be, s, layer, feats):
+            if in_engine:
                 got += [r.text for r in be.generate_many(reqs)]
+            else:
+                with ablate_features(be, s, layer, feats):
+                    got += [r.text for r in be.generate_many(reqs)]
+            partial = {"layer": layer, "items": ids[: len(got)], "features": feats, "texts": got, "complete": False}
+            _write_json(part, {**partial, **engine})
+            err.print(f"[dim]{name}: {len(got)}/{len(prompts)} items, {time.perf_counter() - t0:.0f}s[/dim]")
         texts[name] = got
         correct[name] = [bool(ds.score(t, p.meta["item"])) for t, p in zip(got, prompts, strict=True)]
-        _write_json(part, {"layer": layer, "items": ids, "features": feats, "texts": got, "correct": correct[name]})
+        _write_json(
+            part,
+            {"layer": layer, "items": ids, "features": feats, "texts": got, "correct": correct[name], "complete": True}
+            | engine,
+        )
         err.print(f"[dim]{name}: {sum(correct[name])}/{len(got)} in {time.perf_counter() - t0:.0f}s[/dim]")
 
     if set(correct) != set(conditions):
@@ -307,6 +349,8 @@ def ablate_cmd(
     data = {
         "layer": layer,
         "dataset": dataset,
+        "max_new_tokens": max_new_tokens,
+        **engine,
         "items": [p.id for p in prompts],
         "top_features": chosen,
         "random_features": control,

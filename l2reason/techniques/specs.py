@@ -40,6 +40,7 @@ __all__ = [
     "ALRRSpec",
     "ERSSSpec",
     "InterventionSpec",
+    "SAEAblateSpec",
     "LayerSel",
     "StaticSteerSpec",
     "SuppressSpec",
@@ -349,21 +350,62 @@ class SuppressSpec(_Spec):
         return _check_real("rate", v, lo=0.0, hi=1.0, hint="rate is a probability")
 
 
+class SAEAblateSpec(_Spec):
+    """Remove SAE features from the residual stream at one layer, at every position of the request.
+
+    ``x ← x − Σ_{i∈S} f_i(x)·d_i`` after decoder layer ``layer``, for the prompt
+    and every generated token (so the prompt's cached keys/values are those of
+    the ablated stream too); the SAE's error term is kept. Runs in the engine
+    plugins (vLLM); with the embedded backend use
+    :func:`l2reason.sae.ablate.ablate_features`.
+
+    Args:
+        sae: path of an SAE file written by ``l2reason sae export``
+            (:meth:`~l2reason.techniques.sae_ablate.SAEWeights.save`), read by
+            the engine's process, so it must be on the engine's machine.
+        layer: the decoder layer (absolute index, 0-based).
+        features: the SAE feature indices to remove (at least one, no repeats).
+
+    Example:
+        >>> SAEAblateSpec(sae="sae.safetensors", layer=20, features=[3, 7]).features
+        [3, 7]
+    """
+
+    kind: Literal["sae_ablate"] = "sae_ablate"
+    sae: str = Field(min_length=1)
+    layer: StrictInt = Field(ge=0)
+    features: list[StrictInt] = Field(min_length=1, max_length=4096)
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v: list[int]) -> list[int]:
+        if any(i < 0 for i in v):
+            raise ValueError(f"feature indices must be >= 0 (got {v})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"features must not repeat (got {v})")
+        return v
+
+
 #: Any intervention spec; pydantic picks the class from the ``kind`` field.
-InterventionSpec = Annotated[ALRRSpec | ERSSSpec | StaticSteerSpec | SuppressSpec, Field(discriminator="kind")]
+InterventionSpec = Annotated[
+    ALRRSpec | ERSSSpec | StaticSteerSpec | SuppressSpec | SAEAblateSpec, Field(discriminator="kind")
+]
+
+#: the spec classes themselves (for type hints)
+AnySpec = ALRRSpec | ERSSSpec | StaticSteerSpec | SuppressSpec | SAEAblateSpec
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(InterventionSpec)
-_KINDS = ("alrr", "erss", "static_steer", "suppress")
+_KINDS = ("alrr", "erss", "static_steer", "suppress", "sae_ablate")
 
 
 def parse_interventions(
-    items: Sequence[Mapping[str, Any] | ALRRSpec | ERSSSpec | StaticSteerSpec | SuppressSpec],
-) -> list[ALRRSpec | ERSSSpec | StaticSteerSpec | SuppressSpec]:
+    items: Sequence[Mapping[str, Any] | AnySpec],
+) -> list[AnySpec]:
     """Validate a list of intervention configs (dicts or specs) into specs.
 
     Args:
         items: dicts with a ``kind`` key (one of ``alrr``, ``erss``,
-            ``static_steer``, ``suppress``) or already-built specs.
+            ``static_steer``, ``suppress``, ``sae_ablate``) or already-built specs.
 
     Returns:
         The specs, in order.
@@ -376,9 +418,9 @@ def parse_interventions(
         >>> parse_interventions([{"kind": "erss", "beta": 0.25}])[0].beta
         0.25
     """
-    out: list[ALRRSpec | ERSSSpec | StaticSteerSpec | SuppressSpec] = []
+    out: list[AnySpec] = []
     for i, item in enumerate(items):
-        if isinstance(item, ALRRSpec | ERSSSpec | StaticSteerSpec | SuppressSpec):
+        if isinstance(item, ALRRSpec | ERSSSpec | StaticSteerSpec | SuppressSpec | SAEAblateSpec):
             out.append(item)
             continue
         if not isinstance(item, Mapping):

@@ -245,6 +245,49 @@ def test_langchain_chat_model_over_the_server(server, backend):
     assert len(streamed) == direct.completion_tokens
 
 
+def test_sae_ablation_in_the_plugin_equals_the_embedded_hook(backend, hf, tmp_path):
+    import torch
+
+    from l2reason.sae.ablate import ablate_features
+    from l2reason.techniques.sae_ablate import SAEWeights
+
+    # a TopK SAE of 64 random unit directions over the 896-dim states (encoder = decoder transposed)
+    g = torch.Generator().manual_seed(0)
+    d_dec = torch.randn(64, hf.hidden_size, generator=g)
+    d_dec = d_dec / d_dec.norm(dim=-1, keepdim=True)
+    zeros = torch.zeros(hf.hidden_size)
+    sae = SAEWeights(W_enc=d_dec.T.clone(), b_enc=torch.zeros(64), b_dec=zeros, W_dec=d_dec, activation="topk", k=16)
+    path = sae.save(tmp_path / "sae.safetensors")
+    feats = list(range(0, 64, 2))
+    spec = {"kind": "sae_ablate", "sae": str(path), "layer": 12, "features": feats}
+    norms = NormSpec(layers=[12, 20], mask_massive=False)
+    plain_req, abl_req = chat(max_new=12, norms=norms), chat(max_new=12, norms=norms, interventions=[spec])
+    plain = backend.generate(plain_req).candidates[0]  # first: its prompt blocks are in the prefix cache
+    abl = backend.generate(abl_req).candidates[0]
+    with ablate_features(hf, sae, 12, feats):
+        ref = hf.generate(plain_req).candidates[0]
+    # the same states as the embedded hook (prompt included: a reused plain prompt block would differ)
+    assert abl.text == ref.text
+    np.testing.assert_allclose(abl.norms.array(), ref.norms.array(), rtol=2e-3, atol=1e-3)
+    assert not np.allclose(abl.norms.array()[:, 0], plain.norms.array()[:, 0], rtol=1e-2)  # it did change them
+    # in one batch with a plain request: each gets its own result
+    both = backend.generate_many([plain_req, abl_req])
+    assert both[0].candidates[0].text == plain.text and both[1].candidates[0].text == abl.text
+    np.testing.assert_allclose(both[0].candidates[0].norms.array(), plain.norms.array(), rtol=1e-5, atol=1e-5)
+    # the plugin reports a bad SAE as the request's error; the client refuses a layer the model lacks
+    small = SAEWeights(W_enc=torch.eye(8), b_enc=torch.zeros(8), b_dec=torch.zeros(8), W_dec=torch.eye(8))
+    for bad_spec, msg in (
+        ({**spec, "sae": str(tmp_path / "missing.safetensors")}, "does not exist"),
+        ({**spec, "sae": str(small.save(tmp_path / "small.safetensors")), "features": [1]}, "reads 8-dim states"),
+        ({**spec, "features": [64]}, r"feature indices must be in \[0, 64\)"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            backend.generate(chat(max_new=2, interventions=[bad_spec]))
+    with pytest.raises(ConfigError, match="layer 24 does not exist"):
+        backend.generate(chat(max_new=2, interventions=[{**spec, "layer": 24}]))
+    assert backend.generate(plain_req).candidates[0].text == plain.text  # and it keeps serving
+
+
 def test_error_paths(server, backend):
     from l2reason.backends.vllm import VLLMBackend
     from l2reason.backends.vllm.server import free_port

@@ -381,5 +381,44 @@ def test_cli_sae_ablate_resumes_per_condition_and_none_equals_plain_greedy(
     assert not set(rep["random_features"]) & {5, 7}
     assert set(rep["accuracy"]) == {"none", "top", "random_matched"}
     assert {"diff", "ci_lo", "ci_hi", "p"} <= set(rep["top_minus_random"])
+    assert rep["backend"] == tiny_backend.name and rep["ablation"] == "forward hook"
+    # a condition cut off after its first batch resumes there (the saved texts are kept)
+    top = json.loads((out / "ablation_top.json").read_text())
+    assert top["complete"] is True and len(top["texts"]) == 3
+    cut = {**top, "items": top["items"][:2], "texts": ["x", "y"], "complete": False}
+    del cut["correct"]
+    (out / "ablation_top.json").write_text(json.dumps(cut))
+    r = run([*common, "--only", "top"])
+    assert r.exit_code == 0, r.output
+    top2 = json.loads((out / "ablation_top.json").read_text())
+    assert top2["texts"][:2] == ["x", "y"] and top2["texts"][2] == top["texts"][2] and top2["complete"] is True
     r = run([*common, "--only", "top,bogus"])
     assert r.exit_code == 2 and "unknown condition(s) ['bogus']" in r.output
+
+
+@pytest.mark.parametrize("arch", ["topk", "standard"])
+def test_plain_weights_reproduce_saelens_encode_and_decode(arch) -> None:
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    from l2reason.sae.ablate import remove_features, sae_weights
+
+    torch.manual_seed(0)
+    if arch == "topk":  # decoder rows of unequal norm, so the rescale convention matters
+        sae = TopKSAE(TopKSAEConfig(d_in=8, d_sae=16, k=4, rescale_acts_by_decoder_norm=True))
+    else:
+        sae = StandardSAE(StandardSAEConfig(d_in=8, d_sae=16))
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc, sae.b_dec):
+            p.copy_(torch.randn_like(p) * 0.5)
+        sae.W_dec.copy_(torch.randn_like(sae.W_dec) * torch.linspace(0.2, 3.0, 16)[:, None])
+    w = sae_weights(sae)
+    x = torch.randn(20, 8)
+    f = sae.encode(x)
+    assert int((f > 0).sum()) > 20  # features do fire
+    torch.testing.assert_close(w.encode(x), f, rtol=1e-5, atol=1e-5)
+    S = torch.tensor([1, 5, 9, 12])
+    masked = torch.zeros_like(f)
+    masked[:, S] = f[:, S]
+    want = x - (sae.decode(masked) - sae.b_dec)  # SAELens' own decoder gives the removed part
+    torch.testing.assert_close(remove_features(sae, x, S), want, rtol=1e-4, atol=1e-5)
+    assert sae_weights(w) is w

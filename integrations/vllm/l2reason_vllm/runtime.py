@@ -26,6 +26,12 @@ too); this file holds only what is vLLM's (0.32):
   transformers backend's ``hidden_states[l+1]``) is ``o + r``; a changed row is
   written back as ``r ← x'``, ``o ← 0``; ``o`` is also the MLP output exact ERSS
   needs.
+- **SAE ablation** (``sae_ablate``) is not a controller: it changes every
+  position of its request (prompt included), not only the newest token. Its
+  tokens are the flattened rows whose KV block the request owns; the SAE file
+  is read once per path and kept on the model's device. The client salts the
+  prefix cache of such requests, so no plain request reuses ablated prompt
+  blocks or the other way round.
 - **Per-request state** lives in :class:`~l2reason.serving.SlotRuntime` rows;
   the plugin gives each running request a slot of its own (freed when the
   scheduler says it finished), so continuous batching never mixes state.
@@ -46,11 +52,14 @@ import torch
 
 from l2reason.errors import ConfigError
 from l2reason.serving import EngineSettings, SlotRuntime, StepPlan
+from l2reason.techniques.sae_ablate import SAEWeights, load_sae_weights
 
 log = logging.getLogger("l2reason_vllm")
 
 #: the interventions this plugin runs
-SUPPORTED = frozenset({"alrr", "erss", "static_steer", "suppress"})
+SUPPORTED = frozenset({"alrr", "erss", "static_steer", "suppress", "sae_ablate"})
+#: loaded SAE files kept per worker (an ablation study uses one SAE; a few spare)
+MAX_SAES = 4
 #: row kinds the scheduler sends: a decode step, a prefill that ends this step (emits a token), a prefill chunk
 DECODE, PREFILL, CHUNK = "d", "p", "c"
 
@@ -74,6 +83,8 @@ class _Step:
     touched: set[int] = field(default_factory=set)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     sc_rows: list[int] = field(default_factory=list)  # indices into `rids` that asked for self-certainty
+    # layer -> [(SAE, features, flattened token rows)]: SAE ablation, every token of the requests asking
+    ablate: dict[int, list[tuple[SAEWeights, torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
 
 
 class _Info:
@@ -102,11 +113,14 @@ class WorkerState:
         self.free: list[int] = []
         self.step: _Step | None = None
         self.step_seq = -1
+        self.ablations: dict[str, list[dict[str, Any]]] = {}  # rid -> its sae_ablate specs
+        self.saes: dict[str, SAEWeights] = {}  # path -> the loaded SAE (on the model's device)
 
     # ---- from the connector ----------------------------------------------
     def bind(self, rows: dict[str, RowInfo], finished: set[str]) -> None:
         for rid in finished:
             self.settings.pop(rid, None)
+            self.ablations.pop(rid, None)
             slot = self.slot_of.pop(rid, None)
             if slot is not None:
                 self.free.append(slot)
@@ -119,6 +133,11 @@ class WorkerState:
                         raise ConfigError(
                             f"interventions {bad} are not supported by the vLLM plugin yet (it runs {sorted(SUPPORTED)})"
                         )
+                    if s is not None and any(i["kind"] == "sae_ablate" for i in s.interventions):
+                        # checked against the model (and the SAE file read) when the step is built
+                        self.ablations[rid] = [i for i in s.interventions if i["kind"] == "sae_ablate"]
+                        rest = [i for i in s.interventions if i["kind"] != "sae_ablate"]
+                        s = s.model_copy(update={"interventions": rest})
                     self.settings[rid] = s
                 except ConfigError as e:
                     self.settings[rid] = e
@@ -192,6 +211,7 @@ class WorkerState:
         order = sorted((j for j in range(len(owned)) if int(last[j]) >= 0), key=lambda j: int(last[j]))
         rids = [owned[j][0] for j in order]  # batch order (= the rows of the logits vLLM computes)
         step = _Step(rids=rids, last=last[order].to(device))
+        self._plan_ablations(step, owned, owner, device)
         for decode in (True, False):
             rows = [
                 i
@@ -211,11 +231,60 @@ class WorkerState:
         ]
         return step
 
+    def _plan_ablations(
+        self, step: _Step, owned: list[tuple[str, RowInfo]], owner: torch.Tensor, device: torch.device
+    ) -> None:
+        """Which flattened rows each SAE ablation of this step changes (a bad spec becomes the request's error)."""
+        groups: dict[tuple[str, int, tuple[int, ...]], list[int]] = {}
+        for j, (rid, _) in enumerate(owned):
+            specs = self.ablations.get(rid)
+            if not specs or not isinstance(self.settings.get(rid), EngineSettings):
+                continue
+            try:
+                for spec in specs:
+                    self._check_ablation(spec)
+            except ConfigError as e:
+                self.settings[rid] = e
+                self.ablations.pop(rid, None)
+                continue
+            for spec in specs:
+                groups.setdefault((spec["sae"], int(spec["layer"]), tuple(spec["features"])), []).append(j)
+        for (path, layer, feats), js in groups.items():
+            tok = torch.isin(owner, torch.tensor(js, dtype=torch.long)).nonzero().flatten()
+            if tok.numel():
+                w = self.saes[path]
+                entry = (w, torch.tensor(sorted(feats), dtype=torch.long, device=device), tok.to(device))
+                step.ablate.setdefault(layer, []).append(entry)
+                step.touched.add(layer)
+
+    def _check_ablation(self, spec: dict[str, Any]) -> None:
+        assert self.runtime is not None
+        info = self.runtime.info
+        if spec["layer"] >= info.num_layers:
+            raise ConfigError(f"sae_ablate: layer {spec['layer']} does not exist (the model has {info.num_layers})")
+        path = spec["sae"]
+        w = self.saes.get(path)
+        if w is None:
+            w = load_sae_weights(path)
+            if w.d_in != info.hidden_size:
+                raise ConfigError(
+                    f"sae_ablate: the SAE at {path} reads {w.d_in}-dim states; the model's are {info.hidden_size}"
+                )
+            if len(self.saes) >= MAX_SAES:
+                self.saes.pop(next(iter(self.saes)))
+            w = self.saes[path] = w.to(self.runtime.device)
+            log.info("l2reason: loaded SAE %s (%d features, %s)", path, w.d_sae, w.activation)
+        w.check_features(spec["features"])
+
     def after_layer(self, hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, layer: int) -> None:
         step = self.current(hidden.device)
         if step is None or layer not in step.touched:
             return
         assert self.runtime is not None
+        for w, feats, tok in step.ablate.get(layer, []):
+            o = hidden[tok]
+            new = w.remove(o.float() + residual[tok].float(), feats)
+            residual[tok] = (new - o.float()).to(residual.dtype)  # o + r = the ablated stream; o (the MLP output) kept
         for plan, rows, _ in step.plans:
             if layer not in plan.touched_layers:
                 continue

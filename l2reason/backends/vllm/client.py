@@ -22,6 +22,8 @@ generation past it is wasted work, bounded by ``max_new_tokens``.
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
 import logging
 import math
 import time
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 __all__ = ["VLLM_INTERVENTIONS", "VLLMBackend", "parse_vllm_url"]
 
 #: the interventions the vLLM plugin runs
-VLLM_INTERVENTIONS = frozenset({"alrr", "erss", "static_steer", "suppress"})
+VLLM_INTERVENTIONS = frozenset({"alrr", "erss", "static_steer", "suppress", "sae_ablate"})
 
 
 def parse_vllm_url(spec: str) -> str:
@@ -156,6 +158,10 @@ class VLLMBackend(SGLangBackend):
         ids = encode_prompt(self.tokenizer, req)
         check_context(len(ids), req, self.context_length)
         sp = req.sampling
+        # an ablation changes the prompt's states, so its cached prompt blocks must not be shared with
+        # requests that run the prompt plain (or with other ablations): vLLM keys its prefix cache on the salt
+        ablations = [s for s in specs if s["kind"] == "sae_ablate"]
+        salt = hashlib.sha256(json.dumps(ablations, sort_keys=True).encode()).hexdigest()[:32] if ablations else None
         items = []
         for j in range(req.n):
             seed = row_seed(sp.seed, j)
@@ -171,6 +177,8 @@ class VLLMBackend(SGLangBackend):
                 "skip_special_tokens": True,
                 "vllm_xargs": {SETTINGS_KEY: settings.encode()[SETTINGS_KEY]},
             }
+            if salt is not None:
+                payload["cache_salt"] = salt
             if sp.top_k is not None:
                 payload["top_k"] = sp.top_k
             if req.logprobs is not None:
