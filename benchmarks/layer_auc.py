@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# One layer's mean norm vs {args.against}: within-item AUC, {model}",
         "",
         f"Command: `python benchmarks/layer_auc.py {' '.join(sys.argv[1:] if argv is None else argv)}`  ",
-        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Items: {len(labels)}; AUC over the items "
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Items: {len(labels)}; AUC over the items "
         "with right and wrong candidates; difference = layer − "
         f"{args.against}, paired item-bootstrap 95% CI ({args.n_boot} resamples).",
         "",
