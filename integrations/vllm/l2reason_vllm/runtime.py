@@ -114,7 +114,7 @@ class WorkerState:
         self.step: _Step | None = None
         self.step_seq = -1
         self.ablations: dict[str, list[dict[str, Any]]] = {}  # rid -> its sae_ablate specs
-        self.saes: dict[str, SAEWeights] = {}  # path -> the loaded SAE (on the model's device)
+        self.saes: dict[str, SAEWeights] = {}  # "path@mtime" -> the loaded SAE (on the model's device)
 
     # ---- from the connector ----------------------------------------------
     def bind(self, rows: dict[str, RowInfo], finished: set[str]) -> None:
@@ -236,15 +236,16 @@ class WorkerState:
     ) -> None:
         """Which flattened rows each SAE ablation of this step changes (a bad spec becomes the request's error)."""
         groups: dict[tuple[str, int, tuple[int, ...]], list[int]] = {}
+        loaded: dict[str, SAEWeights] = {}  # this step's SAEs (the worker's cache may drop one meanwhile)
         for j, (rid, _) in enumerate(owned):
             specs = self.ablations.get(rid)
             if not specs or not isinstance(self.settings.get(rid), EngineSettings):
                 continue
             try:
                 for spec in specs:
-                    self._check_ablation(spec)
-            except ConfigError as e:
-                self.settings[rid] = e
+                    loaded[spec["sae"]] = self._check_ablation(spec)
+            except (ConfigError, OSError) as e:
+                self.settings[rid] = ConfigError(str(e))
                 self.ablations.pop(rid, None)
                 continue
             for spec in specs:
@@ -252,18 +253,22 @@ class WorkerState:
         for (path, layer, feats), js in groups.items():
             tok = torch.isin(owner, torch.tensor(js, dtype=torch.long)).nonzero().flatten()
             if tok.numel():
-                w = self.saes[path]
+                w = loaded[path]
                 entry = (w, torch.tensor(sorted(feats), dtype=torch.long, device=device), tok.to(device))
                 step.ablate.setdefault(layer, []).append(entry)
                 step.touched.add(layer)
 
-    def _check_ablation(self, spec: dict[str, Any]) -> None:
+    def _check_ablation(self, spec: dict[str, Any]) -> SAEWeights:
+        """The spec's SAE (read once per file version: a rewritten file is read again), checked against the model."""
+        import os
+
         assert self.runtime is not None
         info = self.runtime.info
         if spec["layer"] >= info.num_layers:
             raise ConfigError(f"sae_ablate: layer {spec['layer']} does not exist (the model has {info.num_layers})")
         path = spec["sae"]
-        w = self.saes.get(path)
+        key = f"{path}@{os.stat(path).st_mtime_ns}" if os.path.isfile(path) else path
+        w = self.saes.get(key)
         if w is None:
             w = load_sae_weights(path)
             if w.d_in != info.hidden_size:
@@ -272,9 +277,10 @@ class WorkerState:
                 )
             if len(self.saes) >= MAX_SAES:
                 self.saes.pop(next(iter(self.saes)))
-            w = self.saes[path] = w.to(self.runtime.device)
+            w = self.saes[key] = w.to(self.runtime.device)
             log.info("l2reason: loaded SAE %s (%d features, %s)", path, w.d_sae, w.activation)
         w.check_features(spec["features"])
+        return w
 
     def after_layer(self, hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, layer: int) -> None:
         step = self.current(hidden.device)
