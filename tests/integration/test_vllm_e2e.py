@@ -349,7 +349,16 @@ def test_serve_command_starts_a_usable_server_and_ctrl_c_stops_it():
     cmd = [sys.executable, "-m", "l2reason.cli", "serve", "--engine", "vllm", "--port", str(port), "--log", str(log)]
     cmd += ["--", "--enforce-eager", "--max-model-len", "512", "--dtype", "float32"]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "COLUMNS": "200"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # a runner started in the background (nohup, `cmd &`) ignores SIGINT and its children inherit that; a user's
+    # terminal does not: give the command the default disposition, so Python turns SIGINT into KeyboardInterrupt
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         lines: list[str] = []
         deadline = time.monotonic() + 900
