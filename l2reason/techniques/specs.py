@@ -386,13 +386,11 @@ class SAEAblateSpec(_Spec):
         return v
 
 
-#: Any intervention spec; pydantic picks the class from the ``kind`` field.
-InterventionSpec = Annotated[
-    ALRRSpec | ERSSSpec | StaticSteerSpec | SuppressSpec | SAEAblateSpec, Field(discriminator="kind")
-]
-
-#: the spec classes themselves (for type hints)
+#: the spec classes themselves (type hints, ``isinstance``)
 AnySpec = ALRRSpec | ERSSSpec | StaticSteerSpec | SuppressSpec | SAEAblateSpec
+
+#: Any intervention spec; pydantic picks the class from the ``kind`` field.
+InterventionSpec = Annotated[AnySpec, Field(discriminator="kind")]
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(InterventionSpec)
 _KINDS = ("alrr", "erss", "static_steer", "suppress", "sae_ablate")
@@ -420,7 +418,7 @@ def parse_interventions(
     """
     out: list[AnySpec] = []
     for i, item in enumerate(items):
-        if isinstance(item, ALRRSpec | ERSSSpec | StaticSteerSpec | SuppressSpec | SAEAblateSpec):
+        if isinstance(item, AnySpec):
             out.append(item)
             continue
         if not isinstance(item, Mapping):
