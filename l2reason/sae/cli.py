@@ -213,6 +213,23 @@ def features_cmd(
     typer.echo(json.dumps({k: data[k] for k in ("tau", "corr_norm_vs_top_features")}, indent=1))
 
 
+def _save_condition(
+    path: Path,
+    layer: int,
+    items: list[str],
+    features: list[int],
+    texts: list[str],
+    engine: dict[str, Any],
+    correct: list[bool] | None = None,
+) -> None:
+    """One ablation condition's file: the texts so far (``"complete": false``), or all of them scored."""
+    data: dict[str, Any] = {"layer": layer, "items": items, "features": features, "texts": texts, **engine}
+    data["complete"] = correct is not None
+    if correct is not None:
+        data["correct"] = correct
+    _write_json(path, data)
+
+
 @sae_app.command("export")
 def export_cmd(
     sae: Annotated[Path, typer.Argument(help="a SAELens SAE folder (standard or TopK)")],
@@ -283,9 +300,8 @@ def ablate_cmd(
     prompts, ds = _prompts(dataset, limit, offset)
     be = _backend(model)
     in_engine = "sae_ablate" in be.capabilities.interventions
-    sae_file = None
-    if in_engine:
-        sae_file = sae_weights(s).save(out.resolve() / "sae.safetensors")
+    plain = sae_weights(s)  # converted once: the engine reads its file, the hook uses it directly
+    sae_file = plain.save(out.resolve() / "sae.safetensors") if in_engine else None
     engine = {"model": model, "backend": be.name, "ablation": "engine plugin" if in_engine else "forward hook"}
     correct: dict[str, list[bool]] = {}
     texts: dict[str, list[str]] = {}
@@ -324,18 +340,13 @@ def ablate_cmd(
             if in_engine:
                 got += [r.text for r in be.generate_many(reqs)]
             else:
-                with ablate_features(be, s, layer, feats):
+                with ablate_features(be, plain, layer, feats):
                     got += [r.text for r in be.generate_many(reqs)]
-            partial = {"layer": layer, "items": ids[: len(got)], "features": feats, "texts": got, "complete": False}
-            _write_json(part, {**partial, **engine})
+            _save_condition(part, layer, ids[: len(got)], feats, got, engine)
             err.print(f"[dim]{name}: {len(got)}/{len(prompts)} items, {time.perf_counter() - t0:.0f}s[/dim]")
         texts[name] = got
         correct[name] = [bool(ds.score(t, p.meta["item"])) for t, p in zip(got, prompts, strict=True)]
-        _write_json(
-            part,
-            {"layer": layer, "items": ids, "features": feats, "texts": got, "correct": correct[name], "complete": True}
-            | engine,
-        )
+        _save_condition(part, layer, ids, feats, got, engine, correct=correct[name])
         err.print(f"[dim]{name}: {sum(correct[name])}/{len(got)} in {time.perf_counter() - t0:.0f}s[/dim]")
 
     if set(correct) != set(conditions):
