@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -86,14 +85,10 @@ def main() -> int:
             load = os.getloadavg()[0]
             rows.append({"round": r, "mode": mode, "reserved": reserved, "load": load, **res})
             print(r, mode, reserved, {k: round(v, 1) for k, v in res.items()}, f"load {load:.1f}", flush=True)
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.sglang_overhead import cpu_model  # the other engine benchmarks' machine line
+
+    cpu = cpu_model()
     vllm_v = subprocess.run([py, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True)
     lines = [
         "# vLLM CPU core binding on 2 cores: worker on 1 core (stock default) vs on both",
