@@ -113,7 +113,9 @@ class WorkerState:
         self.free: list[int] = []
         self.step: _Step | None = None
         self.step_seq = -1
-        self.ablations: dict[str, list[dict[str, Any]]] = {}  # rid -> its sae_ablate specs
+        self.ablations: dict[str, list[dict[str, Any]]] = {}  # rid -> its sae_ablate specs, not yet checked
+        # rid -> its checked ablations: (group key, layer, SAE, feature indices on the model's device)
+        self.ablating: dict[str, list[tuple[tuple[str, int, tuple[int, ...]], int, SAEWeights, torch.Tensor]]] = {}
         self.saes: dict[str, SAEWeights] = {}  # "path@mtime" -> the loaded SAE (on the model's device)
 
     # ---- from the connector ----------------------------------------------
@@ -121,6 +123,7 @@ class WorkerState:
         for rid in finished:
             self.settings.pop(rid, None)
             self.ablations.pop(rid, None)
+            self.ablating.pop(rid, None)
             slot = self.slot_of.pop(rid, None)
             if slot is not None:
                 self.free.append(slot)
@@ -234,41 +237,45 @@ class WorkerState:
     def _plan_ablations(
         self, step: _Step, owned: list[tuple[str, RowInfo]], owner: torch.Tensor, device: torch.device
     ) -> None:
-        """Which flattened rows each SAE ablation of this step changes (a bad spec becomes the request's error)."""
-        groups: dict[tuple[str, int, tuple[int, ...]], list[int]] = {}
-        loaded: dict[str, SAEWeights] = {}  # this step's SAEs (the worker's cache may drop one meanwhile)
+        """Which flattened rows each SAE ablation of this step changes. A request's specs are checked (and its
+        SAE read) the first step it runs; a bad spec becomes the request's error."""
+        groups: dict[tuple[str, int, tuple[int, ...]], tuple[int, SAEWeights, torch.Tensor, list[int]]] = {}
         for j, (rid, _) in enumerate(owned):
-            specs = self.ablations.get(rid)
-            if not specs or not isinstance(self.settings.get(rid), EngineSettings):
+            if not isinstance(self.settings.get(rid), EngineSettings):
                 continue
-            try:
-                for spec in specs:
-                    loaded[spec["sae"]] = self._check_ablation(spec)
-            except (ConfigError, OSError) as e:
-                self.settings[rid] = ConfigError(str(e))
-                self.ablations.pop(rid, None)
-                continue
-            for spec in specs:
-                groups.setdefault((spec["sae"], int(spec["layer"]), tuple(spec["features"])), []).append(j)
-        for (path, layer, feats), js in groups.items():
+            checked = self.ablating.get(rid)
+            if checked is None:
+                specs = self.ablations.pop(rid, None)
+                if not specs:
+                    continue
+                try:
+                    checked = self.ablating[rid] = [self._check_ablation(spec, device) for spec in specs]
+                except (ConfigError, OSError) as e:
+                    self.settings[rid] = ConfigError(str(e))
+                    continue
+            for key, layer, w, feats in checked:
+                groups.setdefault(key, (layer, w, feats, []))[3].append(j)
+        for layer, w, feats, js in groups.values():
             tok = torch.isin(owner, torch.tensor(js, dtype=torch.long)).nonzero().flatten()
             if tok.numel():
-                w = loaded[path]
-                entry = (w, torch.tensor(sorted(feats), dtype=torch.long, device=device), tok.to(device))
-                step.ablate.setdefault(layer, []).append(entry)
+                step.ablate.setdefault(layer, []).append((w, feats, tok.to(device)))
                 step.touched.add(layer)
 
-    def _check_ablation(self, spec: dict[str, Any]) -> SAEWeights:
-        """The spec's SAE (read once per file version: a rewritten file is read again), checked against the model."""
+    def _check_ablation(
+        self, spec: dict[str, Any], device: torch.device
+    ) -> tuple[tuple[str, int, tuple[int, ...]], int, SAEWeights, torch.Tensor]:
+        """One spec checked against the model: (group key, layer, SAE, features). The SAE file is read once per
+        version (a rewritten file is read again)."""
         import os
 
         assert self.runtime is not None
         info = self.runtime.info
-        if spec["layer"] >= info.num_layers:
-            raise ConfigError(f"sae_ablate: layer {spec['layer']} does not exist (the model has {info.num_layers})")
+        layer = int(spec["layer"])
+        if layer >= info.num_layers:
+            raise ConfigError(f"sae_ablate: layer {layer} does not exist (the model has {info.num_layers})")
         path = spec["sae"]
-        key = f"{path}@{os.stat(path).st_mtime_ns}" if os.path.isfile(path) else path
-        w = self.saes.get(key)
+        version = f"{path}@{os.stat(path).st_mtime_ns}" if os.path.isfile(path) else path
+        w = self.saes.get(version)
         if w is None:
             w = load_sae_weights(path)
             if w.d_in != info.hidden_size:
@@ -277,10 +284,10 @@ class WorkerState:
                 )
             if len(self.saes) >= MAX_SAES:
                 self.saes.pop(next(iter(self.saes)))
-            w = self.saes[key] = w.to(self.runtime.device)
+            w = self.saes[version] = w.to(self.runtime.device)
             log.info("l2reason: loaded SAE %s (%d features, %s)", path, w.d_sae, w.activation)
-        w.check_features(spec["features"])
-        return w
+        feats = w.check_features(spec["features"])
+        return (version, layer, tuple(feats.tolist())), layer, w, feats.to(device)
 
     def after_layer(self, hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, layer: int) -> None:
         step = self.current(hidden.device)
