@@ -13,6 +13,7 @@ from l2reason.signal.calibration import (
     default_calibration_path,
     fit_calibration,
 )
+from l2reason.signal.certainty import self_certainty
 from l2reason.signal.norms import MASSIVE_FACTOR, massive_activation_mask, token_norms
 from l2reason.signal.p2 import P2State, p2_init, p2_update, p2_value
 from l2reason.signal.stats import ABCDStats, abcd_stats, normalized_scores
@@ -42,6 +43,7 @@ __all__ = [
     "p2_update",
     "p2_value",
     "resolve_layers",
+    "self_certainty",
     "tau_init",
     "tau_update",
     "tau_value",

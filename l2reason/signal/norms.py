@@ -1,5 +1,8 @@
 """Per-token residual-stream norms and the massive-activation mask.
 
+:func:`token_norms` is the one definition of the norm in l2reason: the
+embedded backend, the controllers and the engine plugins all call it.
+
 The signal of the paper is ``n_{l,t} = ‖x_{l,t}‖₂``, the L2 norm of the
 residual stream after decoder layer ``l`` at token ``t`` (``docs/techniques.md``,
 "Notation"). Tokens with *massive activations* (BOS and a few other
@@ -37,7 +40,7 @@ def token_norms(hidden: Tensor) -> Tensor:
         >>> token_norms(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
         tensor([5., 1.])
     """
-    return torch.linalg.vector_norm(hidden.to(torch.float32), ord=2, dim=-1)
+    return torch.linalg.vector_norm(hidden, ord=2, dim=-1, dtype=torch.float32)  # the cast happens before squaring
 
 
 def massive_activation_mask(norms: Tensor, valid: Tensor | None = None, factor: float = MASSIVE_FACTOR) -> Tensor:

@@ -27,7 +27,6 @@ from l2reason.techniques.alrr import (
     alrr_counters_init,
     alrr_run,
     alrr_static_accept,
-    row_norm,
 )
 from l2reason.techniques.baselines import (
     SELECTORS,
@@ -116,7 +115,6 @@ __all__ = [
     "l2_scores",
     "parse_interventions",
     "request_seed",
-    "row_norm",
     "select",
     "select_deepconf",
     "select_l2",

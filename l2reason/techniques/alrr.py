@@ -29,6 +29,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from l2reason.signal.norms import token_norms
+
 __all__ = [
     "ALRRCounters",
     "ALRRResult",
@@ -39,20 +41,8 @@ __all__ = [
     "alrr_counters_init",
     "alrr_run",
     "alrr_static_accept",
-    "row_norm",
 ]
 
-
-def row_norm(x: Tensor) -> Tensor:
-    """‖x‖₂ per row, accumulated in float32.
-
-    Args:
-        x: [B, d] any float dtype.
-
-    Returns:
-        [B] float32.
-    """
-    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)
 
 
 class ALRRStep(NamedTuple):
@@ -129,7 +119,7 @@ def alrr_accept(
         >>> s.accepted.tolist()                          # growth 0.1 < g
         [False]
     """
-    n_tilde = row_norm(x_tilde)  # [B]
+    n_tilde = token_norms(x_tilde)  # [B]
     accepted = (
         active
         & (n_tilde > tau)
@@ -160,7 +150,7 @@ def alrr_static_accept(x_k: Tensor, n_k: Tensor, x_tilde: Tensor, active: Tensor
         >>> s.x_next.tolist()
         [[0.0, 0.0]]
     """
-    n_tilde = row_norm(x_tilde)
+    n_tilde = token_norms(x_tilde)
     x_next = torch.where(active[:, None], x_tilde, x_k)
     n_next = torch.where(active, n_tilde, n_k.to(n_tilde.dtype))
     return ALRRStep(x_next, n_next, active, active)
@@ -218,7 +208,7 @@ def alrr_run(
         >>> alrr_run(x0, tau, ok, lambda x: 2 * x, K=1, g=0.2, b=1.5).accepted.tolist()
         [0]
     """
-    n = row_norm(x0)  # [B]
+    n = token_norms(x0)  # [B]
     active = valid if static else alrr_active(n, tau, b, valid)  # [B] bool
     x = x0
     tried = torch.zeros_like(n, dtype=torch.int64)
