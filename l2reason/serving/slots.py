@@ -20,6 +20,7 @@ position are recorded, nothing is changed.
 Example:
     >>> import torch
     >>> from l2reason.serving.settings import EngineSettings
+from l2reason.signal.norms import token_norms
     >>> class Info:
     ...     num_layers, hidden_size, dtype = 2, 4, torch.float32
     ...     def calibrated_tau(self, layers, what, alternative): raise NotImplementedError
@@ -40,7 +41,7 @@ import torch
 
 from l2reason.errors import ConfigError
 from l2reason.serving.settings import EngineSettings
-from l2reason.techniques.alrr import row_norm
+from l2reason.signal.norms import token_norms
 from l2reason.techniques.controllers import LayerController, ModelInfo, StepContext, build_controllers
 
 __all__ = ["SlotRuntime", "StepPlan"]
@@ -210,13 +211,13 @@ class SlotRuntime:
                 rows=srows,
                 steps=plan.steps[idx] if plan.steps is not None else None,
             )
-            new = ctrl.step(layer, xg, row_norm(xg), ctx)
+            new = ctrl.step(layer, xg, token_norms(xg), ctx)
             if new is not xg:
                 if out is x:
                     out = x.clone()
                 out[idx] = new.to(out.dtype)
         if plan.layers and layer in plan.layers:
-            plan.norms[:, plan.layers.index(layer)] = row_norm(out)
+            plan.norms[:, plan.layers.index(layer)] = token_norms(out)
         return out
 
     def records(self, plan: StepPlan) -> list[dict[str, Any] | None]:
