@@ -20,7 +20,6 @@ position are recorded, nothing is changed.
 Example:
     >>> import torch
     >>> from l2reason.serving.settings import EngineSettings
-from l2reason.signal.norms import token_norms
     >>> class Info:
     ...     num_layers, hidden_size, dtype = 2, 4, torch.float32
     ...     def calibrated_tau(self, layers, what, alternative): raise NotImplementedError
