@@ -11,6 +11,7 @@ from l2reason.backends.base import Candidate, GenerationResult, NormStats, Token
 from l2reason.eval.autocal import candidate_bands, choose_selection
 from l2reason.eval.harness import RunConfig, StoredItem, _append, load_run, pass_path
 from l2reason.eval.report import compute_report, render_markdown, write_report
+from l2reason.eval.report.tables import PROMPT_SHOWN
 
 L = 4  # default band of a 4-layer model: [2]
 
@@ -341,3 +342,38 @@ def test_plots_mark_rows_over_fewer_items_and_keep_zero_bars(tmp_path):
     nd = rep.norm_dist["2"]
     assert nd["correct_within"] and nd["incorrect_within"]
     assert min(nd["correct_within"]) > 0 > max(nd["incorrect_within"])  # right ones sit above their item's mean
+
+
+def test_the_header_states_the_system_prompt_and_reproduce_passes_an_override():
+    import shlex
+
+    import typer
+
+    from l2reason.cli import app
+    from l2reason.eval.report import ReportData, render_markdown, reproduce_command
+
+    def header(**kw):
+        cfg = RunConfig(dataset="chain_sum", model_id="m", num_layers=4, **kw).model_dump()
+        md = render_markdown(ReportData(config=cfg, n_items=0, band=[2]))
+        line = next(x for x in md.splitlines() if x.startswith("- system prompt: "))
+        args = shlex.split(reproduce_command(cfg))[2:]
+        params = typer.main.get_command(app).commands["eval"].make_context("eval", args).params  # type: ignore[attr-defined]
+        return line, params["system_prompt"]
+
+    line, arg = header(system_prompt="Be brief.")  # a fallback: items with their own prompt keep it
+    assert line == "- system prompt: the dataset's own where an item brings one, else `Be brief.`" and arg is None
+    line, arg = header(system_prompt=None)
+    assert line == "- system prompt: the dataset's own where an item brings one, else none" and arg is None
+    line, arg = header(system_prompt="Be brief.", system_prompt_override=True)
+    assert line == "- system prompt: `Be brief.`, for every item (over the dataset's own)" and arg == "Be brief."
+    line, arg = header(system_prompt=None, system_prompt_override=True)
+    assert line == "- system prompt: none" and arg == "none"
+    long = "Think. " * 30
+    line, arg = header(system_prompt=long.strip(), system_prompt_override=True)
+    shown = line.split("`")[1]
+    assert len(shown) == PROMPT_SHOWN and shown.endswith("…") and f"shortened: {len(long.strip())} characters" in line
+    assert arg == "@SYSTEM_PROMPT_FILE"  # a placeholder, like RUN_DIR: too long for a one-line command
+    # a config that does not record the prompt (a hand-made ReportData) gets no such line
+    cfg = RunConfig(dataset="chain_sum", model_id="m", num_layers=4).model_dump()
+    del cfg["system_prompt"]
+    assert "system prompt" not in render_markdown(ReportData(config=cfg, n_items=0, band=[2]))
