@@ -9,6 +9,12 @@ Model specs:
 - a Hugging Face model id (``Qwen/Qwen2.5-0.5B-Instruct``), loaded with the
   ordinary ``from_pretrained`` (needs the hub or a populated HF cache).
 
+Packaged names and local paths are resolved first, without the network. A
+spec that is neither is a hub id: :mod:`l2reason.models.hub` checks in about
+two seconds at most whether the hub can be asked (``HF_HUB_OFFLINE``, then one
+probe) and, when it cannot, loads the id from the local cache or fails at once
+with the packaged names (a typo used to cost ~50 s of hub retries).
+
 Packaged GGUF models are dequantized once into a safetensors folder under the
 cache root (see :mod:`l2reason._paths`); later loads read that folder and take
 seconds instead of ~30 s.
@@ -30,7 +36,8 @@ import torch
 
 from l2reason._paths import cache_dir, safe_name
 from l2reason.errors import ModelSourceError
-from l2reason.models.registry import PackagedModel, find_packaged, packaged_names
+from l2reason.models.hub import hub_kwargs
+from l2reason.models.registry import PackagedModel, did_you_mean, find_packaged, packaged_help
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +251,9 @@ def load_model(spec: str = "default", *, dtype: torch.dtype | str = "float32", *
         model_id, source = pm.model_id, f"packaged:{pm.name}"
         weights_sha256 = pm.sha256
     elif spec.startswith("packaged:"):
-        raise ModelSourceError(f"unknown packaged model {spec!r}; packaged models: {', '.join(packaged_names())}")
+        raise ModelSourceError(
+            f"unknown packaged model {spec!r}{did_you_mean(spec)}; packaged models: {packaged_help()}"
+        )
     elif spec.endswith(".gguf"):
         path = Path(spec).expanduser()
         if not path.is_file():
@@ -256,12 +265,14 @@ def load_model(spec: str = "default", *, dtype: torch.dtype | str = "float32", *
         path = Path(spec).expanduser()
         if path.exists() and not (path / "config.json").is_file():
             raise ModelSourceError(f"{path} exists but is not a transformers model folder (no config.json)")
+        # not packaged, not a path: a hub id, checked in seconds (offline mode, a probe of the hub, its cache)
+        kw = hf_kwargs if path.exists() else hub_kwargs(spec, hf_kwargs)
         try:
-            model, tok = _load_folder(str(path) if path.exists() else spec, torch_dtype, **hf_kwargs)
+            model, tok = _load_folder(str(path) if path.exists() else spec, torch_dtype, **kw)
         except OSError as e:
             raise ModelSourceError(
                 f"could not load model {spec!r}: it is neither a packaged model "
-                f"({', '.join(packaged_names())}), a .gguf file, a local folder, nor a Hugging Face id "
+                f"({packaged_help()}), a .gguf file, a local folder, nor a Hugging Face id "
                 f"reachable from here ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})"
             ) from e
         model_id, source = spec, str(path) if path.exists() else spec

@@ -8,6 +8,7 @@ a sha256 before anything trusts it.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,3 +134,17 @@ def find_packaged(name: str) -> PackagedModel | None:
 
 def packaged_names() -> list[str]:
     return [f"packaged:{m.name}" for m in PACKAGED.values()]
+
+
+def packaged_help() -> str:
+    """The packaged models for an error message: ``default (packaged:qwen2.5-coder-0.5b), ...``."""
+    return ", ".join(
+        f"{m.aliases[0]} (packaged:{m.name})" if m.aliases else f"packaged:{m.name}" for m in PACKAGED.values()
+    )
+
+
+def did_you_mean(name: str) -> str:
+    """`` (did you mean 'default'?)`` when packaged names or aliases look like ``name`` (a typo), else ``""``."""
+    names = [n for m in PACKAGED.values() for n in (*m.aliases, m.name)]
+    close = difflib.get_close_matches(name.removeprefix("packaged:"), names, n=2, cutoff=0.7)
+    return f" (did you mean {' or '.join(repr(n) for n in close)}?)" if close else ""

@@ -11,6 +11,7 @@ from l2reason.errors import ModelSourceError
 from l2reason.models import load_model
 from l2reason.models.load import assemble_gguf
 from l2reason.models.registry import PackagedModel, find_packaged
+from tests.conftest import make_tiny  # imported here: importing it sets HF_HUB_OFFLINE, which a test below unsets
 
 
 def fake_packages(tmp_path, monkeypatch, chunks: list[bytes], prefix="fakechunk"):
@@ -87,6 +88,57 @@ def test_spec_resolution_and_errors(tmp_path):
         load_model("no-such-org/no-such-model-xyz")
     with pytest.raises(ModelSourceError, match="non-empty"):
         load_model("  ")
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """Offline mode off, and the hub's endpoint a closed local port (refused at once, no network needed)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed when the block ends: connecting is refused
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+
+
+PACKAGED_LISTED = (
+    r"default \(packaged:qwen2.5-coder-0.5b\), large \(packaged:qwen2.5-coder-1.5b\), fast \(packaged:smollm2-135m\)"
+)
+
+
+def test_typo_fails_at_once_offline(monkeypatch):
+    """HF_HUB_OFFLINE: a name that is neither packaged nor a path is not sent to the hub; the error lists the
+    packaged models and says how to pass a folder."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError, match=rf"did you mean 'default'\?.*{PACKAGED_LISTED}.*offline.*model folder"):
+        load_model("defualt")
+
+
+def test_typo_fails_at_once_when_the_hub_does_not_answer(hub_unreachable):
+    from l2reason.backends.hf import HFBackend
+
+    with pytest.raises(ModelSourceError, match=rf"did you mean 'default'\?.*{PACKAGED_LISTED}.*did not answer"):
+        HFBackend("defualt")
+    with pytest.raises(ModelSourceError, match="no file or folder of that name exists.*model folder"):
+        load_model("./no-such-folder")  # path-like: cannot be a hub id either
+
+
+def test_cached_hub_id_loads_without_the_hub(tmp_path, hub_unreachable):
+    """A hub id in the local hub cache loads from it when the hub does not answer (no retries)."""
+    tiny = make_tiny()
+    repo = tmp_path / "models--org--tiny"
+    tiny.model.save_pretrained(repo / "snapshots" / "abc123")
+    tiny.tokenizer.save_pretrained(repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    lm = load_model("org/tiny", cache_dir=str(tmp_path))
+    assert lm.model_id == "org/tiny" and lm.num_layers == 4
+    with pytest.raises(ModelSourceError, match="not answer"):
+        load_model("org/other", cache_dir=str(tmp_path))
 
 
 def test_import_is_lazy():

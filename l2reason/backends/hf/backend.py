@@ -29,24 +29,21 @@ from torch import nn
 from l2reason.backends.base import (
     Candidate,
     Capabilities,
-    CollectSpec,
     GenerationRequest,
     GenerationResult,
-    HiddenStates,
     NormSpec,
-    PruneSpec,
-    SamplingParams,
     StreamEvent,
     TokenLogprobs,
 )
 from l2reason.backends.common import CalibrationMixin, encode_prompt, iterate_in_thread, row_seed
+from l2reason.backends.hf.decode import DecodeState, _Capture, _PrunePlan, _Row, _Step
 from l2reason.backends.hf.layers import find_decoder_layers, layer_output_tensor, make_rerun, replace_layer_output
 from l2reason.backends.validate import ModelLimits, check_context, validate_requests
 from l2reason.errors import BackendError, CapabilityError, ConfigError, L2ReasonWarning, PartialResultsError
 from l2reason.signal.band import resolve_layers
 from l2reason.signal.norms import token_norms
 from l2reason.techniques.controllers import CONTROLLERS, LayerController, StepContext, build_controllers
-from l2reason.techniques.pruning import PruneTracker, token_signal
+from l2reason.techniques.pruning import PruneTracker
 
 log = logging.getLogger(__name__)
 
@@ -73,26 +70,6 @@ def top_p_support(lg: torch.Tensor, top_p: float, start_k: int = 64) -> tuple[to
 
 
 @dataclass
-class _Row:
-    request: int
-    index: int
-    prompt_ids: list[int]
-    sampling: SamplingParams
-    seed: int
-
-
-@dataclass
-class _Step:
-    """What one decode step did (streaming): the rows that emitted a token, the tokens, their norms
-    (``[len(rows)][n_layers]``, the returned layers), and the rows that finished with their reason."""
-
-    rows: list[int]
-    tokens: list[int]
-    norms: list[list[float]]
-    finished: dict[int, str]
-
-
-@dataclass
 class _TextStream:
     """One candidate's streamed text: its tokens so far, the text sent, and what is not sent yet."""
 
@@ -111,41 +88,6 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
                 hold = m
                 break
     return hold
-
-
-@dataclass
-class _Capture:
-    """Per-call buffers written by the hooks."""
-
-    layers: list[int]
-    col: dict[int, int]
-    current: torch.Tensor  # [B, n_cap] norms of the newest position
-    controllers: dict[int, list[LayerController]] = field(default_factory=dict)
-    mlp_layers: set[int] = field(default_factory=set)
-    mlp_out: dict[int, torch.Tensor] = field(default_factory=dict)
-    step: int = 0
-    prefill: bool = True
-    valid: torch.Tensor | None = None
-    seeds: torch.Tensor | None = None
-    rows: torch.Tensor | None = None  # state row of each batch row once rows left the batch (None: row i is i)
-    nonfinite: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (layer, [b] bool) at intervened layers
-    scol: dict[int, int] = field(default_factory=dict)  # collected layer -> its index in `states`
-    states: torch.Tensor | None = None  # [B, n_collect, d] float32 newest-position states (requests with `collect`)
-
-
-_BUILTIN_CONTROLLERS = frozenset(CONTROLLERS.values())
-
-
-@dataclass
-class _PrunePlan:
-    """Online pruning of one request of a call: its spec, tracker, first row and ℓ2 layers."""
-
-    spec: PruneSpec
-    tracker: PruneTracker
-    start: int  # the request's first row in the call
-    layers: list[int]
-    tau: np.ndarray | None
-    cols: list[int] = field(default_factory=list)  # the layers' columns in the capture
 
 
 class HFBackend(CalibrationMixin):
@@ -546,7 +488,43 @@ class HFBackend(CalibrationMixin):
         generator there stops decoding and removes the hooks. Without, it
         yields nothing.
         """
+        from transformers import DynamicCache
+
         t0 = time.perf_counter()
+        st = self._new_state(requests)
+        cache = DynamicCache(config=self.model.config)
+        try:
+            with self._hooks(st.cap):
+                logits = self._prefill(st, cache)  # [B, V]: the distribution of token 0
+                for t in range(st.max_new):
+                    logits = logits.float()
+                    done_before = st.done.clone() if stream else st.done
+                    active = st.stop_nonfinite(t, logits)  # [b] the rows that emit token t
+                    st.record(t, active)  # norms (and collected states) of step t
+                    nxt = st.emit(t, self._sample(logits, *st.batch_rows()), active)
+                    if st.lp_chosen is not None:
+                        st.record_logprobs(t, logits, nxt)
+                    st.advance(nxt, active)  # EOS, max_new_tokens
+                    st.check_stops(self.tokenizer.decode)
+                    if st.pruning:
+                        st.prune(t, active)
+                    if stream:
+                        yield st.step_event(t, active, done_before)
+                    if bool(st.done.all()):
+                        break
+                    nxt = st.compact(cache, nxt)  # finished rows leave the batch and the KV cache
+                    st.next_step(t + 1)
+                    logits = self._forward(st, cache, nxt)
+        except (ConfigError, CapabilityError):
+            raise
+        except Exception as e:
+            raise BackendError(f"generation failed in the HF backend: {e.__class__.__name__}: {e}") from e
+        if st.nonfinite:
+            self._warn_nonfinite(st)
+        return self._results(st, seconds=time.perf_counter() - t0)
+
+    def _new_state(self, requests: list[GenerationRequest]) -> DecodeState:
+        """The rows of a group (one per candidate), its controllers, pruning plans, capture and buffers."""
         req0 = requests[0]
         out_layers = self.resolve_norm_layers(req0.norms)  # the layers returned with each candidate
         rows: list[_Row] = []
@@ -554,247 +532,108 @@ class HFBackend(CalibrationMixin):
             ids = self.prompt_ids(req)
             for j in range(req.n):
                 rows.append(_Row(ri, j, ids, req.sampling, row_seed(req.sampling.seed, j)))
-        B = len(rows)
         device = next(self.model.parameters()).device
         seeds = torch.tensor([r.seed for r in rows], dtype=torch.int64, device=device)
-        ctrls = self._controllers(req0, B, seeds)
+        ctrls = self._controllers(req0, len(rows), seeds)
         max_new = max(r.sampling.max_new_tokens for r in rows)
         plans, extra = self._prune_plans(requests, out_layers, max_new)
         cap_layers = out_layers + extra  # pruning's ℓ2 layers are captured too, but not returned
         for p in plans:
             if p is not None:
                 p.cols = [cap_layers.index(layer) for layer in p.layers]
-        pruning = any(p is not None for p in plans)
-        cap = _Capture(
-            layers=cap_layers,
-            col={layer: i for i, layer in enumerate(cap_layers)},
-            current=torch.zeros(B, len(cap_layers), device=device),
-            seeds=seeds,
-        )
         cspec = req0.collect  # the group shares it (groups are keyed by it)
         c_layers = resolve_layers(cspec.layers, self.num_layers) if cspec is not None else []
-        cap.scol = {layer: j for j, layer in enumerate(c_layers)}
-        for c in ctrls:
-            for layer in c.layers:
-                cap.controllers.setdefault(layer, []).append(c)
-            if c.needs_mlp:
-                cap.mlp_layers.update(c.layers)
+        return DecodeState(
+            requests=requests,
+            rows=rows,
+            out_layers=out_layers,
+            cap=_Capture.build(cap_layers, c_layers, ctrls, seeds, device),
+            ctrls=ctrls,
+            plans=plans,
+            collect_layers=c_layers,
+            hidden_size=self.hidden_size,
+            pad_id=self.pad_id,
+            eos_ids=self.eos_ids,
+            device=device,
+        )
 
-        # Candidates of one prompt share its prefill: each distinct prompt runs
-        # once, then its KV cache, logits and norms are copied to its rows.
+    def _prefill(self, st: DecodeState, cache: Any) -> torch.Tensor:
+        """Run the prompts; returns the logits of generated token 0, ``[B, V]``.
+
+        Candidates of one prompt share its prefill: each distinct prompt runs
+        once (left padding), then its KV cache, logits, norms and collected
+        states are copied to its rows.
+        """
+        device, cap = st.device, st.cap
         uniq: dict[tuple[int, ...], int] = {}
         row2u = torch.tensor(
-            [uniq.setdefault(tuple(r.prompt_ids), len(uniq)) for r in rows], dtype=torch.long, device=device
+            [uniq.setdefault(tuple(r.prompt_ids), len(uniq)) for r in st.rows], dtype=torch.long, device=device
         )
         prompts = list(uniq)
-        U = len(prompts)
-        P = max(len(pids) for pids in prompts)
+        U, P = len(prompts), max(len(pids) for pids in prompts)
         input_ids = torch.full((U, P), self.pad_id, dtype=torch.long, device=device)
         attn = torch.zeros((U, P), dtype=torch.long, device=device)
         for u, pids in enumerate(prompts):
             input_ids[u, P - len(pids) :] = torch.tensor(pids, device=device)
             attn[u, P - len(pids) :] = 1
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        cap.current = torch.zeros(U, len(cap_layers), device=device)
-        # collected states: per decode step ([B, T, n, d] in the requested dtype) or one running
-        # last/sum per row ([B, n, d] float32); validate_requests bounded their size
-        state_buf = state_acc = None
-        if cspec is not None:
-            d = self.hidden_size
-            cap.states = torch.zeros(U, len(c_layers), d, device=device)
-            if cspec.positions == "decode":
-                c_dtype = torch.float16 if cspec.dtype == "float16" else torch.float32
-                state_buf = torch.zeros((B, max_new, len(c_layers), d), dtype=c_dtype, device=device)
-            else:
-                state_acc = torch.zeros((B, len(c_layers), d), device=device)
-        limits = torch.tensor([r.sampling.max_new_tokens for r in rows], device=device)
-        gens = [torch.Generator(device=device).manual_seed(r.seed) for r in rows]
-        want_lp = req0.logprobs is not None
-        k_top = req0.logprobs or 0
+        cap.current = torch.zeros(U, len(cap.layers), device=device)
+        if st.collect is not None:
+            cap.states = torch.zeros(U, len(st.collect_layers), self.hidden_size, device=device)
+        cap.valid = torch.ones(U, dtype=torch.bool, device=device)
+        cap.prefill = True
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
+        cap.prefill = False
+        logits = out.logits[:, -1, :]
+        if len(st.rows) != U:
+            cache.batch_select_indices(row2u)
+            logits = logits[row2u]
+            attn, pos, cap.current = attn[row2u], pos[row2u], cap.current[row2u]
+            if cap.states is not None:
+                cap.states = cap.states[row2u]
+        st.attn, st.pos = attn, pos
+        return logits
 
-        gen_ids = torch.full((B, max_new), self.pad_id, dtype=torch.long, device=device)
-        norm_buf = torch.zeros((B, max_new, len(cap_layers)), dtype=torch.float32, device=device)
-        lp_chosen = torch.zeros((B, max_new)) if want_lp else None  # host side
-        lp_sc = torch.zeros((B, max_new)) if want_lp else None
-        lp_top = torch.zeros((B, max_new, k_top)) if want_lp and k_top else None
-        lengths = torch.zeros(B, dtype=torch.long, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        finish: list[str] = ["length"] * B
-        nonfinite: list[tuple[int, int, int, list[int]]] = []  # (request, candidate, step, layers)
-        stops = [r.sampling.stop for r in rows]
-        stop_window = max((len(s) for ss in stops for s in ss), default=0) + 8
-        eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=device) if self.eos_ids else None
-        from transformers import DynamicCache
+    def _forward(self, st: DecodeState, cache: Any, nxt: torch.Tensor) -> torch.Tensor:
+        """One decode forward of the rows in the batch on their newest tokens ``nxt [b]``; logits ``[b, V]``."""
+        out = self.model(
+            input_ids=nxt[:, None],
+            attention_mask=st.attn,
+            position_ids=st.pos,
+            use_cache=True,
+            **{self._cache_kw: cache},
+        )
+        return out.logits[:, -1, :]
 
-        cache = DynamicCache(config=self.model.config)
-        try:
-            with self._hooks(cap):
-                cap.valid = torch.ones(U, dtype=torch.bool, device=device)
-                cap.prefill = True
-                out = self.model(
-                    input_ids=input_ids,
-                    attention_mask=attn,
-                    position_ids=pos,
-                    use_cache=True,
-                    logits_to_keep=1,
-                    **{self._cache_kw: cache},
-                )
-                cap.prefill = False
-                logits_all = out.logits[:, -1, :]
-                if U != B:
-                    cache.batch_select_indices(row2u)
-                    logits_all = logits_all[row2u]
-                    attn, pos, cap.current = attn[row2u], pos[row2u], cap.current[row2u]
-                    if cap.states is not None:
-                        cap.states = cap.states[row2u]
-                # `ix` maps the rows still in the batch to their original index. Rows that
-                # finish (or are pruned) leave the batch and the KV cache, so long outliers
-                # cost only their own rows' compute. The built-in controllers follow them
-                # through `StepContext.rows`; a custom controller keeps every row in place.
-                ix = torch.arange(B, device=device)
-                ixl = list(range(B))
-                compact = all(type(c) in _BUILTIN_CONTROLLERS for c in ctrls)
-                pad = torch.full((B,), self.pad_id, dtype=torch.long, device=device)
-                for t in range(max_new):
-                    logits = (logits_all if t == 0 else out.logits[:, -1, :]).float()  # [b, V]
-                    done_before = done.clone() if stream else done
-                    active = ~done[ix]
-                    # A non-finite state (e.g. from a huge steering vector) stops its row before
-                    # it emits a token drawn from garbage; the row's norms stay finite.
-                    bad = ~(torch.isfinite(cap.current).all(-1) & torch.isfinite(logits.sum(-1)))
-                    for _, f in cap.nonfinite:
-                        bad = bad | f
-                    bad = active & bad
-                    if bool(bad.any()):
-                        for k in torch.nonzero(bad).flatten().tolist():
-                            i = ixl[k]
-                            finite = torch.isfinite(cap.current[k]).tolist()
-                            bad_layers = {cap_layers[c] for c, ok in enumerate(finite) if not ok}
-                            bad_layers |= {layer for layer, f in cap.nonfinite if bool(f[k])}
-                            nonfinite.append((rows[i].request, rows[i].index, t + 1, sorted(bad_layers)))
-                            finish[i] = "nonfinite"
-                            plan = plans[rows[i].request]
-                            if plan is not None:
-                                plan.tracker.drop([rows[i].index])
-                        done[ix] = done[ix] | bad
-                        active = active & ~bad
-                    norm_buf[ix, t] = torch.where(active[:, None], cap.current, norm_buf[ix, t])
-                    if cap.states is not None:  # the states of exactly the norms just stored
-                        a3 = active[:, None, None]
-                        if state_buf is not None:
-                            state_buf[ix, t] = torch.where(a3, cap.states.to(state_buf.dtype), state_buf[ix, t])
-                        elif state_acc is not None and cspec is not None and cspec.positions == "mean":
-                            state_acc[ix] = state_acc[ix] + torch.where(a3, cap.states, 0.0)
-                        elif state_acc is not None:
-                            state_acc[ix] = torch.where(a3, cap.states, state_acc[ix])
-                    nxt = self._sample(logits, [rows[i] for i in ixl], [gens[i] for i in ixl])
-                    nxt = torch.where(active, nxt, pad[: len(ixl)])
-                    gen_ids[ix, t] = nxt
-                    if want_lp:
-                        assert lp_chosen is not None and lp_sc is not None
-                        ixc = ix.cpu()
-                        logp = torch.log_softmax(logits, -1)  # temperature-1 distribution
-                        V = logp.shape[-1]
-                        lp_chosen[ixc, t] = logp.gather(-1, nxt[:, None])[:, 0].cpu()
-                        # SC_t = -(1/V) Σ_j log(V p_j) = -log V - mean_j log p_j   (Kang et al. 2025)
-                        lp_sc[ixc, t] = (-torch.log(torch.tensor(float(V))) - logp.mean(-1)).cpu()
-                        if lp_top is not None:
-                            lp_top[ixc, t] = torch.topk(logp, k_top, dim=-1).values.cpu()
-                    lengths[ix] = torch.where(active, lengths[ix] + 1, lengths[ix])
-                    is_eos = torch.isin(nxt, eos) if eos is not None else torch.zeros_like(active)
-                    newly = active & (is_eos | (lengths[ix] >= limits[ix]))
-                    for k in torch.nonzero(newly).flatten().tolist():
-                        finish[ixl[k]] = "eos" if bool(is_eos[k]) else "length"
-                    done[ix] = done[ix] | newly
-                    for i in ixl:
-                        if stops[i] and not bool(done[i]):
-                            L = int(lengths[i])
-                            tail = self.tokenizer.decode(gen_ids[i, max(0, L - stop_window) : L].tolist())
-                            if any(s in tail for s in stops[i]):
-                                finish[i] = "stop"
-                                done[i] = True
-                    if pruning:
-                        self._prune_step(plans, rows, ix, ixl, t, active, done, finish, cap.current, lp_sc, lp_top)
-                    if stream:
-                        emitted = [ixl[k] for k in torch.nonzero(active).flatten().tolist()]
-                        ended = torch.nonzero(done & ~done_before).flatten().tolist()
-                        yield _Step(
-                            emitted,
-                            gen_ids[emitted, t].tolist(),
-                            norm_buf[emitted, t, : len(out_layers)].tolist(),
-                            {i: finish[i] for i in ended},
-                        )
-                    if bool(done.all()):
-                        break
-                    cap.step = t + 1
-                    still = ~done[ix]
-                    if compact and not bool(still.all()):
-                        keep = torch.nonzero(still).flatten()
-                        ix, ixl = ix[keep], [ixl[k] for k in keep.tolist()]
-                        cache.batch_select_indices(keep)
-                        attn, pos, nxt = attn[keep], pos[keep], nxt[keep]
-                        cap.current = cap.current[keep]
-                        if cap.states is not None:
-                            cap.states = cap.states[keep]
-                        cap.rows = ix
-                    cap.valid = ~done[ix]
-                    cap.seeds = seeds[ix]
-                    attn = torch.cat([attn, torch.ones((len(ixl), 1), dtype=attn.dtype, device=device)], dim=1)
-                    pos = pos[:, -1:] + 1
-                    cap.nonfinite = []
-                    out = self.model(
-                        input_ids=nxt[:, None],
-                        attention_mask=attn,
-                        position_ids=pos,
-                        use_cache=True,
-                        **{self._cache_kw: cache},
-                    )
-        except (ConfigError, CapabilityError):
-            raise
-        except Exception as e:
-            raise BackendError(f"generation failed in the HF backend: {e.__class__.__name__}: {e}") from e
-        if nonfinite:
-            shown = "; ".join(
-                f"candidate {j}{f' of request {requests[r].request_id!r}' if requests[r].request_id else ''} at "
-                f"step {s} (layers {ls or 'none captured; the logits'})"
-                for r, j, s, ls in nonfinite[:5]
-            )
-            warnings.warn(
-                f"{len(nonfinite)} candidate(s) stopped on a non-finite hidden state (inf/NaN), finish_reason "
-                f"'nonfinite': {shown}{' ...' if len(nonfinite) > 5 else ''}. An intervention probably pushed the "
-                "residual stream out of range (e.g. a steering vector or alpha far too large); scale it down",
-                L2ReasonWarning,
-                stacklevel=5,  # the caller of generate_many (via _generate_group and no_grad's generator frame)
-            )
+    @staticmethod
+    def _warn_nonfinite(st: DecodeState) -> None:
+        """One warning for the rows that stopped on a non-finite state (the first five shown)."""
+        shown = "; ".join(
+            f"candidate {j}{f' of request {st.requests[r].request_id!r}' if st.requests[r].request_id else ''} at "
+            f"step {s} (layers {ls or 'none captured; the logits'})"
+            for r, j, s, ls in st.nonfinite[:5]
+        )
+        warnings.warn(
+            f"{len(st.nonfinite)} candidate(s) stopped on a non-finite hidden state (inf/NaN), finish_reason "
+            f"'nonfinite': {shown}{' ...' if len(st.nonfinite) > 5 else ''}. An intervention probably pushed the "
+            "residual stream out of range (e.g. a steering vector or alpha far too large); scale it down",
+            L2ReasonWarning,
+            stacklevel=6,  # the caller of generate_many (via _generate_group, no_grad's generator frame, _decode)
+        )
 
-        seconds = time.perf_counter() - t0
-        norm_out = norm_buf[:, :, : len(out_layers)]
+    def _results(self, st: DecodeState, seconds: float) -> list[GenerationResult]:
+        """The group's results: candidates from the buffers, pruning reports, summaries and selection."""
         results: list[GenerationResult] = []
-        for ri, req in enumerate(requests):
-            plan = plans[ri]
-            cands: list[Candidate] = []
-            for i, r in enumerate(rows):
-                if r.request != ri:
-                    continue
-                cand = self._candidate(
-                    i,
-                    r,
-                    req,
-                    gen_ids,
-                    int(lengths[i]),
-                    finish[i],
-                    norm_out,
-                    out_layers,
-                    ctrls,
-                    lp_chosen,
-                    lp_sc,
-                    lp_top,
-                )
-                if plan is not None:
-                    cand.prune = plan.tracker.candidate_report(r.index)
-                if cspec is not None:
-                    cand.states = _collected(cspec, c_layers, state_buf, state_acc, i, int(lengths[i]))
-                cands.append(cand)
+        for ri, req in enumerate(st.requests):
+            plan = st.plans[ri]
+            cands = [self._candidate(st, i) for i, r in enumerate(st.rows) if r.request == ri]
             res = GenerationResult(
                 request_id=req.request_id, model_id=self.model_id, backend=self.name, candidates=cands, seconds=seconds
             )
@@ -802,51 +641,6 @@ class HFBackend(CalibrationMixin):
                 res.prune = plan.tracker.request_report()
             results.append(self.finish(res, req, self.num_layers))
         return results
-
-    @staticmethod
-    def _prune_step(
-        plans: list[_PrunePlan | None],
-        rows: list[_Row],
-        ix: torch.Tensor,
-        ixl: list[int],
-        t: int,
-        active: torch.Tensor,
-        done: torch.Tensor,
-        finish: list[str],
-        current: torch.Tensor,
-        lp_sc: torch.Tensor | None,
-        lp_top: torch.Tensor | None,
-    ) -> None:
-        """Feed this step's tokens to each request's pruning tracker; mark the rows it prunes done."""
-        act = torch.nonzero(active).flatten().tolist()
-        if not act:
-            return
-        fin_now = done[ix].tolist()
-        need = {p.spec.score for p in plans if p is not None}
-        gl = [ixl[k] for k in act]
-        conf = (-lp_top[gl, t].mean(-1)).numpy() if "confidence" in need and lp_top is not None else None
-        sc = lp_sc[gl, t].numpy() if "self-certainty" in need and lp_sc is not None else None
-        cur = current[act].cpu().numpy() if "l2" in need else None
-        by_req: dict[int, list[int]] = {}
-        for m, i in enumerate(gl):
-            by_req.setdefault(rows[i].request, []).append(m)
-        for ri, ms in by_req.items():
-            plan = plans[ri]
-            if plan is None:
-                continue
-            vals = token_signal(
-                plan.spec,
-                confidence=None if conf is None else conf[ms],
-                self_certainty=None if sc is None else sc[ms],
-                norms=None if cur is None else cur[ms][:, plan.cols],
-                tau=plan.tau,
-            )
-            local = [rows[gl[m]].index for m in ms]
-            fin = [fin_now[act[m]] for m in ms]
-            for j in plan.tracker.step(local, vals, fin):
-                i = plan.start + j
-                done[i] = True
-                finish[i] = "pruned"
 
     def _final_text(self, ids: list[int], finish: str, stop: Sequence[str]) -> str:
         """A candidate's text from its token ids: EOS dropped, cut at the first stop string."""
@@ -858,71 +652,45 @@ class HFBackend(CalibrationMixin):
                 text = text[:cut]
         return text
 
-    def _candidate(
-        self,
-        i: int,
-        r: _Row,
-        req: GenerationRequest,
-        gen_ids: torch.Tensor,
-        L: int,
-        finish: str,
-        norm_buf: torch.Tensor,
-        cap_layers: list[int],
-        ctrls: list[LayerController],
-        lp_chosen: torch.Tensor | None,
-        lp_sc: torch.Tensor | None,
-        lp_top: torch.Tensor | None,
-    ) -> Candidate:
-        ids = gen_ids[i, :L].tolist()
-        text = self._final_text(ids, finish, r.sampling.stop)
-        tokens = [self.tokenizer.decode([t]) for t in ids]
+    def _candidate(self, st: DecodeState, i: int) -> Candidate:
+        """Row ``i`` of the call as a :class:`Candidate` (text, tokens, norms, logprobs, reports, states)."""
+        r = st.rows[i]
+        req = st.requests[r.request]
+        L = int(st.lengths[i])
+        ids = st.gen_ids[i, :L].tolist()
+        finish = st.finish[i]
+        layers = st.out_layers
         norms = (
-            self.norm_stats(norm_buf[i, :L].cpu(), cap_layers, req.norms)
-            if req.norms is not None and cap_layers
+            self.norm_stats(st.norm_buf[i, :L, : len(layers)].cpu(), layers, req.norms)
+            if req.norms is not None and layers
             else None
         )
         lps = None
-        if lp_chosen is not None and lp_sc is not None:
-            top = lp_top[i, :L] if lp_top is not None else None
+        if st.lp_chosen is not None and st.lp_sc is not None:
+            top = st.lp_top[i, :L] if st.lp_top is not None else None
             lps = TokenLogprobs(
-                logprob=lp_chosen[i, :L].tolist(),
+                logprob=st.lp_chosen[i, :L].tolist(),
                 top_logprobs=top.tolist() if top is not None else None,
-                self_certainty=lp_sc[i, :L].tolist(),
+                self_certainty=st.lp_sc[i, :L].tolist(),
                 confidence=(-top.mean(-1)).tolist() if top is not None and top.shape[-1] else None,
             )
         report: dict[str, Any] = {}
-        for c in ctrls:
+        for c in st.ctrls:
             report.update(c.report(i))
+        plan = st.plans[r.request]
         return Candidate(
             index=r.index,
-            text=text,
+            text=self._final_text(ids, finish, r.sampling.stop),
             finish_reason=finish,  # type: ignore[arg-type]
             prompt_tokens=len(r.prompt_ids),
             completion_tokens=L,
-            tokens=tokens,
+            tokens=[self.tokenizer.decode([t]) for t in ids],
             logprobs=lps,
             norms=norms,
             interventions=report,
+            prune=plan.tracker.candidate_report(r.index) if plan is not None else None,
+            states=st.collected(i),
         )
-
-
-def _collected(
-    spec: CollectSpec,
-    layers: list[int],
-    state_buf: torch.Tensor | None,
-    state_acc: torch.Tensor | None,
-    i: int,
-    L: int,
-) -> HiddenStates:
-    """Row ``i``'s collected states as a :class:`HiddenStates` (``L`` = its generated tokens)."""
-    np_dtype = np.float16 if spec.dtype == "float16" else np.float32
-    if state_buf is not None:
-        arr = state_buf[i, :L].cpu().numpy()  # [T, n, d]
-    else:
-        assert state_acc is not None
-        acc = state_acc[i] / max(L, 1) if spec.positions == "mean" else state_acc[i]  # [n, d]
-        arr = acc.cpu().numpy()
-    return HiddenStates(layers=layers, positions=spec.positions, array=arr.astype(np_dtype, copy=False))
 
 
 class _LastTokenRerun:
