@@ -33,10 +33,7 @@ from l2reason.signal.threshold import iqr_threshold
 from l2reason.techniques.answers import extract_answer
 from l2reason.techniques.baselines import SELECTORS, select
 from l2reason.techniques.probe import PROBE_METHODS, Probe
-from l2reason.techniques.selection import CandidateSignals, Selection
-
-L2_METHODS = ("l2", "l2-vote")
-LOGPROB_METHODS = ("self-certainty", "self-certainty-borda", "deepconf", "deepconf-tail")
+from l2reason.techniques.selection import L2_METHODS, LOGPROB_METHODS, CandidateSignals, Selection  # re-exported
 
 
 def _columns(

@@ -3,7 +3,11 @@
 The default *layer band* is the last quarter of the stack minus the final
 layer, ``l ∈ [L − ⌊L/4⌋, L − 2]`` (``docs/techniques.md``, "Layer band"): a
 24-layer model gives layers 18..22. Layer indices here are 0-based decoder
-layer indices, i.e. ``x_l`` is Hugging Face's ``output_hidden_states[l + 1]``.
+layer indices: ``x_l`` is the residual stream after decoder layer ``l``, before
+the model's final norm, i.e. Hugging Face's ``output_hidden_states[l + 1]`` for
+``l < L − 1``. The last layer differs: transformers applies the final norm to
+``output_hidden_states[L]``, while our layer ``L − 1`` is the residual before it
+(``docs/techniques.md``, "Notation").
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ from l2reason.errors import ConfigError
 
 __all__ = [
     "DEFAULT_SCORE",
+    "L2_METHODS",
+    "LOGPROB_METHODS",
     "SCORE_NAMES",
     "CandidateSignals",
     "Selection",
@@ -50,6 +52,12 @@ __all__ = [
 SCORE_NAMES = ("A/T", "B/T", "C/T", "D/T", "z_mean")
 DEFAULT_SCORE = "B/T"  # docs/techniques.md, "Statistics and scores": mean_l(B_l / T), argmax (our choice)
 _NONNEGATIVE = ("A/T", "B/T", "C/T", "D/T")  # norms ≥ 0 ⇒ these scores are ≥ 0
+
+#: Selector names grouped by what they need from a request (``SelectionSpec.method``): the ℓ2 selectors score
+#: captured norms; the confidence selectors (``techniques/baselines.py``) score the candidates' logprobs. Here,
+#: below both the request validator (``backends/validate.py``) and :mod:`l2reason.select`, which use them.
+L2_METHODS = ("l2", "l2-vote")
+LOGPROB_METHODS = ("self-certainty", "self-certainty-borda", "deepconf", "deepconf-tail")
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,7 +12,7 @@ pytest.importorskip("langchain_core")
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
-from l2reason.integrations.langchain import ChatL2Reason
+from l2reason.langchain import ChatL2Reason
 
 pytestmark = pytest.mark.real
 

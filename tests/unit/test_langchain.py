@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 
 from l2reason.backends.base import GenerationRequest, Message, SamplingParams
 from l2reason.backends.hf import HFBackend
-from l2reason.integrations.langchain import ChatL2Reason, StructuredOutputError, parse_tool_calls
+from l2reason.langchain import ChatL2Reason, StructuredOutputError, parse_tool_calls
 
 
 def test_invoke_matches_backend_and_carries_norms(tiny_backend):
@@ -445,7 +445,8 @@ def test_native_tools_template_gets_tools(tiny):
     from conftest import _tiny_tokenizer
 
     from l2reason.backends.base import Message as M
-    from l2reason.integrations.langchain import _openai_tools, _render_prompt
+    from l2reason.langchain.tools import openai_tools as _openai_tools
+    from l2reason.langchain.tools import render_prompt as _render_prompt
 
     tok = _tiny_tokenizer()
     tok.chat_template = (
@@ -503,7 +504,7 @@ def test_structured_output_on_the_tiny_model_fails_clearly(tiny_backend):
         llm.with_structured_output(Answer).invoke("hello w1")  # random weights write no JSON
     missing = {"title": "t", "type": "object", "properties": {"v": {"type": "integer"}}, "required": ["v"]}
 
-    from l2reason.integrations.langchain import _parse_structured
+    from l2reason.langchain.structured import parse_structured as _parse_structured
 
     msg = AIMessage("", tool_calls=[{"name": "t", "args": {"w": 1}, "id": "c"}])
     with pytest.raises(StructuredOutputError, match=r"lack required keys \['v'\]"):
@@ -521,3 +522,34 @@ def test_structured_output_options():
     with pytest.raises(ConfigError, match="does not take foo"):
         llm.with_structured_output(Answer, foo=1)
     assert json.dumps(Answer.model_json_schema())  # the schema itself is plain JSON
+
+
+def test_old_import_path_warns_and_gives_the_same_objects():
+    import importlib
+    import sys
+
+    import l2reason.langchain as new
+
+    sys.modules.pop("l2reason.integrations.langchain", None)
+    with pytest.warns(DeprecationWarning, match=r"import from l2reason\.langchain"):
+        old = importlib.import_module("l2reason.integrations.langchain")
+    assert (old.ChatL2Reason, old.StructuredOutputError, old.parse_tool_calls) == (
+        new.ChatL2Reason,
+        new.StructuredOutputError,
+        new.parse_tool_calls,
+    )
+
+
+def test_the_adapter_package_does_not_shadow_langchain():
+    """``l2reason/langchain`` is named after the framework; its absolute imports reach the real packages."""
+    from pathlib import Path
+
+    import langchain
+    import langchain_core
+
+    import l2reason.langchain
+
+    ours = Path(l2reason.langchain.__file__).resolve().parents[1]  # the l2reason package folder
+    for real in (langchain, langchain_core):
+        assert not Path(real.__file__ or "").resolve().is_relative_to(ours), real.__file__
+    assert l2reason.langchain.__name__ == "l2reason.langchain"
