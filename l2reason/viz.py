@@ -33,8 +33,9 @@ def relative_norms(arr: np.ndarray) -> np.ndarray:
 
 
 def _label(tok: str) -> str:
+    """A token as a tick label, verbatim: ``$`` is escaped (matplotlib reads ``$...$`` as mathtext)."""
     t = tok.replace("\n", "⏎").replace("\t", "⇥")
-    return t if t.strip() else repr(t)[1:-1] or "␣"
+    return (t if t.strip() else repr(t)[1:-1] or "␣").replace("$", r"\$")
 
 
 def norm_heatmap(c: Candidate, out: str | Path, *, title: str | None = None, max_tokens: int = 200) -> Path:

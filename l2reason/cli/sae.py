@@ -1,4 +1,8 @@
-"""The ``l2reason collect``, ``l2reason sae ...`` and ``l2reason vector ...`` commands."""
+"""``l2reason collect``, ``l2reason sae ...`` and ``l2reason vector ...``: activation stores, SAEs, vectors.
+
+The commands that print a result print JSON (``typer.echo``); progress goes to stderr. Prompts come from the
+evaluation's datasets, with the system prompt the evaluation would use (an item's own, else the default).
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,20 @@ from typing import Annotated, Any
 
 import typer
 
+from l2reason.cli._common import app, err, load_backend, parse_layers, set_threads
 from l2reason.errors import ConfigError
 
 sae_app = typer.Typer(no_args_is_help=True, help="Train, load and inspect SAELens SAEs on an activation store.")
 vector_app = typer.Typer(no_args_is_help=True, help="Build steering vectors (static-steer / L2Steer format).")
 
-
-def _layers(text: str) -> Any:
-    text = text.strip()
-    if text in ("band", "all"):
-        return text
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise ConfigError(f"layers must be 'band', 'all' or comma-separated indices (got {text!r})") from e
+SaeArg = Annotated[Path, typer.Argument(help="a SAELens SAE folder")]
+StoreArg = Annotated[Path, typer.Argument(help="an activation store")]
+LayerOpt = Annotated[int, typer.Option()]
 
 
 def _prompts(source: str, limit: int | None, offset: int) -> tuple[list[Any], Any]:
     """StorePrompts from a dataset name (the eval's names) or a text file with one prompt per line."""
-    from l2reason.eval.harness import DEFAULT_SYSTEM
+    from l2reason.eval.harness import DEFAULT_SYSTEM, item_messages
     from l2reason.sae.store import StorePrompt
 
     p = Path(source)
@@ -42,12 +41,12 @@ def _prompts(source: str, limit: int | None, offset: int) -> tuple[list[Any], An
     items = ds.items(limit=limit, offset=offset)
     out = []
     for it in items:
-        sys_text = it.meta.get("system") or DEFAULT_SYSTEM
-        msgs = [{"role": "system", "content": sys_text}, {"role": "user", "content": it.question}]
+        msgs = [{"role": m.role, "content": m.content} for m in item_messages(it, DEFAULT_SYSTEM)]
         out.append(StorePrompt(it.id, msgs, answer=it.answer, meta={"item": it}))
     return out, ds
 
 
+@app.command("collect", help="Collect decode-token residual states into an activation store (resumable).")
 def collect_cmd(
     source: Annotated[
         str, typer.Argument(help="a dataset (gsm_symbolic:seed=7, evals:<task>, jsonl:<file>) or a .txt file")
@@ -66,18 +65,14 @@ def collect_cmd(
     threads: Annotated[int | None, typer.Option(min=1)] = None,
 ) -> None:
     """Run a dataset or prompt file and store every decode token's residual states (sharded, resumable)."""
-    import torch
-
-    from l2reason.cli import _backend, err
     from l2reason.sae.store import collect_store
 
     if dtype not in ("float16", "float32"):
         raise ConfigError(f"--dtype must be float16 or float32 (got {dtype!r})")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     prompts, ds = _prompts(source, limit, offset)
     score = (lambda text, p: bool(ds.score(text, p.meta["item"]))) if ds is not None else None
-    be = _backend(model)
+    be = load_backend(model)
 
     def progress(done: int, total: int) -> None:
         err.print(f"[dim]{done}/{total} prompts[/dim]")
@@ -86,7 +81,7 @@ def collect_cmd(
         be,
         prompts,
         out,
-        layers=_layers(layers),
+        layers=parse_layers(layers),
         n=n,
         temperature=temperature,
         max_new_tokens=max_new_tokens,
@@ -120,12 +115,9 @@ def train_cmd(
     threads: Annotated[int | None, typer.Option(min=1)] = None,
 ) -> None:
     """Train an SAE with SAELens on one layer of a store; print the held-out reconstruction figures."""
-    import torch
-
     from l2reason.sae.train import SAETrainSettings, train_sae
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     s = SAETrainSettings(
         architecture=architecture,
         d_sae=d_sae,
@@ -142,9 +134,9 @@ def train_cmd(
 
 @sae_app.command("bound")
 def bound_cmd(
-    sae: Annotated[Path, typer.Argument(help="a SAELens SAE folder")],
-    store: Annotated[Path, typer.Argument(help="an activation store")],
-    layer: Annotated[int, typer.Option()],
+    sae: SaeArg,
+    store: StoreArg,
+    layer: LayerOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="a folder for bound.json and bound.png")],
 ) -> None:
     """Check the norm bound on every stored token and feature; report its tightness vs the token norm."""
@@ -163,9 +155,9 @@ def bound_cmd(
 
 @sae_app.command("features")
 def features_cmd(
-    sae: Annotated[Path, typer.Argument(help="a SAELens SAE folder")],
-    store: Annotated[Path, typer.Argument(help="an activation store")],
-    layer: Annotated[int, typer.Option()],
+    sae: SaeArg,
+    store: StoreArg,
+    layer: LayerOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="a folder for features.json and features.html")],
     quantile: Annotated[float, typer.Option(help="high norm = above this quantile of the layer's norms")] = 0.95,
     top: Annotated[int, typer.Option(min=1)] = 20,
@@ -230,6 +222,41 @@ def _save_condition(
     _write_json(path, data)
 
 
+def _stored_condition(
+    part: Path, name: str, features: list[int], layer: int, ids: list[str], *, resume: bool
+) -> tuple[list[str], list[bool] | None]:
+    """What a condition's file holds for these items and features: all texts with their scores (the condition
+    is done), the texts of the first items (``resume``: generation goes on after them), or nothing."""
+    if not part.is_file():
+        return [], None
+    done = json.loads(part.read_text(encoding="utf-8"))
+    if done.get("features") != features or done.get("layer") != layer:
+        return [], None
+    if done.get("items") == ids and done.get("complete", True):
+        err.print(f"[dim]{name}: {sum(done['correct'])}/{len(ids)} (from {part})[/dim]")
+        return done["texts"], done["correct"]
+    if resume and done.get("items") == ids[: len(done.get("texts", []))]:
+        err.print(f"[dim]{name}: resuming after {len(done['texts'])} items (from {part})[/dim]")
+        return list(done["texts"]), None
+    return [], None
+
+
+def _greedy_texts(be: Any, prompts: list[Any], max_new_tokens: int, interventions: list[dict[str, Any]]) -> list[str]:
+    """The greedy answers to ``prompts`` (store prompts), in one batched call, with ``interventions``."""
+    from l2reason.backends.base import GenerationRequest, Message, SamplingParams
+
+    reqs = [
+        GenerationRequest(
+            messages=[Message(role=m["role"], content=m["content"]) for m in p.messages],  # type: ignore[arg-type]
+            sampling=SamplingParams(max_new_tokens=max_new_tokens),
+            norms=None,
+            interventions=interventions,
+        )
+        for p in prompts
+    ]
+    return [r.text for r in be.generate_many(reqs)]
+
+
 @sae_app.command("export")
 def export_cmd(
     sae: Annotated[Path, typer.Argument(help="a SAELens SAE folder (standard or TopK)")],
@@ -246,10 +273,10 @@ def export_cmd(
 
 @sae_app.command("ablate")
 def ablate_cmd(
-    sae: Annotated[Path, typer.Argument(help="a SAELens SAE folder")],
+    sae: SaeArg,
     store: Annotated[Path, typer.Argument(help="the activation store its features were ranked on")],
     features: Annotated[Path, typer.Argument(help="features.json from `l2reason sae features`")],
-    layer: Annotated[int, typer.Option()],
+    layer: LayerOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="a folder for ablation.json")],
     dataset: Annotated[str, typer.Option(help="the items to score")] = "gsm_symbolic:seed=42",
     limit: Annotated[int, typer.Option(min=1)] = 20,
@@ -272,20 +299,16 @@ def ablate_cmd(
     saved (``ablation_<condition>.json``, ``"complete": false`` until the condition is done) and a rerun
     continues from there; with all three conditions complete, ``ablation.json`` gets the paired comparisons.
     """
+    import contextlib
     import time
 
-    import torch
-
-    from l2reason.backends.base import GenerationRequest, Message, SamplingParams
-    from l2reason.cli import _backend, err
     from l2reason.eval.stats import paired_bootstrap
     from l2reason.sae.ablate import ablate_features, matched_random_features, sae_weights
     from l2reason.sae.features import encode_store
     from l2reason.sae.store import ActivationStore
     from l2reason.sae.train import load_sae
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     ranked = json.loads(features.read_text(encoding="utf-8"))["by_norm"][:top]
     chosen = [int(f["feature"]) for f in ranked]
     s = load_sae(sae)
@@ -298,7 +321,7 @@ def ablate_cmd(
     if bad:
         raise ConfigError(f"--only: unknown condition(s) {bad}; valid: {', '.join(conditions)}")
     prompts, ds = _prompts(dataset, limit, offset)
-    be = _backend(model)
+    be = load_backend(model)
     in_engine = "sae_ablate" in be.capabilities.interventions
     plain = sae_weights(s)  # converted once: the engine reads its file, the hook uses it directly
     sae_file = plain.save(out.resolve() / "sae.safetensors") if in_engine else None
@@ -308,17 +331,10 @@ def ablate_cmd(
     ids = [p.id for p in prompts]
     for name, feats in conditions.items():
         part = out / f"ablation_{name}.json"  # one file per condition, saved after every batch
-        got: list[str] = []
-        if part.is_file():
-            done = json.loads(part.read_text(encoding="utf-8"))
-            same = done.get("features") == feats and done.get("layer") == layer
-            if same and done.get("items") == ids and done.get("complete", True):
-                texts[name], correct[name] = done["texts"], done["correct"]
-                err.print(f"[dim]{name}: {sum(correct[name])}/{len(ids)} (from {part})[/dim]")
-                continue
-            if same and done.get("items") == ids[: len(done.get("texts", []))] and name in wanted:
-                got = list(done["texts"])
-                err.print(f"[dim]{name}: resuming after {len(got)} items (from {part})[/dim]")
+        got, scored = _stored_condition(part, name, feats, layer, ids, resume=name in wanted)
+        if scored is not None:
+            texts[name], correct[name] = got, scored
+            continue
         if name not in wanted:
             continue
         t0 = time.perf_counter()
@@ -327,21 +343,9 @@ def ablate_cmd(
             if in_engine and feats
             else []
         )
-        for i in range(len(got), len(prompts), batch):
-            reqs = [
-                GenerationRequest(
-                    messages=[Message(role=m["role"], content=m["content"]) for m in p.messages],  # type: ignore[arg-type]
-                    sampling=SamplingParams(max_new_tokens=max_new_tokens),
-                    norms=None,
-                    interventions=specs,
-                )
-                for p in prompts[i : i + batch]
-            ]
-            if in_engine:
-                got += [r.text for r in be.generate_many(reqs)]
-            else:
-                with ablate_features(be, plain, layer, feats):
-                    got += [r.text for r in be.generate_many(reqs)]
+        for i in range(len(got), len(prompts), batch):  # in-process: the hook is on only while a batch runs
+            with contextlib.nullcontext() if in_engine else ablate_features(be, plain, layer, feats):
+                got += _greedy_texts(be, prompts[i : i + batch], max_new_tokens, specs)
             _save_condition(part, layer, ids[: len(got)], feats, got, engine)
             err.print(f"[dim]{name}: {len(got)}/{len(prompts)} items, {time.perf_counter() - t0:.0f}s[/dim]")
         texts[name] = got
@@ -386,11 +390,10 @@ def caa_cmd(
     model: Annotated[str, typer.Option("--model", "-m")] = "default",
 ) -> None:
     """CAA vectors: mean last-prompt-position state of the positives minus the negatives, per layer."""
-    from l2reason.cli import _backend
     from l2reason.sae.vectors import caa_vectors, load_pairs, save_vectors
 
     pr = load_pairs(pairs)
-    vecs = caa_vectors(_backend(model), pr, _layers(layers))
+    vecs = caa_vectors(load_backend(model), pr, parse_layers(layers))
     save_vectors(vecs, out)
     typer.echo(
         f"{out}: layers {sorted(vecs)} from {len(pr)} pairs; norms "
@@ -400,7 +403,7 @@ def caa_cmd(
 
 @vector_app.command("norms")
 def norms_cmd(
-    store: Annotated[Path, typer.Argument(help="an activation store")],
+    store: StoreArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="the vector file (JSON {layer: [floats]})")],
     layers: Annotated[str, typer.Option(help="indices '18,20' (default: every layer of the store)")] = "",
     quantile: Annotated[float, typer.Option(help="high norm = above this quantile")] = 0.95,
@@ -410,7 +413,7 @@ def norms_cmd(
     from l2reason.sae.vectors import norm_split_vectors, save_vectors
 
     st = ActivationStore(store)
-    chosen = _layers(layers) if layers.strip() else st.layers
+    chosen = parse_layers(layers) if layers.strip() else st.layers
     if not isinstance(chosen, list):
         chosen = st.layers
     vecs = norm_split_vectors(st, chosen, quantile)
@@ -420,13 +423,5 @@ def norms_cmd(
     )
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``collect``, ``sae`` and ``vector`` to the main app."""
-    app.command("collect", help="Collect decode-token residual states into an activation store (resumable).")(
-        collect_cmd
-    )
-    app.add_typer(sae_app, name="sae")
-    app.add_typer(vector_app, name="vector")
-
-
-__all__ = ["collect_cmd", "register", "sae_app", "vector_app"]
+app.add_typer(sae_app, name="sae")
+app.add_typer(vector_app, name="vector")
