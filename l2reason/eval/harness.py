@@ -4,7 +4,7 @@ A *run* is a folder:
 
 - ``config.json`` — the :class:`RunConfig`. On resume the stored config must
   agree with the new one on everything that changes the samples (dataset,
-  model, N, sampling, seed, prompt); ``limit``, the method lists and the
+  model, N, sampling, seed, system prompt); ``limit``, the method lists and the
   batch size may change (a larger ``limit`` extends the run).
 - ``samples.jsonl`` — the *selection pass*: per item, N temperature samples
   with every layer's per-token ℓ2 norms (one reduction per layer per token)
@@ -65,6 +65,7 @@ __all__ = [
     "RunConfig",
     "RunData",
     "StoredItem",
+    "item_messages",
     "items_sha256",
     "load_run",
     "read_jsonl",
@@ -92,6 +93,7 @@ _SAMPLE_KEYS = (
     "max_new_tokens",
     "seed",
     "system_prompt",
+    "system_prompt_override",
     "logprobs",
 )
 
@@ -112,7 +114,14 @@ class RunConfig(BaseModel):
         top_p: nucleus mass of the selection pass.
         max_new_tokens: generation limit of every pass.
         seed: base seed; item ``i`` uses ``seed * 1_000_003 + i`` in every pass.
-        system_prompt: system message (an item's own ``meta["system"]`` wins).
+        system_prompt: the system message. Without ``system_prompt_override``
+            it is the fallback for items that bring none (an item's own
+            ``meta["system"]``, e.g. an evals task's chat prompt, wins);
+            ``None``: no system message for those items.
+        system_prompt_override: ``system_prompt`` is the system message of
+            every item, over the dataset's own (``None``: no system message at
+            all). ``l2reason eval --system-prompt TEXT|@FILE|none`` sets it.
+            The two fields together record the prompt the run used.
         logprobs: top-k logprobs per token (DeepConf confidence); 0 = none.
         methods: selection methods scored by the report.
         gen_methods: generation-changing methods, one pass each.
@@ -145,6 +154,7 @@ class RunConfig(BaseModel):
     max_new_tokens: int = Field(512, ge=1)
     seed: int = 0
     system_prompt: str | None = DEFAULT_SYSTEM
+    system_prompt_override: bool = False
     logprobs: int = Field(LOGPROBS_K, ge=0, le=50)
     methods: list[str] = Field(default_factory=lambda: ["all"])
     gen_methods: list[str] = Field(default_factory=lambda: ["greedy"])
@@ -293,8 +303,13 @@ def _compact(result: GenerationResult) -> GenerationResult:
     return result
 
 
-def _messages(item: Item, system: str | None) -> list[Message]:
-    sys_text = item.meta.get("system") or system
+def item_messages(item: Item, system: str | None, *, override: bool = False) -> list[Message]:
+    """The chat messages of ``item``: a system message, then the question.
+
+    The system message is the item's own (``meta["system"]``) if it has one and
+    ``override`` is False, else ``system``; none when that is ``None`` or empty.
+    """
+    sys_text = system if override else item.meta.get("system") or system
     msgs = [Message(role="system", content=sys_text)] if sys_text else []
     return [*msgs, Message(role="user", content=item.question)]
 
@@ -358,7 +373,7 @@ def _request(
             seed=cfg.item_seed(index),
         )
         return GenerationRequest.build(
-            messages=_messages(item, cfg.system_prompt),
+            messages=item_messages(item, cfg.system_prompt, override=cfg.system_prompt_override),
             sampling=sampling,
             n=cfg.n,
             norms=NormSpec(layers="all", per_token=True),
@@ -367,7 +382,7 @@ def _request(
         )
     gen = generation_config(pass_name)
     return GenerationRequest.build(
-        messages=_messages(item, cfg.system_prompt),
+        messages=item_messages(item, cfg.system_prompt, override=cfg.system_prompt_override),
         sampling=SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.item_seed(index)),
         n=1,
         norms=NormSpec(layers="all", per_token=True),
