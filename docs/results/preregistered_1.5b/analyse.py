@@ -18,7 +18,7 @@ written by ``l2reason report RUN``) and prints, in this order:
 It refuses a run whose item count is not the pre-registered one (``--expect-items``).
 
 Usage (``PYTHONPATH``: the frozen code of ``PLAN.md``, extracted with ``git archive``):
-    PYTHONPATH=/tmp/l2r-827b11e .venv/bin/python docs/results/preregistered_1.5b/analyse.py RUN [--expect-items 560]
+    PYTHONPATH=../l2r-827b11e .venv/bin/python docs/results/preregistered_1.5b/analyse.py RUN [--expect-items 560]
 """
 
 # ruff: noqa: T201  (a script: it prints its Markdown report, as benchmarks/ do)

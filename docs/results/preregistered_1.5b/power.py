@@ -27,9 +27,9 @@ How the power is computed (deterministic; no simulation noise in the table):
    confirms the exact numbers, and gives the false-positive rate at Δ = 0.
 
 Usage (from the repository root; about 5 minutes on a shared 2-core machine), with the frozen code of
-``PLAN.md`` (``git archive 827b11e l2reason | tar -x -C /tmp/l2r-827b11e``; without ``PYTHONPATH`` it
+``PLAN.md`` (``git archive 827b11e l2reason | tar -x -C ../l2r-827b11e``; without ``PYTHONPATH`` it
 uses the working tree's ``l2reason``):
-    PYTHONPATH=/tmp/l2r-827b11e .venv/bin/python docs/results/preregistered_1.5b/power.py \
+    PYTHONPATH=../l2r-827b11e .venv/bin/python docs/results/preregistered_1.5b/power.py \
         > docs/results/preregistered_1.5b/power.md
 """
 
