@@ -11,7 +11,12 @@ What crosses the boundary:
   ``stop``, ``seed``; per-call l2reason settings in
   ``request.config.extensions["metadata"]["l2reason"]`` (a JSON dict, see
   :class:`L2CallSettings`). DSPy puts ``metadata`` into the cache key, so two
-  calls with different l2reason settings never share a cache entry.
+  calls with different l2reason settings never share a cache entry. The
+  settings are typed on both sides of that JSON: the modules hold
+  :class:`~l2reason.techniques.specs.AnySpec` objects and write them once
+  (:meth:`L2CallSettings.to_json`), the engine parses the dict once
+  (:meth:`L2CallSettings.parse`) and hands the specs to the
+  :class:`~l2reason.backends.base.GenerationRequest` as they are.
 - **out**: the chosen candidate's text as the assistant message; usage counts
   (prompt tokens once, completion tokens of *all* candidates); and in
   ``response.provider_data["l2reason"]`` a compact JSON summary (scores per
@@ -34,6 +39,15 @@ backend delta; the final ``StreamEndEvent`` carries the same
 ``provider_data["l2reason"]`` summary as ``complete``. With ``n>1`` (a choice
 among candidates needs all of them) or a backend without token streaming the
 whole answer is one delta at the end.
+
+Candidates that do not parse. When an l2reason module's adapter makes the call
+(:data:`PARSE_CHECK` is set) and the request selects among ``n > 1``
+candidates, each candidate's text is parsed with the adapter that formatted
+the request (found by its system message). If the selector's choice does not
+parse but others do, the selection is made again, by the same selector
+(:func:`l2reason.select.select_result`), among the candidates that parse only,
+as pruned candidates are left out. If none parses, the choice stands, a
+warning is logged and the summary says ``"parsed": False``.
 """
 
 from __future__ import annotations
@@ -46,20 +60,29 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from l2reason.errors import CapabilityError, ConfigError
+from l2reason.techniques.specs import InterventionSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AsyncL2Engine", "L2CallSettings", "L2Engine", "get_backend", "register_backend"]
+__all__ = ["PARSE_CHECK", "AsyncL2Engine", "L2CallSettings", "L2Engine", "get_backend", "register_backend"]
 
 _LOGPROB_K = 5  # top-k logprobs requested for the logprob-based selectors (DeepConf uses top-k means)
 _PROBE_LOGPROB_K = 20  # the l2-probe's confidence features: the evaluation's top-k
 _MAX_OCCURRENCES = 65_536  # distinct requests whose occurrence count an engine remembers (LRU)
+
+#: Set by an l2reason module's adapter around its LM call: given a request's
+#: system message, a ``text -> parses?`` test of the adapter that formatted it
+#: (``None`` when it cannot tell). Unset: candidates are not checked.
+PARSE_CHECK: ContextVar[Callable[[str], Callable[[str], bool] | None] | None] = ContextVar(
+    "l2reason_parse_check", default=None
+)
 
 from l2reason.backends.shared import get_backend, register_backend  # noqa: E402  (re-exported)
 
@@ -88,7 +111,8 @@ class L2CallSettings(BaseModel):
         n: candidates sampled in one batched backend call (>= 1).
         selection: a :class:`~l2reason.backends.base.SelectionSpec` as a dict;
             with ``n > 1`` and no selection the default (``l2``, ``B/T``) is used.
-        interventions: intervention specs as dicts (``{"kind": "erss", ...}``).
+        interventions: intervention specs (:class:`~l2reason.techniques.specs.AnySpec`),
+            or dicts with a ``kind`` (``{"kind": "erss", ...}``), parsed here once.
         layers: the layers whose norms are captured (``"band"``, ``"all"`` or indices).
         score: the ℓ2 score reported as ``score`` for each call, or ``"probe"``
             (the ``l2-probe`` selection's logit of the chosen candidate).
@@ -108,7 +132,7 @@ class L2CallSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     n: int = Field(1, ge=1, le=256)
     selection: dict[str, Any] | None = None
-    interventions: list[dict[str, Any]] = Field(default_factory=list)
+    interventions: list[InterventionSpec] = Field(default_factory=list)
     layers: list[int] | Literal["band", "all"] = "band"
     score: str = "B/T"
     tau: Literal["pooled", "calibrated"] = "pooled"
@@ -126,17 +150,63 @@ class L2CallSettings(BaseModel):
             raise ValueError(f"unknown score {v!r}; valid scores: {', '.join(SCORE_NAMES)}, probe")
         return v
 
+    @field_validator("interventions", mode="before")
     @classmethod
-    def parse(cls, data: Any) -> L2CallSettings:
-        """Validate, raising :class:`ConfigError` with pydantic's message."""
+    def _interventions(cls, v: Any) -> Any:
+        from l2reason.techniques.specs import parse_interventions
+
+        if v is None:
+            return []
+        if not isinstance(v, list | tuple):
+            raise ValueError(f"interventions must be a list of intervention specs or dicts (got {type(v).__name__})")
+        return parse_interventions(list(v))  # specs pass through; dicts are parsed, with the spec's message
+
+    @classmethod
+    def parse(cls, data: Any, *, base: L2CallSettings | None = None) -> L2CallSettings:
+        """Validate, raising :class:`ConfigError` with pydantic's message.
+
+        Args:
+            data: a dict of fields (JSON, or with typed specs), an
+                ``L2CallSettings``, or ``None`` (the defaults).
+            base: settings the fields given in ``data`` override (the
+                engine's defaults).
+        """
         if data is None:
-            return cls()
-        if not isinstance(data, dict):
+            data = {}
+        if isinstance(data, L2CallSettings):
+            parsed = data
+        elif not isinstance(data, dict):
             raise ConfigError(f"metadata['l2reason'] must be a dict, got {type(data).__name__}")
-        try:
-            return cls(**data)
-        except ValidationError as e:
-            raise ConfigError(f"invalid l2reason call settings: {e}") from e
+        else:
+            try:
+                parsed = cls(**data)
+            except ValidationError as e:
+                raise ConfigError(f"invalid l2reason call settings: {e}") from e
+        return parsed if base is None else base.updated(parsed)
+
+    def updated(self, other: L2CallSettings, *, add_interventions: bool = False) -> L2CallSettings:
+        """These settings with the fields ``other`` set (its interventions appended when ``add_interventions``)."""
+        upd = {k: getattr(other, k) for k in other.model_fields_set}
+        if add_interventions and self.interventions:
+            upd["interventions"] = [*self.interventions, *other.interventions]
+        return self.model_copy(update=upd)
+
+    def to_json(
+        self, *, drop: Literal["unset", "defaults"] = "unset", exclude: set[str] | None = None
+    ) -> dict[str, Any]:
+        """The settings as JSON (DSPy's ``metadata``, the summary): ``drop``-ped fields left out, specs whole.
+
+        The one place a module's typed specs become JSON on their way to the engine.
+        """
+        out = self.model_dump(
+            mode="json",
+            exclude_unset=drop == "unset",
+            exclude_defaults=drop == "defaults",
+            exclude={"interventions", *(exclude or ())},
+        )
+        if self.interventions and "interventions" not in (exclude or ()):
+            out["interventions"] = [spec.model_dump(mode="json") for spec in self.interventions]
+        return out
 
 
 # ---- the engine ----------------------------------------------------------------
@@ -187,7 +257,7 @@ class L2Engine:
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
-        defaults: dict[str, Any] | None = None,
+        defaults: dict[str, Any] | L2CallSettings | None = None,
     ) -> None:
         if isinstance(model, str):
             self._spec: str = name or model
@@ -207,9 +277,14 @@ class L2Engine:
         self.max_tokens = int(max_tokens)
         self.temperature = float(temperature)
         self.seed = int(seed)
-        self.defaults = L2CallSettings.parse(defaults or {}).model_dump(exclude_defaults=True)
+        self._defaults = L2CallSettings.parse(defaults)
         self._lock = threading.Lock()
         self._seen: OrderedDict[str, int] = OrderedDict()
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The default call settings as JSON (what :meth:`dump_state` saves)."""
+        return self._defaults.to_json(drop="defaults")
 
     # ---- DSPy's engine protocol --------------------------------------
     @property
@@ -331,7 +406,7 @@ class L2Engine:
         """The l2reason :class:`GenerationRequest` for a ``dspy.lm15.Request``."""
         from dspy.lm15 import UnsupportedFeatureError
 
-        from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams, SelectionSpec
+        from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams
         from l2reason.select import LOGPROB_METHODS
         from l2reason.techniques.probe import PROBE_METHODS
 
@@ -346,15 +421,13 @@ class L2Engine:
         meta = ext.get("metadata") or {}
         if not isinstance(meta, dict):
             raise ConfigError(f"metadata must be a dict, got {type(meta).__name__}")
-        settings = L2CallSettings.parse({**self.defaults, **(meta.get("l2reason") or {})})
+        settings = L2CallSettings.parse(meta.get("l2reason"), base=self._defaults)
         if settings.tau == "calibrated" and getattr(self.backend, "calibration", None) is None:
             raise ConfigError(
                 f"tau='calibrated' needs a calibration file for {self.name!r}; run `l2reason calibrate` "
                 "or use tau='pooled'"
             )
-        unsupported = {str(i.get("kind")) for i in settings.interventions} - set(
-            self.backend.capabilities.interventions
-        )
+        unsupported = {spec.kind for spec in settings.interventions} - set(self.backend.capabilities.interventions)
         if unsupported:
             raise CapabilityError(
                 f"backend {self.name!r} cannot run {sorted(unsupported)}; it supports: "
@@ -362,10 +435,9 @@ class L2Engine:
             )
 
         messages: list[Message] = []
-        if request.system is not None:
-            system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
-            if system.strip():
-                messages.append(Message(role="system", content=system))
+        system = _system_text(request)
+        if system.strip():
+            messages.append(Message(role="system", content=system))
         for m in request.messages:
             role = {"developer": "system"}.get(m.role, m.role)
             messages.append(Message(role=role, content=_text_of(m)))
@@ -388,12 +460,7 @@ class L2Engine:
             stop=list(cfg.stop),
             seed=seed,
         )
-        selection = None
-        if settings.n > 1 or settings.selection is not None:
-            sel = dict(settings.selection or {})
-            sel.setdefault("score", settings.score if settings.score != "probe" else "B/T")
-            sel.setdefault("tau", settings.tau)
-            selection = SelectionSpec(**sel)
+        selection = _selection(settings)
         logprobs = _LOGPROB_K if selection is not None and selection.method in LOGPROB_METHODS else None
         layers = settings.layers
         if selection is not None and selection.method in PROBE_METHODS:
@@ -405,7 +472,7 @@ class L2Engine:
             n=settings.n,
             norms=NormSpec(layers=layers, per_token=True),  # selection needs per-token norms
             logprobs=logprobs,
-            interventions=settings.interventions,
+            interventions=settings.interventions,  # typed specs, parsed once (in L2CallSettings.parse)
             selection=selection,
         )
         return gen, settings
@@ -422,16 +489,22 @@ class L2Engine:
         return int.from_bytes(h, "little") & ((1 << 62) - 1)
 
     def to_response(self, request: Any, result: Any, settings: L2CallSettings) -> Any:
-        """A ``dspy.lm15.Response`` for a backend result (summary in ``provider_data``)."""
+        """A ``dspy.lm15.Response`` for a backend result (summary in ``provider_data``).
+
+        First keeps the choice among candidates that parse (:meth:`keep_parsed`).
+        """
         from dspy.lm15 import Message as LMessage
         from dspy.lm15 import Response, TextPart, Usage
 
+        parsed = self.keep_parsed(request, result, settings)
         chosen = result.candidates[result.chosen_index]
         prompt_tokens = chosen.prompt_tokens
         completion = sum(c.completion_tokens for c in result.candidates)
         be = self.backend
         cal = getattr(be, "calibration", None) if settings.tau == "calibrated" else None
-        summary = summarize(result, settings, num_layers=getattr(be, "num_layers", None), calibration=cal)
+        summary = summarize(
+            result, settings, num_layers=getattr(be, "num_layers", None), calibration=cal, parsed=parsed
+        )
         return Response(
             id=None,
             model=request.model,
@@ -440,6 +513,72 @@ class L2Engine:
             usage=Usage(input_tokens=prompt_tokens, output_tokens=completion),
             provider_data={"l2reason": summary},
         )
+
+    def keep_parsed(self, request: Any, result: Any, settings: L2CallSettings) -> list[bool] | None:
+        """Never return a candidate that does not parse while one that does exists (module docstring).
+
+        Re-selects in place, with the request's own selector, among the
+        candidates whose text the adapter parses; their selection scores stay,
+        the others' become ``None``, and ``selection["details"]["parsed"]``
+        lists those that took part.
+
+        Returns:
+            per candidate, whether its text parses; ``None`` when nothing was
+            checked (no :data:`PARSE_CHECK`, no selection, one candidate, or an
+            adapter whose request it cannot recognise).
+        """
+        check = PARSE_CHECK.get()
+        spec = _selection(settings)
+        if check is None or spec is None or len(result.candidates) < 2:
+            return None
+        parses = check(_system_text(request))
+        if parses is None:
+            return None
+        ok = [bool(parses(c.text)) for c in result.candidates]
+        chosen = result.chosen_index
+        keep = [i for i, good in enumerate(ok) if good]
+        if ok[chosen]:
+            return ok
+        if not keep:
+            log.warning(
+                "none of the %d candidates parses into the signature's output fields; returning the selector's "
+                "choice (candidate %d): pred.l2.parsed is False",
+                len(ok),
+                chosen,
+            )
+            return ok
+        from l2reason.select import _on_all, apply_selection, select_result
+
+        be = self.backend
+        needs_cal = spec.tau == "calibrated" or spec.method.startswith("l2-probe")
+        sub = result.model_copy(update={"candidates": [result.candidates[i] for i in keep]})
+        sel = select_result(
+            sub, spec, calibration=be.calibration if needs_cal else None, num_layers=getattr(be, "num_layers", None)
+        )
+        sel = _on_all(sel, keep, len(ok))  # back to every candidate's index; the others score NaN
+        sel.details["parsed"] = sel.details.pop("survivors")
+        apply_selection(result, sel)
+        log.info("candidate %d did not parse; %s chose candidate %d among %s", chosen, spec.method, sel.index, keep)
+        return ok
+
+
+def _system_text(request: Any) -> str:
+    """A ``dspy.lm15.Request``'s system message as one string ("" without one)."""
+    if request.system is None:
+        return ""
+    return request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
+
+
+def _selection(settings: L2CallSettings) -> Any:
+    """The :class:`~l2reason.backends.base.SelectionSpec` a call's settings ask for (``None``: no selection)."""
+    from l2reason.backends.base import SelectionSpec
+
+    if settings.n <= 1 and settings.selection is None:
+        return None
+    sel = dict(settings.selection or {})
+    sel.setdefault("score", settings.score if settings.score != "probe" else "B/T")
+    sel.setdefault("tau", settings.tau)
+    return SelectionSpec(**sel)
 
 
 class AsyncL2Engine:
@@ -508,7 +647,12 @@ def _compact(obj: Any, *, keep_lists: bool, depth: int = 0) -> Any:
 
 
 def summarize(
-    result: Any, settings: L2CallSettings, *, num_layers: int | None = None, calibration: Any = None
+    result: Any,
+    settings: L2CallSettings,
+    *,
+    num_layers: int | None = None,
+    calibration: Any = None,
+    parsed: list[bool] | None = None,
 ) -> dict[str, Any]:
     """The ``provider_data["l2reason"]`` summary of one backend result.
 
@@ -519,7 +663,9 @@ def summarize(
     finish_reason, completion_tokens, ``scores`` for every score name,
     per-layer ``mean`` norm, ``T``, ``interventions``; ``text`` when
     ``n > 1``), ``layers`` and ``tau`` used, ``interventions`` (the chosen
-    candidate's report) and ``seconds``.
+    candidate's report), ``seconds``, and ``parsed``: whether the chosen
+    candidate's text parses into the signature's fields (``None`` when not
+    checked; then per candidate too, see :meth:`L2Engine.keep_parsed`).
     """
     from l2reason.select import candidate_signals, pooled_tau
     from l2reason.techniques.selection import SCORE_NAMES, l2_scores
@@ -544,25 +690,13 @@ def summarize(
     if sel and str(sel.get("method") or "").startswith("l2-probe"):
         per_score["probe"] = [None if v is None else _finite(v) for v in sel.get("scores") or []]
     chosen = result.chosen_index
-    cands_out = []
-    for i, c in enumerate(result.candidates):
-        d: dict[str, Any] = {
-            "index": c.index,
-            "finish_reason": c.finish_reason,
-            "completion_tokens": c.completion_tokens,
-            "scores": {s: v[i] if i < len(v) else None for s, v in per_score.items()},
-        }
-        if c.norms is not None:
-            d["mean"] = [_finite(x) for x in c.norms.mean]
-            d["T"] = c.norms.T
-            if settings.per_token:
-                d["per_token"] = c.norms.per_token
-                d["masked"] = c.norms.masked
-        if c.interventions:
-            d["interventions"] = _compact(c.interventions, keep_lists=settings.per_token)
-        if len(result.candidates) > 1 and settings.candidate_text:
-            d["text"] = c.text
-        cands_out.append(d)
+    cands_out = [
+        _candidate_summary(result, i, {s: v[i] if i < len(v) else None for s, v in per_score.items()}, settings)
+        for i in range(len(result.candidates))
+    ]
+    if parsed is not None:
+        for d, ok in zip(cands_out, parsed, strict=True):
+            d["parsed"] = ok
     selection = None
     if sel:
         selection = {
@@ -587,9 +721,34 @@ def summarize(
         "tau": tau_out,
         "candidates": cands_out,
         "interventions": cands_out[chosen].get("interventions", {}),
-        "settings": settings.model_dump(mode="json", exclude_defaults=True),
+        "settings": settings.to_json(drop="defaults"),
         "seconds": round(float(result.seconds), 4),
+        "parsed": None if parsed is None else parsed[chosen],
     }
+
+
+def _candidate_summary(
+    result: Any, i: int, scores: dict[str, float | None], settings: L2CallSettings
+) -> dict[str, Any]:
+    """One candidate's entry of :func:`summarize`'s ``candidates``."""
+    c = result.candidates[i]
+    d: dict[str, Any] = {
+        "index": c.index,
+        "finish_reason": c.finish_reason,
+        "completion_tokens": c.completion_tokens,
+        "scores": scores,
+    }
+    if c.norms is not None:
+        d["mean"] = [_finite(x) for x in c.norms.mean]
+        d["T"] = c.norms.T
+        if settings.per_token:
+            d["per_token"] = c.norms.per_token
+            d["masked"] = c.norms.masked
+    if c.interventions:
+        d["interventions"] = _compact(c.interventions, keep_lists=settings.per_token)
+    if len(result.candidates) > 1 and settings.candidate_text:
+        d["text"] = c.text
+    return d
 
 
 def copy_engine(engine: L2Engine) -> L2Engine:

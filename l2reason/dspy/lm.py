@@ -60,14 +60,14 @@ def l2_lm(
     """
     import dspy
 
-    L2CallSettings.parse(defaults)  # fail early, with the field's name
+    settings = L2CallSettings.parse(defaults)  # fail early, with the field's name; parsed once
     engine = L2Engine(
         backend if backend is not None else model,
         name=name,
         max_tokens=max_tokens,
         temperature=temperature,
         seed=seed,
-        defaults=defaults,
+        defaults=settings,
     )
     return dspy.LM(
         f"l2reason/{engine.name}",

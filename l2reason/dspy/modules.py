@@ -5,10 +5,13 @@ per-call state on a module instance (``dspy.Evaluate`` calls one module from
 several threads):
 
 1. ``forward`` enters :func:`l2_context` (DSPy's own context, a contextvar):
-   the merged l2reason settings of every enclosing module, plus an adapter
-   wrapper that adds them to each LM call's ``metadata`` (part of DSPy's
+   the merged, typed :class:`~l2reason.dspy.engine.L2CallSettings` of every
+   enclosing module (interventions as spec objects), plus an adapter wrapper
+   that writes them as JSON into each LM call's ``metadata`` (part of DSPy's
    cache key) just before the wrapped adapter (ChatAdapter, JSONAdapter, ...)
-   calls the LM.
+   calls the LM, and lets the engine test which candidates that adapter can
+   parse (:data:`~l2reason.dspy.engine.PARSE_CHECK`): a candidate that does
+   not parse is never chosen while one that does exists.
 2. A per-call sink is appended to DSPy's ``caller_modules``: DSPy records each
    LM call's history entry (the ``dspy.lm15.Response``, also on a cache hit)
    into the history of every module on that list, so the sink sees exactly the
@@ -18,68 +21,131 @@ several threads):
 
 Modules compose (``L2SelectBest(L2Recurse(dspy.ChainOfThought(sig)))``):
 interventions add up, other settings of the inner module win.
+
+Program-level selection runs the wrapped program ``n`` times on the caller's
+own LMs (each run's calls get ``rollout_id`` + run index and the module's
+temperature through the same adapter), so ``lm.history`` shows every call.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import dspy
+from dspy.utils.exceptions import AdapterParseError
 
-from l2reason.dspy.engine import L2CallSettings, L2Engine
+from l2reason.dspy.engine import PARSE_CHECK, L2CallSettings, L2Engine
 from l2reason.errors import CapabilityError, ConfigError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["L2Observe", "L2Recurse", "L2Report", "L2SelectBest", "L2Steer", "l2_context", "l2_report"]
 
-_SETTINGS_KEY = "l2reason_call"  # the key of the merged settings in dspy.settings' contextvar
+_SETTINGS_KEY = "l2reason_call"  # the key of the merged L2CallSettings in dspy.settings' contextvar
+_ROLLOUT_KEY = "l2reason_rollout"  # program-level selection: the run index, added to each call's rollout_id
 
 
 # ---- settings flow ----------------------------------------------------------------
 
 
 def _merge(outer: dict[str, Any], inner: dict[str, Any]) -> dict[str, Any]:
+    """JSON settings merged: ``inner``'s keys win, interventions add up."""
     out = {**outer, **inner}
     if outer.get("interventions") or inner.get("interventions"):
         out["interventions"] = [*outer.get("interventions", []), *inner.get("interventions", [])]
     return out
 
 
+class _ParseCheck:
+    """For one adapter call: ``system message -> (text -> parses?)``, or ``None`` for a request it did not format.
+
+    The adapter that formatted a request is recognised by its system message:
+    the wrapped adapter's, or that of the JSONAdapter a ChatAdapter falls back
+    to. Texts are parsed with the adapter's own ``parse``, without the
+    callbacks DSPy wraps around it (a check is not a parse of the program's).
+    """
+
+    def __init__(self, adapter: Any, signature: Any) -> None:
+        self.adapter = adapter
+        self.signature = signature
+
+    def _adapters(self) -> Iterator[Any]:
+        yield self.adapter
+        fallback = getattr(self.adapter, "_make_json_adapter_fallback", None)
+        if getattr(self.adapter, "use_json_adapter_fallback", False) and callable(fallback):
+            yield fallback()
+
+    def __call__(self, system: str) -> Callable[[str], bool] | None:
+        for adapter in self._adapters():
+            try:
+                if adapter.format_system_message(self.signature) == system:
+                    return functools.partial(self._parses, adapter)
+            except Exception as e:  # an adapter that formats otherwise: not this one
+                log.debug("cannot format %s's system message: %s", type(adapter).__name__, e)
+        return None
+
+    def _parses(self, adapter: Any, text: str) -> bool:
+        parse = inspect.unwrap(type(adapter).parse)
+        try:
+            parse(adapter, self.signature, text)
+        except Exception:
+            return False
+        return True
+
+
 class _L2Adapter:
-    """Wraps a DSPy adapter; adds the current l2reason settings to each LM call's ``metadata``."""
+    """Wraps a DSPy adapter; writes the current l2reason settings into each LM call's ``metadata``.
+
+    Also sets :data:`~l2reason.dspy.engine.PARSE_CHECK` for the call, and,
+    inside a program-level run, the run's ``rollout_id`` and temperature.
+    """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
     def _kwargs(self, lm: Any, lm_kwargs: dict[str, Any]) -> dict[str, Any]:
-        s = dspy.settings.get(_SETTINGS_KEY)
-        if not s:
+        s: L2CallSettings | None = dspy.settings.get(_SETTINGS_KEY)
+        if s is None:
             return lm_kwargs
-        meta = {**(getattr(lm, "kwargs", {}).get("metadata") or {}), **(lm_kwargs.get("metadata") or {})}
-        meta["l2reason"] = _merge(dict(meta.get("l2reason") or {}), {k: v for k, v in s.items() if k != "temperature"})
+        lm_defaults = getattr(lm, "kwargs", {})
+        meta = {**(lm_defaults.get("metadata") or {}), **(lm_kwargs.get("metadata") or {})}
+        # the one place the typed settings become JSON (DSPy hashes metadata into its cache key)
+        meta["l2reason"] = _merge(dict(meta.get("l2reason") or {}), s.to_json(exclude={"temperature"}))
         out = {**lm_kwargs, "metadata": meta}
-        if s.get("temperature") is not None:
-            out["temperature"] = s["temperature"]
+        if s.temperature is not None:
+            out["temperature"] = s.temperature
+        run = dspy.settings.get(_ROLLOUT_KEY)
+        if run is not None:
+            out["rollout_id"] = int(lm_kwargs.get("rollout_id", lm_defaults.get("rollout_id")) or 0) + run
         return out
 
     def __call__(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any, demos: Any, inputs: Any) -> Any:
-        return self.inner(lm, self._kwargs(lm, lm_kwargs), signature, demos, inputs)
+        token = PARSE_CHECK.set(_ParseCheck(self.inner, signature))
+        try:
+            return self.inner(lm, self._kwargs(lm, lm_kwargs), signature, demos, inputs)
+        finally:
+            PARSE_CHECK.reset(token)
 
     async def acall(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any, demos: Any, inputs: Any) -> Any:
-        return await self.inner.acall(lm, self._kwargs(lm, lm_kwargs), signature, demos, inputs)
+        token = PARSE_CHECK.set(_ParseCheck(self.inner, signature))
+        try:
+            return await self.inner.acall(lm, self._kwargs(lm, lm_kwargs), signature, demos, inputs)
+        finally:
+            PARSE_CHECK.reset(token)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
 
 @contextmanager
-def l2_context(**settings: Any) -> Iterator[dict[str, Any]]:
+def l2_context(**settings: Any) -> Iterator[L2CallSettings]:
     """Run every LM call inside the block with these l2reason call settings.
 
     Nested contexts merge: interventions add up, other keys of the inner
@@ -88,18 +154,23 @@ def l2_context(**settings: Any) -> Iterator[dict[str, Any]]:
 
     Args:
         **settings: fields of :class:`~l2reason.dspy.engine.L2CallSettings`
-            (``n``, ``selection``, ``interventions``, ``score``, ``tau``, ...).
+            (``n``, ``selection``, ``interventions`` (specs or dicts),
+            ``score``, ``tau``, ...).
 
     Yields:
-        the merged settings (a dict).
+        the merged :class:`~l2reason.dspy.engine.L2CallSettings`.
+
+    Raises:
+        ConfigError: a bad field, before any LM call.
 
     Example:
         >>> import dspy
         >>> with l2_context(n=4, selection={"method": "l2"}):  # doctest: +SKIP
         ...     dspy.Predict("q -> a")(q="2+2?")
     """
-    merged = _merge(dict(dspy.settings.get(_SETTINGS_KEY) or {}), settings)
-    L2CallSettings.parse(merged)  # fail before any LM call, naming the field
+    outer: L2CallSettings | None = dspy.settings.get(_SETTINGS_KEY)
+    inner = L2CallSettings.parse(settings)  # fail before any LM call, naming the field
+    merged = inner if outer is None else outer.updated(inner, add_interventions=True)
     adapter = dspy.settings.adapter
     if not isinstance(adapter, _L2Adapter):
         adapter = _L2Adapter(adapter if adapter is not None else dspy.ChatAdapter())
@@ -148,8 +219,14 @@ class L2Report:
             chosen candidate's score (``None`` when no call had norms).
         calls: one ``provider_data["l2reason"]`` summary per LM call, in order.
         candidate_scores: per LM call, the score of every candidate (call-level selection).
-        runs: program-level selection: per run, ``{"score", "calls"}``.
+        runs: program-level selection: per run, ``{"score", "calls", "parsed"}``
+            (``parsed``: the run returned a prediction, no ``AdapterParseError``).
         chosen_run: program-level selection: the index of the returned run.
+
+    ``parsed`` (a property) says whether the chosen candidates' texts parsed
+    into the signature's output fields: ``False`` when, in some LM call, none of
+    the ``n`` candidates did (the selector's choice was returned; a warning was
+    logged), ``None`` when no call was checked (``n == 1``).
 
     Example:
         >>> L2Report("observe", "B/T", 0.5, []).score
@@ -169,16 +246,15 @@ class L2Report:
         """Per LM call, what the interventions did to the chosen candidate."""
         return [c.get("interventions", {}) for c in self.calls]
 
+    @property
+    def parsed(self) -> bool | None:
+        """Did every checked LM call return a candidate that parses? ``None``: no call was checked."""
+        flags = [c["parsed"] for c in self.calls if c.get("parsed") is not None]
+        return all(flags) if flags else None
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "technique": self.technique,
-            "score_name": self.score_name,
-            "score": self.score,
-            "calls": self.calls,
-            "candidate_scores": self.candidate_scores,
-            "runs": self.runs,
-            "chosen_run": self.chosen_run,
-        }
+        """The fields, then ``parsed`` (plain data, not copied)."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "parsed": self.parsed}
 
 
 def call_score(call: dict[str, Any], score: str) -> float | None:
@@ -251,8 +327,8 @@ class _L2Module(dspy.Module):
         """This module's contribution to every LM call's settings."""
         return {"score": self.score}
 
-    def _check_lms(self, settings: dict[str, Any]) -> None:
-        kinds = {str(i["kind"]) for i in settings.get("interventions", [])}
+    def _check_lms(self, settings: L2CallSettings) -> None:
+        kinds = {spec.kind for spec in settings.interventions}
         for lm, eng in _engines(self.module):
             if lm is None:
                 raise ConfigError("no LM is configured: call l2reason.dspy.configure_dspy(...) first")
@@ -323,8 +399,7 @@ class L2Recurse(_L2Module):
         from l2reason.techniques.specs import parse_interventions
 
         super().__init__(module, score=score)
-        [spec] = parse_interventions([{"kind": "alrr", **alrr}])
-        self.spec = spec.model_dump(mode="json")
+        [self.spec] = parse_interventions([{"kind": "alrr", **alrr}])
 
     def call_settings(self) -> dict[str, Any]:
         return {**super().call_settings(), "interventions": [self.spec]}
@@ -360,8 +435,7 @@ class L2Steer(_L2Module):
         kinds = {"erss": "erss", "static": "static_steer"}
         if method not in kinds:
             raise ConfigError(f"unknown steering method {method!r}; use 'erss' or 'static'")
-        [parsed] = parse_interventions([{"kind": kinds[method], **spec}])
-        self.spec = parsed.model_dump(mode="json")
+        [self.spec] = parse_interventions([{"kind": kinds[method], **spec}])
 
     def call_settings(self) -> dict[str, Any]:
         return {**super().call_settings(), "interventions": [self.spec]}
@@ -385,7 +459,9 @@ class L2SelectBest(_L2Module):
             candidates in one batched backend call and keeps the best;
             ``"program"``: run the whole program ``n`` times (different
             rollouts) and return the run whose LM calls have the best mean
-            score, like ``dspy.BestOfN`` without a reward function.
+            score, like ``dspy.BestOfN`` without a reward function. A run
+            whose output does not parse (``AdapterParseError``) is never
+            chosen while another parses; if none does, the last error is raised.
         temperature: sampling temperature of the candidates/runs.
         method: call level: any selector of ``l2reason.techniques.baselines.SELECTORS``
             (``l2``, ``majority``, ``self-certainty``, ...) to compare against ℓ2.
@@ -459,6 +535,8 @@ class L2SelectBest(_L2Module):
             )
             if self.score == "probe":
                 s["layers"] = "all"
+        elif self.level == "program":
+            s["temperature"] = self.temperature  # every call of every run (the runs differ by rollout_id)
         return s
 
     def _report(self, calls: list[dict[str, Any]]) -> L2Report:
@@ -469,49 +547,69 @@ class L2SelectBest(_L2Module):
     def forward(self, **kwargs: Any) -> Any:
         if self.level == "call":
             return super().forward(**kwargs)
-        runs, preds = [], []
-        with l2_context(**self.call_settings()) as merged:
-            self._check_lms(merged)
-            for mod in self._rollouts():
-                with _collect() as sink:
-                    preds.append(mod(**kwargs))
-                runs.append(sink.summaries())
-        return self._pick(preds, runs)
+        runs: list[tuple[Any, list[dict[str, Any]]]] = []
+        with self._program():
+            for i in range(self.n):
+                with _run(i, self.n, runs) as out:
+                    out["pred"] = self.module(**kwargs)
+        return self._pick(runs)
 
     async def aforward(self, **kwargs: Any) -> Any:
         if self.level == "call":
             return await super().aforward(**kwargs)
-        runs, preds = [], []
+        runs: list[tuple[Any, list[dict[str, Any]]]] = []
+        with self._program():
+            for i in range(self.n):
+                with _run(i, self.n, runs) as out:
+                    out["pred"] = await self.module.acall(**kwargs)
+        return self._pick(runs)
+
+    @contextmanager
+    def _program(self) -> Iterator[L2CallSettings]:
+        """Program level: this module's settings around all runs, the LMs checked once."""
         with l2_context(**self.call_settings()) as merged:
             self._check_lms(merged)
-            for mod in self._rollouts():
-                with _collect() as sink:
-                    preds.append(await mod.acall(**kwargs))
-                runs.append(sink.summaries())
-        return self._pick(preds, runs)
+            yield merged
 
-    def _rollouts(self) -> Iterator[dspy.Module]:
-        """``n`` copies of the program, each on its own rollout (so the cache does not repeat a run)."""
-        lm = self.module.get_lm() or dspy.settings.lm
-        start = int(lm.kwargs.get("rollout_id") or 0)
-        for i in range(self.n):
-            mod = self.module.deepcopy()
-            mod.set_lm(lm.copy(rollout_id=start + i, temperature=self.temperature))
-            yield mod
-
-    def _pick(self, preds: list[Any], runs: list[list[dict[str, Any]]]) -> Any:
-        scores = _run_scores(runs, self.score)
+    def _pick(self, runs: list[tuple[Any, list[dict[str, Any]]]]) -> Any:
+        """The best-scoring run among those that parsed; the last parse error if none did."""
+        scores = _run_scores([calls for _, calls in runs], self.score)
+        ok = [not isinstance(pred, AdapterParseError) for pred, _ in runs]
+        if not any(ok):
+            raise runs[-1][0]
         safe = [-math.inf if s is None else s for s in scores]
-        best = max(range(len(preds)), key=lambda i: (safe[i], -i))
+        best = max((i for i in range(len(runs)) if ok[i]), key=lambda i: (safe[i], -i))
         rep = L2Report(
             self.technique,
             self.score,
             scores[best],
-            runs[best],
-            runs=[{"score": s, "calls": r} for s, r in zip(scores, runs, strict=True)],
+            runs[best][1],
+            runs=[
+                {"score": s, "calls": calls, "parsed": good}
+                for s, (_, calls), good in zip(scores, runs, ok, strict=True)
+            ],
             chosen_run=best,
         )
-        return _attach(preds[best], rep)
+        return _attach(runs[best][0], rep)
+
+
+@contextmanager
+def _run(index: int, n: int, runs: list[tuple[Any, list[dict[str, Any]]]]) -> Iterator[dict[str, Any]]:
+    """One program-level run: its LM calls get ``rollout_id + index`` (:class:`_L2Adapter`) and are collected.
+
+    Appends ``(prediction, call summaries)`` to ``runs``; a run whose output
+    does not parse appends its ``AdapterParseError`` instead (logged).
+    """
+    out: dict[str, Any] = {}
+    with dspy.context(**{_ROLLOUT_KEY: index}), _collect() as sink:
+        try:
+            yield out
+        except AdapterParseError as e:
+            log.warning(
+                "program-level run %d of %d did not parse (%s); it is not chosen while another does", index, n, e
+            )
+            out["pred"] = e
+    runs.append((out["pred"], sink.summaries()))
 
 
 def _run_scores(runs: list[list[dict[str, Any]]], score: str) -> list[float | None]:

@@ -1,14 +1,25 @@
-"""Statistics for small evaluations, in numpy only.
+"""Statistics for small evaluations, on scipy and scikit-learn where they do the job.
 
-- :func:`bootstrap_ci` — percentile bootstrap CI of an accuracy.
+- :func:`bootstrap_ci` — percentile bootstrap CI of an accuracy
+  (``scipy.stats.bootstrap``, resampling exactly as the published reports did).
 - :func:`paired_bootstrap` — CI and two-sided p-value of an accuracy difference
-  on the same items.
-- :func:`mcnemar` — exact McNemar test on the discordant pairs.
-- :func:`roc_auc`, :func:`within_item_auc` — how well a score separates right
-  from wrong answers, overall and within each item.
-- :func:`spearman` — rank correlation with average ranks for ties.
+  on the same items (the CI from ``scipy.stats.bootstrap``; the shifted-null
+  p-value, which scipy does not offer, from its bootstrap distribution).
+- :func:`mcnemar` — exact McNemar test on the discordant pairs (``scipy.stats.binomtest``).
+- :func:`roc_auc` (``sklearn.metrics.roc_auc_score``), :func:`within_item_auc`
+  (ours: the pooled pair count over items; ranks from ``scipy.stats.rankdata``)
+  — how well a score separates right from wrong answers, overall and within each item.
+- :func:`spearman` — rank correlation (``scipy.stats.spearmanr``).
 - :func:`accuracy_vs_n` — accuracy of a selection rule as a function of the
   number of candidates ``N``, by subsampling stored candidates.
+
+scipy and scikit-learn are imported inside the functions, so importing this
+module (and ``l2reason``) stays cheap. The bootstraps draw exactly the
+resamples of the hand-written code they replace, and every function gives the
+published reports' numbers (``docs/results/``) to their printed precision
+(``tests/unit/test_eval_stats.py`` recomputes rows from their stored
+``per_item.csv``); McNemar p-values and AUCs differ from the old exact
+arithmetic by float rounding (~1e-14) only.
 
 References: Efron & Tibshirani (1993), *An Introduction to the Bootstrap*,
 ch. 13 (percentile interval) and ch. 16 (shifted-null test); McNemar (1947);
@@ -18,7 +29,7 @@ Mann & Whitney (1947) for AUC as ``P(score+ > score-)``.
 from __future__ import annotations
 
 import logging
-import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 2_000_000  # resampled values held in memory at once (16 MB of float64)
+_CHUNK = 2_000_000  # resampled indices drawn at once; also fixes the draws the published reports used
 
 
 def _as_1d(x: ArrayLike, name: str) -> np.ndarray:
@@ -63,16 +74,34 @@ def _check_level(level: float, n_boot: int) -> None:
         raise ConfigError(f"n_boot must be >= 1, got {n_boot}")
 
 
-def _bootstrap_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of ``n_boot`` resamples (with replacement) of ``x``, drawn in chunks."""
-    n = x.size
-    rows = max(1, _CHUNK // n)
-    out = np.empty(n_boot)
-    for start in range(0, n_boot, rows):
-        stop = min(n_boot, start + rows)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        out[start:stop] = x[idx].mean(axis=1)
-    return out
+def _bootstrap_means(x: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[np.ndarray, float, float]:
+    """Means of ``n_boot`` resamples of ``x`` and their percentile interval, by ``scipy.stats.bootstrap``.
+
+    Why the batch size is ours: scipy draws each batch of ``b`` resamples as
+    one ``rng.integers(0, n, (b, n))`` from ``np.random.default_rng(seed)``, and
+    with ``b = _CHUNK // n`` those are exactly the draws of the bootstrap
+    l2reason wrote by hand before (a different batching changes the stream), so
+    every published interval and p-value reproduces.
+
+    Returns:
+        ``(means [n_boot], lo, hi)``.
+    """
+    from scipy.stats import bootstrap
+
+    if x.size == 1:  # scipy needs two observations; every resample of one is that one
+        return np.full(n_boot, float(x[0])), float(x[0]), float(x[0])
+    res = bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=n_boot,
+        batch=max(1, _CHUNK // x.size),
+        vectorized=True,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    ci = res.confidence_interval
+    return np.asarray(res.bootstrap_distribution), float(ci.low), float(ci.high)
 
 
 def bootstrap_ci(
@@ -96,10 +125,8 @@ def bootstrap_ci(
     """
     _check_level(level, n_boot)
     x = _as_1d(correct, "correct")
-    means = _bootstrap_means(x, n_boot, np.random.default_rng(seed))
-    alpha = (1.0 - level) / 2
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(x.mean()), float(lo), float(hi)
+    _, lo, hi = _bootstrap_means(x, n_boot, level, seed)
+    return float(x.mean()), lo, hi
 
 
 def paired_bootstrap(
@@ -132,13 +159,11 @@ def paired_bootstrap(
     if xa.shape != xb.shape:
         raise ConfigError(f"a and b must score the same items; got {xa.size} and {xb.size} entries")
     d = xa - xb
-    diffs = _bootstrap_means(d, n_boot, np.random.default_rng(seed))
-    alpha = (1.0 - level) / 2
-    lo, hi = np.quantile(diffs, [alpha, 1.0 - alpha])
+    diffs, lo, hi = _bootstrap_means(d, n_boot, level, seed)
     observed = float(d.mean())
     # A tiny slack keeps float noise in the resampled means from deciding ties.
     k = int(np.sum(np.abs(diffs - observed) >= abs(observed) - 1e-12))
-    return observed, float(lo), float(hi), (k + 1) / (n_boot + 1)
+    return observed, lo, hi, (k + 1) / (n_boot + 1)
 
 
 def mcnemar(a: ArrayLike, b: ArrayLike) -> tuple[int, int, float]:
@@ -146,7 +171,8 @@ def mcnemar(a: ArrayLike, b: ArrayLike) -> tuple[int, int, float]:
 
     Only discordant items count: ``b01`` (A wrong, B right) and ``b10`` (A right,
     B wrong). Under the null each is Binomial(b01 + b10, 1/2); the two-sided
-    p-value is ``min(1, 2 * P(X <= min(b01, b10)))``, 1 when there are none.
+    p-value (``scipy.stats.binomtest``) is ``min(1, 2 * P(X <= min(b01, b10)))``,
+    1 when there are none.
 
     Args:
         a: ``(n,)`` bools, system A's correctness per item.
@@ -168,12 +194,13 @@ def mcnemar(a: ArrayLike, b: ArrayLike) -> tuple[int, int, float]:
     n = b01 + b10
     if n == 0:
         return b01, b10, 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b01, b10) + 1))
-    return b01, b10, min(1.0, 2 * tail / 2**n)  # exact integers until the division
+    from scipy.stats import binomtest
+
+    return b01, b10, min(1.0, float(binomtest(min(b01, b10), n, 0.5).pvalue))
 
 
 def rankdata(x: ArrayLike) -> np.ndarray:
-    """1-based ranks of ``x``, tied values sharing their average rank.
+    """1-based ranks of ``x``, tied values sharing their average rank (``scipy.stats.rankdata``).
 
     Args:
         x: ``(n,)`` values.
@@ -182,16 +209,9 @@ def rankdata(x: ArrayLike) -> np.ndarray:
         >>> rankdata([10, 20, 20, 5]).tolist()
         [2.0, 3.5, 3.5, 1.0]
     """
-    arr = np.asarray(x, dtype=float).ravel()
-    order = np.argsort(arr, kind="mergesort")
-    sorted_x = arr[order]
-    # Start of each run of equal values, and each run's average of positions 1..n.
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], arr.size]
-    avg = (starts + ends + 1) / 2.0  # mean of (start+1 .. end)
-    ranks = np.empty(arr.size)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
+    from scipy.stats import rankdata as _rankdata
+
+    return np.asarray(_rankdata(np.asarray(x, dtype=float).ravel(), method="average"), dtype=float)
 
 
 def _auc_pairs(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
@@ -208,7 +228,8 @@ def _auc_pairs(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
 def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
     """Area under the ROC curve: ``P(score of a positive > score of a negative)``.
 
-    Ties count 1/2 (Mann-Whitney). ``NaN`` when either class is empty.
+    ``sklearn.metrics.roc_auc_score``: ties count 1/2 (Mann-Whitney). ``NaN``
+    when either class is empty (where scikit-learn raises).
 
     Args:
         scores: ``(n,)`` scores, higher meaning "more likely right".
@@ -222,8 +243,11 @@ def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
     y = np.asarray(labels, dtype=bool).ravel()
     if y.shape != s.shape:
         raise ConfigError(f"scores and labels differ in length: {s.size} vs {y.size}")
-    wins, pairs = _auc_pairs(s, y)
-    return wins / pairs if pairs else float("nan")
+    if y.all() or not y.any():
+        return float("nan")
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s))
 
 
 def within_item_auc(scores: Sequence[ArrayLike], labels: Sequence[ArrayLike]) -> tuple[float, int]:
@@ -234,6 +258,10 @@ def within_item_auc(scores: Sequence[ArrayLike], labels: Sequence[ArrayLike]) ->
     wrong) pair counts once, ties 1/2. This is what matters for choosing among
     one item's candidates, unlike :func:`roc_auc`, which also rewards scores that
     merely tell easy items from hard ones.
+
+    Ours, not a library's: no library pools the Mann-Whitney pair counts of
+    many small groups (the mean of per-item AUCs would weight a 1×7 item like a
+    4×4 one); each item's count is ``U`` from ``scipy.stats.rankdata`` ranks.
 
     Args:
         scores: one ``(k_i,)`` array of candidate scores per item.
@@ -261,7 +289,7 @@ def within_item_auc(scores: Sequence[ArrayLike], labels: Sequence[ArrayLike]) ->
 
 
 def spearman(x: ArrayLike, y: ArrayLike) -> float:
-    """Spearman rank correlation (Pearson correlation of average ranks).
+    """Spearman rank correlation (``scipy.stats.spearmanr``: Pearson correlation of average ranks).
 
     ``NaN`` when fewer than two points or either input is constant.
 
@@ -276,12 +304,13 @@ def spearman(x: ArrayLike, y: ArrayLike) -> float:
     xa, ya = _as_1d(x, "x"), _as_1d(y, "y")
     if xa.shape != ya.shape:
         raise ConfigError(f"x and y differ in length: {xa.size} vs {ya.size}")
-    if xa.size < 2:
-        return float("nan")
-    rx, ry = rankdata(xa), rankdata(ya)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    return float(rx @ ry) / denom if denom > 0 else float("nan")
+    if xa.size < 2 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
+        return float("nan")  # scipy warns and returns NaN for constant input; say it without the warning
+    from scipy.stats import spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(spearmanr(xa, ya).statistic)
 
 
 Selector = Callable[[int, np.ndarray], bool]

@@ -28,6 +28,16 @@ from typing import Any, Literal
 import numpy as np
 
 from l2reason.errors import ConfigError
+from l2reason.techniques.probe import select_probe
+
+# The per-candidate scores live below both the baselines and the probe (which imports neither); re-exported here.
+from l2reason.techniques.scores import (
+    DEEPCONF_BOTTOM,
+    DEEPCONF_TAIL,
+    DEEPCONF_WINDOW,
+    deepconf_scores,
+    self_certainty_scores,
+)
 from l2reason.techniques.selection import (
     DEFAULT_SCORE,
     CandidateSignals,
@@ -54,9 +64,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BORDA_P = 0.5  # Kang et al. 2025, eq. 11: v(r) = (N − r + 1)^p; p tuned there [open]; p=0 ⇒ majority
-DEEPCONF_WINDOW = 2048  # Fu et al. 2025: sliding-window group size 2048 tokens
-DEEPCONF_BOTTOM = 0.10  # Fu et al. 2025: bottom-10% group confidence
-DEEPCONF_TAIL = 2048  # Fu et al. 2025: tail confidence over the last 2048 tokens
 DEEPCONF_KEEP = 0.9  # Fu et al. 2025: η = 90% ("DeepConf-high"); η = 10% is "-low"
 
 
@@ -155,27 +162,6 @@ def select_shortest(cands: Sequence[CandidateSignals], seed: int | None = None) 
     return Selection("shortest", i, scores, cands[i].answer, None, details)
 
 
-def self_certainty_scores(cands: Sequence[CandidateSignals]) -> np.ndarray:
-    """SC = mean over tokens of SC_t (NaN tokens ignored; NaN if none).
-
-    Raises:
-        ConfigError: a candidate lacks ``token_self_certainty``.
-    """
-    _check_cands(cands)
-    out = np.full(len(cands), np.nan)
-    for i, c in enumerate(cands):
-        if c.token_self_certainty is None:
-            raise ConfigError(
-                f"candidate {i} has no token_self_certainty: self-certainty needs the "
-                "full next-token distribution; ask the backend for logprobs/self-certainty"
-            )
-        v = np.asarray(c.token_self_certainty, dtype=np.float64)
-        v = v[np.isfinite(v)]
-        if v.size:
-            out[i] = v.mean()
-    return out
-
-
 def select_self_certainty(
     cands: Sequence[CandidateSignals],
     mode: Literal["argmax", "borda"] = "argmax",
@@ -225,55 +211,6 @@ def select_self_certainty(
         groups,
         {"p": p, "votes": votes.tolist()},
     )
-
-
-def deepconf_scores(
-    cands: Sequence[CandidateSignals],
-    *,
-    window: int = DEEPCONF_WINDOW,
-    mode: Literal["lowest_group", "tail"] = "lowest_group",
-    bottom_frac: float = DEEPCONF_BOTTOM,
-    tail_tokens: int = DEEPCONF_TAIL,
-) -> np.ndarray:
-    """DeepConf trace confidence per candidate.
-
-    ``lowest_group``: group confidences are sliding-window means of C_t over
-    windows of w = min(window, T) tokens (T − w + 1 groups); the score is the
-    mean of the lowest ceil(bottom_frac · groups) of them. ``tail``: mean C_t
-    over the last min(tail_tokens, T) tokens. Non-finite C_t are dropped
-    first; a candidate with no token scores NaN.
-
-    Raises:
-        ConfigError: a candidate lacks ``token_confidence``, or bad window sizes.
-    """
-    _check_cands(cands)
-    if window < 1 or tail_tokens < 1:
-        raise ConfigError(f"window and tail_tokens must be >= 1 (got {window}, {tail_tokens})")
-    if not 0.0 < bottom_frac <= 1.0:
-        raise ConfigError(f"bottom_frac must be in (0, 1] (got {bottom_frac})")
-    out = np.full(len(cands), np.nan)
-    for i, c in enumerate(cands):
-        if c.token_confidence is None:
-            raise ConfigError(
-                f"candidate {i} has no token_confidence: DeepConf needs the top-k "
-                "logprobs of every generated token; ask the backend for logprobs"
-            )
-        conf = np.asarray(c.token_confidence, dtype=np.float64)
-        conf = conf[np.isfinite(conf)]  # [T]
-        T = conf.size
-        if T == 0:
-            continue
-        if mode == "tail":
-            out[i] = conf[-min(tail_tokens, T) :].mean()
-        elif mode == "lowest_group":
-            w = min(window, T)
-            csum = np.concatenate([[0.0], np.cumsum(conf)])
-            groups = (csum[w:] - csum[:-w]) / w  # [T − w + 1] window means
-            k = max(1, math.ceil(bottom_frac * groups.size))
-            out[i] = np.sort(groups)[:k].mean()
-        else:
-            raise ConfigError(f'mode must be "lowest_group" or "tail" (got {mode!r})')
-    return out
 
 
 def select_deepconf(
@@ -410,16 +347,12 @@ def _need_probe(method: str) -> ConfigError:
 
 
 def _probe(cands: Sequence[CandidateSignals], *, tau: Any, seed: int, probe: Any = None) -> Selection:
-    from l2reason.techniques.probe import select_probe
-
     if probe is None:
         raise _need_probe("l2-probe")
     return select_probe(cands, probe, rule="argmax", seed=seed)
 
 
 def _probe_vote(cands: Sequence[CandidateSignals], *, tau: Any, seed: int, probe: Any = None) -> Selection:
-    from l2reason.techniques.probe import select_probe
-
     if probe is None:
         raise _need_probe("l2-probe-vote")
     return select_probe(cands, probe, rule="vote", seed=seed)

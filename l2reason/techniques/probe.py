@@ -26,7 +26,8 @@ by the square root of its group's size (3 base, 4 confidence, 5 per layer
 for ℓ2, all layers together), so that each group has the same prior weight
 under the penalty and the many per-layer features cannot drown the few
 strong ones by number (this scale is stored with the weights). The model is
-an L2-regularised logistic regression for "this candidate is right", fitted by Newton's method (IRLS) on the items of a
+an L2-regularised logistic regression for "this candidate is right", fitted by Newton's method (IRLS; ours, not
+scikit-learn's, so published and pre-registered probe numbers stay fixed: see ``_newton``) on the items of a
 calibration split that have both right and wrong candidates (the others
 carry no within-item contrast); the penalty is chosen by an inner,
 item-grouped cross-validation on the same split (best within-item AUC, ties to
@@ -63,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from l2reason.errors import ConfigError
+from l2reason.techniques.scores import deepconf_scores, window_low
 from l2reason.techniques.selection import CandidateSignals, Selection, _argmax_tied, _check_cands, group_vote
 
 __all__ = [
@@ -173,18 +175,6 @@ def _l2_block(c: CandidateSignals, tau: np.ndarray) -> np.ndarray:
     return out
 
 
-def _window_low(conf: np.ndarray, window: int, bottom: float = 0.1) -> float:
-    """Mean of the lowest ``bottom`` share of sliding-window means (window min(window, T))."""
-    T = conf.size
-    if T == 0:
-        return float("nan")
-    w = min(window, T)
-    csum = np.concatenate([[0.0], np.cumsum(conf)])
-    groups = (csum[w:] - csum[:-w]) / w
-    k = max(1, math.ceil(bottom * groups.size))
-    return float(np.sort(groups)[:k].mean())
-
-
 def _finite_mean(x: np.ndarray | None) -> float:
     if x is None:
         return float("nan")
@@ -223,14 +213,12 @@ def raw_features(cands: Sequence[CandidateSignals], layers: Sequence[int], featu
                 "confidence): request logprobs (GenerationRequest(logprobs=20), as the evaluation does), "
                 "or use a probe fitted on the 'l2' or 'base' feature set"
             )
-        from l2reason.techniques.baselines import deepconf_scores
-
         cols.append(np.array([_finite_mean(c.token_self_certainty) for c in cands]))
         cols.append(np.asarray(deepconf_scores(cands, mode="lowest_group"), dtype=np.float64))
         local = []
         for c in cands:
             v = np.asarray(c.token_confidence, dtype=np.float64)
-            local.append(_window_low(v[np.isfinite(v)], LOCAL_WINDOW))
+            local.append(window_low(v[np.isfinite(v)], LOCAL_WINDOW))
         cols.append(np.array(local))
         cols.append(np.array([_finite_mean(c.token_logprob) for c in cands]))
     X = np.stack(cols, axis=1)
@@ -415,7 +403,20 @@ def _plain(x: Any) -> Any:
 
 
 def _newton(Z: np.ndarray, y: np.ndarray, lam: float, iters: int = 100) -> tuple[np.ndarray, float]:
-    """Minimise mean log-loss + (lam/2)·‖w‖² (intercept not penalised) by damped Newton steps."""
+    """Minimise mean log-loss + (lam/2)·‖w‖² (intercept not penalised) by damped Newton steps.
+
+    This is scikit-learn's ``LogisticRegression(C=1 / (n·lam))`` (l2 penalty,
+    intercept fitted and not penalised): ``C·Σ log-loss + ½‖w‖²`` is the same
+    objective times ``1/(n·lam)``. With ``solver="newton-cholesky"`` and a
+    tight ``tol`` it finds the same weights (logits agree to ~1e-9 on random
+    data, ``tests/unit/test_probe.py``). We keep our own for reproducibility:
+    published rows (``l2-probe-cv:l2`` in ``docs/results/``) and a
+    pre-registered study use the probe, the runs' per-candidate samples are
+    not in the repository to prove a switch changes none of them, and a
+    library's convergence rule or default could move a logit near a tie.
+    It also keeps the selector free of a scikit-learn import in the engine
+    plugins, which install l2reason without its dependencies.
+    """
     n, F = Z.shape
     A = np.concatenate([Z, np.ones((n, 1))], axis=1)
     theta = np.zeros(F + 1)

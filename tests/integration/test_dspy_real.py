@@ -90,3 +90,23 @@ def test_streamify_streams_a_field_token_by_token():
     assert final is not None and final.reasoning
     assert len(chunks) >= 3  # streamed as it decoded, not one block
     assert "".join(chunks).strip() == final.reasoning.strip()
+
+
+def test_select_best_never_returns_a_candidate_that_does_not_parse_default():
+    """Issue 23.2: `make demo`'s recipe printed `{answer}=5` for this problem; the answer must come from a
+    candidate ChatAdapter parses whenever one of the call's candidates does."""
+
+    class Solve(dspy.Signature):
+        """Solve the math word problem. Give the final answer as a number only."""
+
+        question: str = dspy.InputField()
+        answer: str = dspy.OutputField(desc="a number")
+
+    lm = l2.l2_lm("default", max_tokens=160, cache=False)
+    with dspy.context(lm=lm):
+        pred = l2.L2SelectBest(dspy.ChainOfThought(Solve), n=4)(question="0 + -2 + -4 * 0 * 3")
+    for call in pred.l2.calls:
+        if any(c.get("parsed") for c in call["candidates"]):
+            assert call["parsed"] is True
+    assert pred.l2.calls[0]["parsed"] is not None  # the call was checked
+    assert "{answer}" not in pred.answer

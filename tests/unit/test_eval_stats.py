@@ -1,10 +1,13 @@
-"""Statistics: known values on hand-made inputs, brute-force cross-checks, CI coverage."""
+"""Statistics: known values on hand-made inputs, brute-force cross-checks, CI coverage, published figures."""
 
 from __future__ import annotations
 
+import csv
 import itertools
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +238,65 @@ def test_accuracy_vs_n_rejects_bad_n() -> None:
 def test_bad_inputs_raise_config_error(call: Callable[[], object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         call()
+
+
+# ---------------------------------------------------------------- published figures
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def _published(run: str) -> tuple[dict[str, int], Callable[[str], dict[str, float]], list[str]]:
+    """A published run: each report row's position (the report seeds row i's bootstrap with i),
+    its per-item 0/1 column (``per_item.csv``; blank where the row skipped the item) and ``report.md``'s lines."""
+    order = {m["name"]: i for i, m in enumerate(json.loads((RESULTS / run / "report.json").read_text())["methods"])}
+    with (RESULTS / run / "per_item.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def correct(name: str) -> dict[str, float]:
+        return {r["item_id"]: float(r[name]) for r in rows if r[name] != ""}
+
+    return order, correct, (RESULTS / run / "report.md").read_text(encoding="utf-8").splitlines()
+
+
+@pytest.mark.parametrize(
+    ("run", "method"),
+    [
+        ("gsm_symbolic_100_1.5b_vllm", "l2-probe-cv:l2"),  # 67.0 [58.0, 76.0]; vs majority +2.0 [+0.0, +5.0]
+        ("gsm_symbolic_100_1.5b_vllm", "majority"),
+        ("gsm_symbolic_100", "l2:B/T"),
+    ],
+)
+def test_published_report_rows_reproduce_from_their_stored_per_item_data(run: str, method: str) -> None:
+    """The accuracy CI, paired-bootstrap Δ/CI/p and McNemar counts/p of a published row, to its printed precision."""
+    order, correct, lines = _published(run)
+    [line] = [ln for ln in lines if ln.startswith(f"| {method} | selection |")]
+    i, a = order[method], correct(method)
+    acc, lo, hi = bootstrap_ci(list(a.values()), n_boot=10_000, seed=i)  # report: seed + i, seed 0
+    assert line.startswith(f"| {method} | selection | {len(a)} | {100 * acc:.1f} | [{100 * lo:.1f}, {100 * hi:.1f}] |")
+    for ref, offset in (("greedy", 1000), ("majority", 2000)):
+        if ref == method:
+            continue
+        b = correct(ref)
+        x, y = np.array([a[k] for k in a if k in b]), np.array([b[k] for k in a if k in b])  # the shared items
+        d, dlo, dhi, p = paired_bootstrap(x, y, n_boot=10_000, seed=offset + i)
+        losses, wins, p_mcnemar = mcnemar(x, y)
+        star = " **" if (dlo > 0 or dhi < 0) else ""
+        cell = f"{100 * d:+.1f} [{100 * dlo:+.1f}, {100 * dhi:+.1f}]{star} p={p:.3f}; +{wins}/−{losses} (McN p={p_mcnemar:.3f})"
+        assert f"| {cell} |" in line, (ref, cell, line)
+
+
+def test_scipy_bootstrap_keeps_the_hand_written_draws() -> None:
+    """Values of the hand-written bootstrap this module had (chunked draws at n > 200 too), to 1e-12."""
+    rng = np.random.default_rng(123)
+    x = (rng.uniform(size=450) < 0.6).astype(float)
+    y = (rng.uniform(size=450) < 0.5).astype(float)
+    assert bootstrap_ci(x, n_boot=3000, seed=5) == pytest.approx(
+        (0.6066666666666667, 0.56, 0.6488888888888888), abs=1e-12
+    )
+    assert bootstrap_ci(x[:100], n_boot=3000, seed=5) == pytest.approx((0.64, 0.55, 0.74), abs=1e-12)
+    got = paired_bootstrap(x, y, n_boot=3000, seed=6)
+    assert got == pytest.approx(
+        (0.10444444444444445, 0.042222222222222223, 0.1688888888888889, 0.0013328890369876708), abs=1e-12
+    )
+    assert bootstrap_ci([1.0], n_boot=50) == (1.0, 1.0, 1.0)
+    assert paired_bootstrap([1.0], [0.0], n_boot=50) == (1.0, 1.0, 1.0, 1 / 51)

@@ -450,3 +450,20 @@ def test_many_noise_layers_do_not_drown_a_strong_base_feature_on_a_small_split()
     assert _argmax_accuracy(probe, items(11, 30)) >= 0.9
     top, _ = probe.top_effects(1)[0]
     assert top == "vote_share"
+
+
+@pytest.mark.parametrize("lam", [1e-4, 0.1, 10.0])
+def test_our_newton_fit_is_scikit_learns_logistic_regression_with_c_of_one_over_n_lambda(lam):
+    """Why the probe keeps its own fit (``_newton``'s docstring): scikit-learn finds the same optimum with
+    ``C = 1 / (n·λ)``, l2 penalty, unpenalised intercept, but the probe's numbers must not move at all."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    from l2reason.techniques.probe import item_features
+
+    items = _items(11, 30)
+    probe = fit_probe(items, layers=range(L), feature_set="both", l2=lam)
+    X = np.concatenate([item_features(c, list(range(L)), "both") for c, y in items if y.any() and not y.all()])
+    y = np.concatenate([y for c, y in items if y.any() and not y.all()])
+    Z = (X - probe.mean) / probe.scale
+    ref = sklearn.LogisticRegression(C=1.0 / (len(y) * lam), solver="newton-cholesky", tol=1e-12, max_iter=1000)
+    ref.fit(Z, y)
+    assert np.max(np.abs(probe.logits(X) - ref.decision_function(Z))) < 1e-6
