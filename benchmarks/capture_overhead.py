@@ -10,39 +10,20 @@ versions and command. Not a test: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import PROMPTS, machine, report_head, run_info, write_report  # noqa: E402
 from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams  # noqa: E402
 from l2reason.backends.hf import HFBackend  # noqa: E402
 
-PROMPTS = [
-    "A baker makes 12 muffins per tray and bakes 7 trays. She sells 59. How many are left? Think step by step.",
-    "Tom has 3 boxes with 18 marbles each and gives away 14. How many are left? Think step by step.",
-]
-
-
-def machine() -> dict[str, str]:
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": str(torch.get_num_threads()),
-        "platform": platform.platform(),
-    }
+WORD_PROBLEMS = PROMPTS[:2]
 
 
 def main() -> None:
@@ -71,17 +52,17 @@ def main() -> None:
         res = be.generate(req)
         return res.completion_tokens, time.perf_counter() - t
 
-    run(None, PROMPTS[0])  # warm-up
+    run(None, WORD_PROBLEMS[0])  # warm-up
     rates: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(args.rounds):
         order = list(modes) if r % 2 == 0 else list(reversed(modes))  # interleave, alternate order
         for m in order:
-            for p in PROMPTS:
+            for p in WORD_PROBLEMS:
                 tok, s = run(modes[m], p)
                 rates[m].append(tok / s)
     med = {m: statistics.median(v) for m, v in rates.items()}
     out = {
-        "command": " ".join(["python", *sys.argv]),
+        **run_info(),
         "model": be.model_id,
         "load_seconds": round(load_s, 2),
         "rounds": args.rounds,
@@ -92,27 +73,22 @@ def main() -> None:
         "all_tok_s": {m: [round(x, 3) for x in v] for m, v in rates.items()},
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
         "machine": machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(out, indent=2))
-    lines = [
-        "# Norm-capture overhead",
-        "",
-        f"Command: `{out['command']}`  ",
+    lines = report_head(
+        "Norm-capture overhead",
+        out,
         f"Date: {out['date']}; model {out['model']} (fp32); n={args.n} candidates; {args.max_new_tokens} new tokens; "
-        f"{args.rounds} interleaved rounds x {len(PROMPTS)} prompts.  ",
+        f"{args.rounds} interleaved rounds x {len(WORD_PROBLEMS)} prompts.  ",
         f"Machine: {out['machine']}",
         "",
         "| capture | median decode tok/s | overhead vs off |",
         "|---|---|---|",
-    ]
+    )
     for m in modes:
         ov = "-" if m == "off" else f"{100 * out['overhead_vs_off'][m]:+.1f}%"
         lines.append(f"| {m} | {med[m]:.2f} | {ov} |")
     lines += ["", f"Peak RSS {out['peak_rss_gb']} GB; model load {out['load_seconds']} s.", ""]
-    path.with_suffix(".md").write_text("\n".join(lines))
+    write_report(args.out, out, lines)
     print("\n".join(lines))
 
 

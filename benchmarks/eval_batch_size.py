@@ -16,8 +16,6 @@ Writes ``docs/results/eval_batch_size.md`` and ``.json``. Not a test.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,9 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import hf_env, hf_report_head, run_config, write_report  # noqa: E402
 from l2reason.backends.hf import HFBackend  # noqa: E402
 from l2reason.eval.datasets import load_dataset  # noqa: E402
-from l2reason.eval.harness import SAMPLES, RunConfig, _request  # noqa: E402
+from l2reason.eval.harness import SAMPLES, _request  # noqa: E402
 
 
 def main() -> None:
@@ -46,14 +45,12 @@ def main() -> None:
     ds = load_dataset("gsm_symbolic:seed=42")
     rows = [int(x) for x in args.rows.split(",")]
     results = []
-    warm = RunConfig(dataset=ds.name, model_id=be.model_id, num_layers=be.num_layers, n=1, max_new_tokens=4)
+    warm = run_config(be, ds.name, n=1, max_new_tokens=4)
     be.generate_many([_request(warm, ds.items(1)[0], 0, SAMPLES)])  # warm-up
     for r in rows:
         n = min(args.n, r)
         k = max(1, r // n)
-        cfg = RunConfig(
-            dataset=ds.name, model_id=be.model_id, num_layers=be.num_layers, n=n, max_new_tokens=args.max_new_tokens
-        )
+        cfg = run_config(be, ds.name, n=n, max_new_tokens=args.max_new_tokens)
         reqs = [_request(cfg, it, i, SAMPLES) for i, it in enumerate(ds.items(k))]
         t0 = time.perf_counter()
         res = be.generate_many(reqs)
@@ -64,24 +61,10 @@ def main() -> None:
         print(
             f"rows {n * k:3d} ({k} items x N={n}): {toks} tokens in {secs:.1f}s = {toks / secs:.1f} tok/s", flush=True
         )
-    import transformers
-
-    env = {
-        "model": be.model_id,
-        "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"env": env, "args": vars(args), "results": results}, indent=2))
+    env = hf_env(be.model_id, args.threads)
+    cmd = f"python benchmarks/eval_batch_size.py --rows {args.rows} --n {args.n} --max-new-tokens {args.max_new_tokens}"
     lines = [
-        "# Evaluation harness: tokens/s vs rows per forward\n",
-        f"Command: `python benchmarks/eval_batch_size.py --rows {args.rows} --n {args.n} "
-        f"--max-new-tokens {args.max_new_tokens} --threads {args.threads}`\n",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()) + "\n",
+        *hf_report_head("Evaluation harness: tokens/s vs rows per forward", f"{cmd} --threads {args.threads}", env),
         "| rows | items x N | tokens | decode steps | seconds | tokens/s |",
         "|---:|---|---:|---:|---:|---:|",
     ]
@@ -90,8 +73,8 @@ def main() -> None:
             f"| {x['rows']} | {x['items']} x {x['n']} | {x['tokens']} | {x['steps']} | {x['seconds']:.1f} | "
             f"{x['tokens'] / x['seconds']:.1f} |"
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out.with_suffix('.md')}")
+    md = write_report(args.out, {"env": env, "args": vars(args), "results": results}, [*lines, ""])
+    print(f"wrote {md}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ with ALRR/ERSS, at several batch sizes; then the pure controller step
 functions are captured in a CUDA graph and replayed, and compared with eager.
 
     python benchmarks/gpu_check.py --out DIR
+
+The graph-safe per-layer step of the engine plugins (``docs/graph_step.md``)
+has its own check: ``benchmarks/gpu_graph_check.py``.
 """
 
 from __future__ import annotations
@@ -21,46 +24,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def tokenizer(vocab: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    v = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    v.update({f"w{i}": i for i in range(3, vocab)})
-    tk = Tokenizer(models.WordLevel(vocab=v, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
-    return tok
+from benchmarks._common import random_lm, word_tokenizer  # noqa: E402
 
 
 def decode_bench(out: dict) -> None:
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
     from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams
     from l2reason.backends.hf import HFBackend
     from l2reason.models import LoadedModel
 
     V = 151936
-    cfg = Qwen2Config(
-        vocab_size=V,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).cuda().eval()
+    tok = word_tokenizer([f"w{i}" for i in range(3, V)], "{% for m in messages %}{{ m['content'] }} {% endfor %}")
+    shape = (V, 896, 4864, 24, 14, 2)  # the default model's (Qwen2.5-0.5B)
+    model = random_lm(shape, dtype=torch.bfloat16, tie_word_embeddings=True, eos_token_id=1, pad_token_id=0).cuda()
     model.generation_config.eos_token_id = 999_999  # never stop early: fixed token counts
-    be = HFBackend(
-        LoadedModel(model=model, tokenizer=tokenizer(V), model_id="random-qwen2-0.5b-shape", source="random")
-    )
+    be = HFBackend(LoadedModel(model=model, tokenizer=tok, model_id="random-qwen2-0.5b-shape", source="random"))
     prompt = " ".join(f"w{i}" for i in range(100, 164))
     T = 128
 

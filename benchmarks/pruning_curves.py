@@ -45,6 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import cpu_model  # noqa: E402
 from l2reason.backends.base import PruneSpec  # noqa: E402
 from l2reason.eval.harness import load_run  # noqa: E402
 from l2reason.eval.pruning import (  # noqa: E402
@@ -100,16 +101,6 @@ def compare_verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
     )
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -152,6 +143,18 @@ def evaluate(items, spec: PruneSpec, pre, num_layers: int) -> tuple[np.ndarray, 
     return np.array([o.correct for o in outs]), np.array([o.tokens for o in outs], dtype=np.float64)
 
 
+def fixed_rules(family: str, proto: PruneSpec, pre: list, min_keep: int, items: list, num_layers: int) -> list[Rule]:
+    """Fixed-threshold rules at one ``min_keep``: the threshold at each of :data:`PERCENTILES` of all stored
+    candidates' lowest running scores (from ``pre``; no labels used to place it)."""
+    lows = np.array([low[-1] for p in pre for _, low in p])
+    lows = lows[np.isfinite(lows)]
+    out = []
+    for p in PERCENTILES:
+        spec = proto.model_copy(update={"threshold": float(np.percentile(lows, p)), "min_keep": min_keep})
+        out.append(Rule(family, spec, "fixed", p, *evaluate(items, spec, pre, num_layers)))
+    return out
+
+
 def choose(rules: list[Rule], idx: np.ndarray, base: np.ndarray, base_tok: np.ndarray, tol: float) -> Rule:
     """The rule with the largest token saving on items ``idx`` whose accuracy there is within ``tol`` of the base."""
     b = base[idx].mean()
@@ -163,6 +166,23 @@ def choose(rules: list[Rule], idx: np.ndarray, base: np.ndarray, base_tok: np.nd
 
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
+
+
+def curve_cells(rows: dict[str, list[dict[str, Any]]], i: int) -> str:
+    """Row ``i`` of every score's curve as table cells: saved % / accuracy % / Δ [95% CI]."""
+    cells = (rows[score][i] for score in SCORES)
+    return " | ".join(
+        f"{pct(c['saved'])} / {pct(c['accuracy'])} / {delta_cell((c['delta'], *c['delta_ci'], 0))}" for c in cells
+    )
+
+
+def curve_header(first: str) -> list[str]:
+    """A curve table's header: the ``first`` column(s) (``"percentile"``, ``"first | quantile"``), one per score."""
+    n = first.count("|") + 1
+    return [
+        "| " + first + " | " + " | ".join(LABEL[s] for s in SCORES) + " |",
+        "|" + "---:|" * n + "---|" * len(SCORES),
+    ]
 
 
 def delta_cell(d: tuple[float, float, float, float]) -> str:
@@ -211,30 +231,17 @@ def main() -> None:
         for w in warmups:
             for win in windows:
                 pre = [[running_scores(s, win, w) for s in ss] for ss in sigs]
-                lows = np.array([low[-1] for p in pre for _, low in p])
-                lows = lows[np.isfinite(lows)]
+                at = proto.model_copy(update={"warmup": w, "window": win})
                 for mk in keeps:
                     if mk >= N:
                         continue
-                    for p in PERCENTILES:
-                        thr = float(np.percentile(lows, p))
-                        spec = proto.model_copy(update={"threshold": thr, "warmup": w, "window": win, "min_keep": mk})
-                        c, t = evaluate(items, spec, pre, L)
-                        rules[score].append(Rule(score, spec, "fixed", p, c, t))
+                    rules[score] += fixed_rules(score, at, pre, mk, items, L)
                     for f in firsts:
                         if f >= N:
                             continue
                         for q in QUANTILES:
-                            spec = proto.model_copy(
-                                update={
-                                    "threshold": "first-finished",
-                                    "first": f,
-                                    "quantile": q,
-                                    "warmup": w,
-                                    "window": win,
-                                    "min_keep": mk,
-                                }
-                            )
+                            update = {"threshold": "first-finished", "first": f, "quantile": q, "min_keep": mk}
+                            spec = at.model_copy(update=update)
                             c, t = evaluate(items, spec, pre, L)
                             rules[score].append(Rule(score, spec, "first-finished", None, c, t))
     # ℓ2 of one layer, layer and direction chosen by the cross-fit (its best honest chance; fixed thresholds
@@ -246,15 +253,9 @@ def main() -> None:
                 score="l2", layers=[layer], direction=direction, threshold=0.0, warmup=ref_w, window=ref_win
             )
             pre = [[running_scores(s, ref_win, ref_w) for s in item_signals(r, proto, L)] for r in items]
-            lows = np.array([low[-1] for p in pre for _, low in p])
-            lows = lows[np.isfinite(lows)]
             for mk in keeps:
-                if mk >= N:
-                    continue
-                for p in PERCENTILES:
-                    spec = proto.model_copy(update={"threshold": float(np.percentile(lows, p)), "min_keep": mk})
-                    c, t = evaluate(items, spec, pre, L)
-                    rules[LAYER_FAMILY].append(Rule(LAYER_FAMILY, spec, "fixed", p, c, t))
+                if mk < N:
+                    rules[LAYER_FAMILY] += fixed_rules(LAYER_FAMILY, proto, pre, mk, items, L)
     n_rules = sum(len(v) for v in rules.values())
 
     idx_all = np.arange(n_items)
@@ -565,28 +566,18 @@ def markdown(res: dict[str, Any], args: argparse.Namespace) -> str:
         "Each cell: saved % / accuracy % / Δ [95% CI]. The threshold is the given percentile of all stored "
         "candidates' lowest running scores (higher percentile = more pruning).",
         "",
-        "| percentile | " + " | ".join(LABEL[s] for s in SCORES) + " |",
-        "|---:|" + "---|" * len(SCORES),
+        *curve_header("percentile"),
     ]
     for i, p in enumerate(PERCENTILES):
-        cells = []
-        for score in SCORES:
-            c = ref["curves"][score][i]
-            cells.append(f"{pct(c['saved'])} / {pct(c['accuracy'])} / {delta_cell((c['delta'], *c['delta_ci'], 0))}")
-        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+        lines.append(f"| {p} | {curve_cells(ref['curves'], i)} |")
     lines += [
         "",
         "## 3. DeepConf's online rule (threshold from the first finished rows; same warm-up, window, min_keep)",
         "",
-        "| first | quantile | " + " | ".join(LABEL[s] for s in SCORES) + " |",
-        "|---:|---:|" + "---|" * len(SCORES),
+        *curve_header("first | quantile"),
     ]
     for i, row in enumerate(res["first_finished"]["confidence"]):
-        cells = []
-        for score in SCORES:
-            c = res["first_finished"][score][i]
-            cells.append(f"{pct(c['saved'])} / {pct(c['accuracy'])} / {delta_cell((c['delta'], *c['delta_ci'], 0))}")
-        lines.append(f"| {row['first']} | {row['quantile']:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['first']} | {row['quantile']:g} | {curve_cells(res['first_finished'], i)} |")
     lines += [
         "",
         f"## 4. Control without a score: majority over k of the {N} candidates (mean over all k-subsets)",

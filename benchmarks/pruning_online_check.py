@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.pruning_curves import cpu_model, versions  # noqa: E402
+from benchmarks._common import cpu_model  # noqa: E402
+from benchmarks.pruning_curves import versions  # noqa: E402
 from l2reason.backends.base import PruneSpec  # noqa: E402
 from l2reason.eval.harness import load_run  # noqa: E402
 from l2reason.eval.pruning import online_check  # noqa: E402

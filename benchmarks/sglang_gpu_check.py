@@ -23,15 +23,14 @@ Writes ``docs/results/sglang_gpu_check.md`` (and ``.json``). Not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import random_lm, report_head, run_info, sglang_tok_s, write_report  # noqa: E402
 from l2reason.backends.sglang.server import SGLangServer  # noqa: E402
 from l2reason.serving import EngineSettings  # noqa: E402
 
@@ -39,7 +38,7 @@ from l2reason.serving import EngineSettings  # noqa: E402
 def build_model(folder: Path, layers: int, hidden: int, heads: int, kv_heads: int, inter: int) -> Path:
     """A random-weight Qwen2 checkpoint with the default model's tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+    from transformers import AutoTokenizer
 
     from l2reason.models.load import convert_packaged
     from l2reason.models.registry import find_packaged
@@ -48,30 +47,12 @@ def build_model(folder: Path, layers: int, hidden: int, heads: int, kv_heads: in
         return folder
     tok_src = convert_packaged(find_packaged("default"))  # type: ignore[arg-type]
     tok = AutoTokenizer.from_pretrained(tok_src)
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
+    model = random_lm(
+        (len(tok), hidden, inter, layers, heads, kv_heads), dtype=torch.bfloat16, tie_word_embeddings=False
     )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder
-
-
-def rate(srv: SGLangServer, prompts: list[str], max_new: int, settings: EngineSettings | None) -> float:
-    sp: dict = {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}
-    if settings is not None:
-        sp["custom_params"] = settings.encode()
-    t = time.perf_counter()
-    res = srv.generate({"text": prompts, "sampling_params": sp})
-    return sum(len(r["output_ids"]) for r in res) / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -101,22 +82,21 @@ def main() -> None:
         "erss": EngineSettings(layers=band, interventions=[{"kind": "erss"}]),
     }
     out: dict = {
-        "command": " ".join(["python", *sys.argv]),
+        **run_info(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "model": f"random Qwen2 {L}x{args.hidden} ({args.dtype})",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "runs": {},
     }
     common = ["--dtype", args.dtype, "--context-length", "4096"]
 
     def measure(name: str, srv: SGLangServer, which: dict) -> None:
         rates: dict[str, list[float]] = {m: [] for m in which}
-        rate(srv, prompts[:2], 8, None)  # warm-up
+        sglang_tok_s(srv, prompts[:2], 8, None)  # warm-up
         for r in range(args.rounds):
             for m in which if r % 2 == 0 else reversed(list(which)):
-                rates[m].append(rate(srv, prompts, args.max_new_tokens, which[m]))
+                rates[m].append(sglang_tok_s(srv, prompts, args.max_new_tokens, which[m]))
         out["runs"][name] = {m: round(statistics.median(v), 2) for m, v in rates.items()}
-        Path(args.out).with_suffix(".json").write_text(json.dumps(out, indent=2))
+        write_report(args.out, out)
 
     with SGLangServer(str(folder), device="cuda", extra_args=common, plugin=False) as stock:
         measure("stock SGLang, CUDA graphs on", stock, {"stock": None})
@@ -146,18 +126,11 @@ def main() -> None:
             kw = {"tp": 2} if flag == "--tp" else {"dp": 2}
             with SGLangServer(str(folder), device="cuda", extra_args=common, **kw) as srv:
                 measure(f"plugin server {flag} 2", srv, {"stock": None, "norms-band": modes["norms-band"]})
-    lines = [
-        "# SGLang plugin on a GPU",
-        "",
-        f"Command: `{out['command']}`  ",
-        f"GPUs: {out['gpus']}; {out['model']}",
-        "",
-    ]
+    lines = report_head("SGLang plugin on a GPU", out, f"GPUs: {out['gpus']}; {out['model']}", "")
     for name, r in out["runs"].items():
         lines.append(f"- {name}: " + ", ".join(f"{m} {v} tok/s" for m, v in r.items()))
     lines += ["", f"Norms vs the transformers backend: {out.get('norms_vs_transformers')}", ""]
-    Path(args.out).with_suffix(".json").write_text(json.dumps(out, indent=2))
-    Path(args.out).with_suffix(".md").write_text("\n".join(lines))
+    write_report(args.out, out, lines)
     print("\n".join(lines))
 
 

@@ -19,10 +19,8 @@ Not a test: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,51 +28,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import _common as common  # noqa: E402
 from l2reason.backends.sglang.server import SGLangServer  # noqa: E402
 from l2reason.serving import EngineSettings  # noqa: E402
 
-PROMPTS = [
-    "A baker makes 12 muffins per tray and bakes 7 trays. She sells 59. How many are left? Think step by step.",
-    "Tom has 3 boxes with 18 marbles each and gives away 14. How many are left? Think step by step.",
-    "def fibonacci(n):",
-    "Explain why the sky is blue in two sentences.",
-    "A train travels 60 km in 45 minutes. What is its speed in km/h?",
-    "Write a haiku about autumn.",
-    "List three prime numbers greater than 50.",
-    "If x + 7 = 19, what is x? Show your work.",
-]
-
-BAND = [18, 19, 20, 21, 22]
-MODES: dict[str, EngineSettings | None] = {
-    "stock": None,
-    "norms-band": EngineSettings(layers=BAND),
-    "norms-all": EngineSettings(layers=list(range(24))),
-    "alrr": EngineSettings(layers=BAND, interventions=[{"kind": "alrr"}]),
-    "alrr-static": EngineSettings(layers=BAND, interventions=[{"kind": "alrr", "mode": "static"}]),
-    "erss": EngineSettings(layers=BAND, interventions=[{"kind": "erss"}]),
-}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+MODES: dict[str, EngineSettings | None] = {"stock": None, **common.plugin_modes()}
 
 
 def versions(python: Path) -> dict[str, str]:
-    code = "import sglang, torch, transformers; print(sglang.__version__, torch.__version__, transformers.__version__)"
-    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    """SGLang's, its environment's and this environment's library versions."""
     import torch
     import transformers
 
+    sglang, torch_v, transformers_v = common.engine_versions(python, "sglang")
     return {
-        "sglang": out[0],
-        "sglang_env_torch": out[1],
-        "sglang_env_transformers": out[2],
+        "sglang": sglang,
+        "sglang_env_torch": torch_v,
+        "sglang_env_transformers": transformers_v,
         "hf_backend_torch": torch.__version__,
         "hf_backend_transformers": transformers.__version__,
         "python": platform.python_version(),
@@ -82,48 +52,31 @@ def versions(python: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap = common.engine_args(__doc__, "sglang_overhead", max_new_tokens=32, dtype="float32")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers-backend comparison")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "sglang_overhead"))
     args = ap.parse_args()
-    prompts = (PROMPTS * ((args.batch + len(PROMPTS) - 1) // len(PROMPTS)))[: args.batch]
+    prompts = common.batch_prompts(args.batch)
     extra = ["--dtype", args.dtype, "--context-length", "2048", "--max-total-tokens", "16384"]
     srv = SGLangServer(args.model, device=args.device, extra_args=extra, log_path=ROOT / "out" / "bench-sglang.log")
     out: dict = {
-        "command": " ".join(["python", *sys.argv]),
+        **common.run_info(),
         "model": args.model,
         "device": args.device,
         "dtype": args.dtype,
         "batch": args.batch,
         "max_new_tokens": args.max_new_tokens,
-        "cpu": cpu_model(),
+        "cpu": common.cpu_model(),
         "versions": versions(srv.python),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "tok_s": {m: [] for m in MODES},
         "ratio_vs_stock": {m: [] for m in MODES if m != "stock"},
     }
     with srv:
         out["ready_seconds"] = round(srv.ready_seconds, 1)
-
-        def call(settings: EngineSettings | None) -> float:
-            sp: dict = {"temperature": 0.0, "max_new_tokens": args.max_new_tokens, "ignore_eos": True}
-            if settings is not None:
-                sp["custom_params"] = settings.encode()
-            t = time.perf_counter()
-            res = srv.generate({"text": prompts, "sampling_params": sp})
-            dt = time.perf_counter() - t
-            return sum(len(r["output_ids"]) for r in res) / dt
-
-        call(None)  # warm-up
+        common.sglang_tok_s(srv, prompts, args.max_new_tokens, None)  # warm-up
         for r in range(args.rounds):
             order = list(MODES) if r % 2 == 0 else list(reversed(MODES))
-            got = {m: call(MODES[m]) for m in order}
+            got = {m: common.sglang_tok_s(srv, prompts, args.max_new_tokens, MODES[m]) for m in order}
             for m, v in got.items():
                 out["tok_s"][m].append(round(v, 3))
                 if m != "stock":
@@ -157,15 +110,10 @@ def hf_rate(args: argparse.Namespace, prompts: list[str]) -> list[float]:
 
 
 def write(args: argparse.Namespace, out: dict) -> None:
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(out, indent=2))
     med = {m: statistics.median(v) for m, v in out["tok_s"].items() if v}
     ratio = {m: statistics.median(v) for m, v in out["ratio_vs_stock"].items() if v}
     lines = [
-        "# SGLang plugin overhead",
-        "",
-        f"Command: `{out['command']}`  ",
+        *common.report_head("SGLang plugin overhead", out),
         f"Date: {out['date']}; model {out['model']} ({out['dtype']}) on SGLang's {out['device']} path; "
         f"batch {out['batch']} x {out['max_new_tokens']} new tokens (greedy, ignore_eos); "
         f"{len(out['tok_s']['stock'])} interleaved rounds.  ",
@@ -191,7 +139,7 @@ def write(args: argparse.Namespace, out: dict) -> None:
             f"{med['stock'] / hf:.2f}.",
         ]
     lines += ["", "Per-round values are in the `.json` next to this file.", ""]
-    path.with_suffix(".md").write_text("\n".join(lines))
+    common.write_report(args.out, out, lines)
 
 
 if __name__ == "__main__":

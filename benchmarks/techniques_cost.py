@@ -15,7 +15,6 @@ Writes ``docs/results/techniques_cost.md`` / ``.json``. Not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.capture_overhead import machine  # noqa: E402
+from benchmarks._common import machine, report_head, run_info, write_report  # noqa: E402
 from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams, SelectionSpec  # noqa: E402
 from l2reason.backends.hf import HFBackend  # noqa: E402
 from l2reason.data import PROBLEMS, SYSTEM_PROMPT  # noqa: E402
@@ -107,23 +106,17 @@ def main() -> None:
     }
     lrs["speedup_per_token"] = round(lrs["batched"]["tok_s"] / lrs["sequential"]["tok_s"], 2)
     out = {
-        "command": " ".join(["python", *sys.argv]),
+        **run_info(),
         "model": be.model_id,
         "max_new_tokens": args.max_new_tokens,
         "prompts": len(prompts),
         "decode": rows,
         "lrs8": lrs,
         "machine": machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(out, indent=2))
     plain = rows["plain"]["tok_s"]
     lines = [
-        "# Technique costs",
-        "",
-        f"Command: `{out['command']}`  ",
+        *report_head("Technique costs", out),
         f"Date: {out['date']}; model {out['model']} (fp32); {len(prompts)} prompts; ≤{args.max_new_tokens} new tokens; "
         f"adaptive τ warm-up {args.warmup}.  ",
         f"Machine: {out['machine']}",
@@ -148,7 +141,7 @@ def main() -> None:
         f"Batched is **{lrs['speedup_per_token']}×** faster per token.",
         "",
     ]
-    path.with_suffix(".md").write_text("\n".join(lines))
+    write_report(args.out, out, lines)
     print("\n".join(lines))
 
 

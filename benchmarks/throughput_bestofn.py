@@ -19,8 +19,6 @@ Writes ``docs/results/throughput_bestofn.md`` and ``.json``. Not a test.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,10 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import hf_env, hf_report_head, run_config, write_report  # noqa: E402
 from l2reason.backends.base import GenerationRequest, GenerationResult, SelectionSpec  # noqa: E402
 from l2reason.backends.hf import HFBackend  # noqa: E402
 from l2reason.eval.datasets import load_dataset  # noqa: E402
-from l2reason.eval.harness import SAMPLES, RunConfig, _request  # noqa: E402
+from l2reason.eval.harness import SAMPLES, _request  # noqa: E402
 from l2reason.select import select_result  # noqa: E402
 
 N = 8
@@ -106,14 +105,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     be = HFBackend(args.model)
     ds = load_dataset("gsm_symbolic:seed=42")
-    cfg = RunConfig(
-        dataset=ds.name,
-        model_id=be.model_id,
-        num_layers=be.num_layers,
-        n=1,
-        max_new_tokens=args.max_new_tokens,
-        logprobs=0,
-    )
+    cfg = run_config(be, ds.name, n=1, max_new_tokens=args.max_new_tokens, logprobs=0)
     items = ds.items(args.prompts)
     be.generate(_request(cfg.model_copy(update={"max_new_tokens": 4}), items[0], 0, SAMPLES))  # warm-up
     rows: dict[str, list[tuple[int, float]]] = {"batched (n=8, one call)": [], "sequential (8 calls)": []}
@@ -139,20 +131,13 @@ def main() -> None:
         print(f"prompt {i}: " + ", ".join(f"{k}: {v[-1][0]} tok {v[-1][1]:.1f}s" for k, v in rows.items() if v))
     summary = {k: {"tokens": sum(t for t, _ in v), "seconds": sum(s for _, s in v)} for k, v in rows.items() if v}
     base = summary["sequential (8 calls)"]
-    env = {
-        "model": be.model_id,
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"env": env, "args": vars(args), "summary": summary}, indent=2))
+    env = hf_env(be.model_id, args.threads)
+    cmd = (
+        f"python benchmarks/throughput_bestofn.py --model {args.model} --prompts {args.prompts} "
+        f"--max-new-tokens {args.max_new_tokens} --threads {args.threads}{' --dspy' if args.dspy else ''}"
+    )
     lines = [
-        "# LRS@8: one batched call vs best-of-8 as sequential calls\n",
-        f"Command: `python benchmarks/throughput_bestofn.py --model {args.model} --prompts {args.prompts} "
-        f"--max-new-tokens {args.max_new_tokens} --threads {args.threads}{' --dspy' if args.dspy else ''}`\n",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in env.items()) + "\n",
+        *hf_report_head("LRS@8: one batched call vs best-of-8 as sequential calls", cmd, env),
         "| mode | tokens | seconds | tokens/s | tokens/s vs sequential |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -166,7 +151,7 @@ def main() -> None:
             "with its JSON adapter when the chat-format reply does not parse"
         )
     lines += [f"\n- {n}" for n in dict.fromkeys(notes)]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_report(args.out, {"env": env, "args": vars(args), "summary": summary}, [*lines, ""])
     print("\n".join(lines))
 
 

@@ -86,7 +86,7 @@ def main() -> int:
             rows.append({"round": r, "mode": mode, "reserved": reserved, "load": load, **res})
             print(r, mode, reserved, {k: round(v, 1) for k, v in res.items()}, f"load {load:.1f}", flush=True)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.sglang_overhead import cpu_model  # the other engine benchmarks' machine line
+    from benchmarks._common import cpu_model  # the other engine benchmarks' machine line
 
     cpu = cpu_model()
     vllm_v = subprocess.run([py, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sglang_overhead import cpu_model  # noqa: E402
+from benchmarks._common import cpu_model, report_head, run_info, write_report  # noqa: E402
 
 
 def run(label: str, model: str, args: argparse.Namespace, batch_items: int, runs: Path) -> dict:
@@ -84,8 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     runs = ROOT / "out" / "bench-vllm-eval"
     res: dict = {
-        "command": " ".join(["python", *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **run_info(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "dataset": args.dataset,
@@ -107,13 +106,8 @@ def main() -> None:
 
 
 def write(args: argparse.Namespace, res: dict) -> None:
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(res, indent=2))
     lines = [
-        "# `l2reason eval`: transformers backend vs vLLM (CPU build)",
-        "",
-        f"Command: `{res['command']}`  ",
+        *report_head("`l2reason eval`: transformers backend vs vLLM (CPU build)", res),
         f"Date: {res['date']}; {res['dataset']}, {res['limit']} items x N={res['n']}, max {res['max_new_tokens']} "
         "new tokens, default model (Qwen2.5-Coder-0.5B-Instruct).  ",
         f"Machine: {res['cpu']}, {res['cores']} cores **shared** with a background evaluation (niced) and another "
@@ -149,7 +143,7 @@ def write(args: argparse.Namespace, res: dict) -> None:
             fmt = lambda v: f"{v['acc']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" if v and v.get("acc") is not None else "-"  # noqa: E731
             lines.append(f"| {m} | {fmt(x)} | {fmt(y)} |")
     lines += ["", "Full reports: `out/bench-vllm-eval/<backend>/report/` when run; numbers in the `.json` here.", ""]
-    path.with_suffix(".md").write_text("\n".join(lines))
+    write_report(args.out, res, lines)
 
 
 if __name__ == "__main__":

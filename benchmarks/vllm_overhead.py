@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,28 +31,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sglang_overhead import PROMPTS, cpu_model  # noqa: E402
+from benchmarks import _common as common  # noqa: E402
 from l2reason.backends.vllm.server import VLLMServer  # noqa: E402
 from l2reason.serving import SETTINGS_KEY, EngineSettings  # noqa: E402
 
-BAND = [18, 19, 20, 21, 22]
 MODES: dict[str, EngineSettings | None] = {
     "off": None,
-    "norms-band": EngineSettings(layers=BAND),
-    "norms-all": EngineSettings(layers=list(range(24))),
-    "alrr": EngineSettings(layers=BAND, interventions=[{"kind": "alrr"}]),
-    "alrr-static": EngineSettings(layers=BAND, interventions=[{"kind": "alrr", "mode": "static"}]),
-    "erss": EngineSettings(layers=BAND, interventions=[{"kind": "erss"}]),
+    **common.plugin_modes(),
     "static_steer": EngineSettings(
-        layers=BAND, interventions=[{"kind": "static_steer", "vectors": {12: [0.01] * 896}}]
+        layers=common.BAND, interventions=[{"kind": "static_steer", "vectors": {12: [0.01] * 896}}]
     ),
 }
 
 
 def versions(python: Path) -> dict[str, str]:
-    code = "import vllm, torch, transformers; print(vllm.__version__, torch.__version__, transformers.__version__)"
-    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    return {"vllm": out[0], "torch": out[1], "transformers": out[2], "python": platform.python_version()}
+    """vLLM's, torch's and transformers' versions in vLLM's environment, and this Python's."""
+    vllm, torch_v, transformers_v = common.engine_versions(python, "vllm")
+    return {"vllm": vllm, "torch": torch_v, "transformers": transformers_v, "python": platform.python_version()}
 
 
 def call(srv: VLLMServer, prompts: list[str], max_new: int, settings: EngineSettings | None) -> float:
@@ -76,13 +70,7 @@ def call(srv: VLLMServer, prompts: list[str], max_new: int, settings: EngineSett
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "vllm_overhead" / "vllm_overhead"))
+    ap = common.engine_args(__doc__, "vllm_overhead/vllm_overhead", max_new_tokens=64, dtype="bfloat16")
     ap.add_argument("--note", default="", help="what else ran on the machine (written into the report)")
     ap.add_argument("--render", metavar="JSON", help="only re-write the report from a stored .json")
     args = ap.parse_args()
@@ -93,7 +81,7 @@ def main() -> None:
         write(args, stored)
         return
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    prompts = (PROMPTS * ((args.batch + len(PROMPTS) - 1) // len(PROMPTS)))[: args.batch]
+    prompts = common.batch_prompts(args.batch)
     logs = ROOT / "out"
     servers = {
         (compiled, plugin): VLLMServer(
@@ -110,15 +98,14 @@ def main() -> None:
     }
     some = next(iter(servers.values()))
     out: dict = {
-        "command": " ".join(["python", *sys.argv]),
+        **common.run_info(),
         "model": args.model,
         "dtype": args.dtype,
         "batch": args.batch,
         "max_new_tokens": args.max_new_tokens,
-        "cpu": cpu_model(),
+        "cpu": common.cpu_model(),
         "cores": os.cpu_count(),
         "versions": versions(some.python),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "note": args.note,
         "ready_seconds": {},
         "load_avg_1min": [],  # at the end of each round (the four servers' own processes count)
@@ -169,16 +156,11 @@ def _key(compiled: bool, plugin: bool, mode: str) -> str:
 
 
 def write(args: argparse.Namespace, out: dict) -> None:
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(out, indent=2))
     med = {k: statistics.median(v) for k, v in out["tok_s"].items() if v}
     ratio = {k: statistics.median(v) for k, v in out["ratio_vs_stock"].items() if v}
     n = len(next(iter(out["tok_s"].values()), []))
     lines = [
-        "# vLLM plugin overhead",
-        "",
-        f"Command: `{out['command']}`  ",
+        *common.report_head("vLLM plugin overhead", out),
         f"Date: {out['date']}; model {out['model']} ({out['dtype']}), vLLM CPU build; batch {out['batch']} x "
         f"{out['max_new_tokens']} new tokens (greedy, ignore_eos, concurrent completions); {n} interleaved rounds.  ",
         f"Machine: {out['cpu']}, {out['cores']} cores. {out.get('note') or ''} 1-minute load average at the end of "
@@ -201,7 +183,7 @@ def write(args: argparse.Namespace, out: dict) -> None:
     if "compiled/stock" in med and "eager/stock" in med:
         lines += ["", f"Stock vLLM, compiled / eager: {med['compiled/stock'] / med['eager/stock']:.2f}."]
     lines += ["", "Per-round values are in the `.json` next to this file.", ""]
-    path.with_suffix(".md").write_text("\n".join(lines))
+    common.write_report(args.out, out, lines)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,17 @@ def _nearest_existing(path: Path) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
+
+
+@contextmanager
+def _usable_path(p: Path, what: str) -> Iterator[None]:
+    """Turn a path that the OS cannot take (``ValueError``: an embedded NUL byte) into a ConfigError naming it."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{what} {str(p)!r} is not a usable path ({e})") from e
 
 
 def _check_parent(path: Path, what: str) -> None:
@@ -62,22 +74,19 @@ def read_text_file(path: str | os.PathLike[str], what: str) -> str:
     """
     p = Path(path)
     try:
-        if not p.exists():
-            raise ConfigError(f"{what} {p} does not exist")
-        if p.is_dir():
-            raise ConfigError(f"{what} {p} is a directory; give a text file")
-        if not p.is_file():
-            raise ConfigError(f"{what} {p} is not a regular file; give a text file")
-        size = p.stat().st_size
-        if size > MAX_TEXT_BYTES:
-            raise ConfigError(f"{what} {p} is {size} bytes; text inputs are read whole, at most {MAX_TEXT_BYTES}")
-        data = p.read_bytes()
+        with _usable_path(p, what):
+            if not p.exists():
+                raise ConfigError(f"{what} {p} does not exist")
+            if p.is_dir():
+                raise ConfigError(f"{what} {p} is a directory; give a text file")
+            if not p.is_file():
+                raise ConfigError(f"{what} {p} is not a regular file; give a text file")
+            size = p.stat().st_size
+            if size > MAX_TEXT_BYTES:
+                raise ConfigError(f"{what} {p} is {size} bytes; text inputs are read whole, at most {MAX_TEXT_BYTES}")
+            data = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read {what} {p}: {e.strerror or e}") from e
-    except ConfigError:
-        raise
-    except ValueError as e:  # an embedded NUL byte
-        raise ConfigError(f"{what} {str(p)!r} is not a usable path ({e})") from e
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -103,7 +112,7 @@ def check_output_file(path: str | os.PathLike[str], what: str, suffixes: Sequenc
             is not writable, or the extension is not allowed.
     """
     p = Path(path)
-    try:
+    with _usable_path(p, what):
         if p.is_dir():
             raise ConfigError(f"{what} {p} is a directory; give a file name (e.g. {p / 'out'}{(suffixes or [''])[0]})")
         if suffixes is not None and p.suffix.lower() not in {s.lower() for s in suffixes}:
@@ -111,10 +120,6 @@ def check_output_file(path: str | os.PathLike[str], what: str, suffixes: Sequenc
         if p.exists() and not os.access(p, os.W_OK):
             raise ConfigError(f"{what} {p} exists and is not writable")
         _check_parent(p, what)
-    except ValueError as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"{what} {str(p)!r} is not a usable path ({e})") from e
     return p
 
 
@@ -133,7 +138,7 @@ def check_output_dir(path: str | os.PathLike[str], what: str) -> Path:
             folder (or the one that will hold it) is not writable.
     """
     p = Path(path)
-    try:
+    with _usable_path(p, what):
         if p.exists() and not p.is_dir():
             raise ConfigError(f"{what} {p} is a file, not a folder; give a folder path (it is created if missing)")
         if p.is_dir():
@@ -141,10 +146,6 @@ def check_output_dir(path: str | os.PathLike[str], what: str) -> Path:
                 raise ConfigError(f"{what} {p} is not writable; pick a folder you can write to")
         else:
             _check_parent(p, what)
-    except ValueError as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"{what} {str(p)!r} is not a usable path ({e})") from e
     return p
 
 

@@ -7,61 +7,63 @@ import os
 import pytest
 import torch
 
+from benchmarks import _common
+from benchmarks._common import random_lm, word_tokenizer
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def _tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    # A word-level tokenizer over a small fixed vocabulary (99 entries, odd on
-    # purpose, as in transformers' own testers) so texts decode readably.
-    words = [f"w{i}" for i in range(90)]
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    for extra in ["STOP", "hello", "world", "?", "!", "user", "assistant"]:
-        vocab[extra] = len(vocab)
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    from tokenizers import decoders
-
-    tk.decoder = decoders.WordPiece(prefix="##")  # joins with spaces
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    tok.chat_template = (
+    """A word-level tokenizer over a small fixed vocabulary (100 entries) so texts decode readably."""
+    words = [f"w{i}" for i in range(90)] + ["STOP", "hello", "world", "?", "!", "user", "assistant"]
+    return word_tokenizer(
+        words,
         "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
-        "{% if add_generation_prompt %}assistant {% endif %}"
+        "{% if add_generation_prompt %}assistant {% endif %}",
     )
-    return tok
 
 
 def make_tiny(arch: str = "qwen2", seed: int = 0, layers: int = 4):
-    """A tiny randomly initialised causal LM with odd, distinct sizes."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-
+    """A tiny randomly initialised causal LM with odd, distinct sizes (hidden 32, MLP 37, 4 heads, 2 KV heads)."""
     from l2reason.models import LoadedModel
 
     tok = _tiny_tokenizer()
-    V = len(tok)
-    common = dict(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-        tie_word_embeddings=False,
-    )
-    cfg = Qwen2Config(**common) if arch == "qwen2" else LlamaConfig(**common)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.eval()
+    ids = dict(pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=False)
+    model = random_lm((len(tok), 32, 37, layers, 4, 2), arch=arch, seed=seed, **ids)
     model.generation_config.eos_token_id = 1
     return LoadedModel(model=model, tokenizer=tok, model_id=f"tiny-{arch}-{seed}", source="random")
+
+
+def run_config(be, dataset: str = "chain_sum", **fields):
+    """An evaluation ``RunConfig`` for backend ``be`` (its model id and layer count), on chain_sum by default."""
+    return _common.run_config(be, dataset, **fields)
+
+
+class FailingController:
+    """A controller whose every step raises ``RuntimeError("boom")``: a technique failing mid-decode."""
+
+    layers = [1]
+
+    def __init__(self, needs_mlp: bool = False):
+        self.needs_mlp = needs_mlp
+
+    def step(self, layer, x, n, ctx):
+        raise RuntimeError("boom")
+
+    def report(self, row):
+        return {}
+
+
+@pytest.fixture
+def fail_alrr():
+    """``fail_alrr(backend, needs_mlp=False)``: the backend's ``alrr`` requests get a :class:`FailingController`."""
+
+    def install(be, needs_mlp: bool = False) -> None:
+        be.controller_factories["alrr"] = lambda spec, **kw: FailingController(needs_mlp)
+
+    return install
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,10 @@ remote engine (the SGLang server) can serve the same request and return the
 same result over HTTP as the in-process :class:`~l2reason.backends.hf.HFBackend`.
 
 Index convention: layer ``l`` (0-based) is the residual stream *after*
-decoder layer ``l``, i.e. Hugging Face's ``output_hidden_states[l + 1]``
-(before the final norm). Decode step ``t`` (1-based) is the state at the
+decoder layer ``l``, before the model's final norm: Hugging Face's
+``output_hidden_states[l + 1]`` for ``l < L - 1``, while for the last layer
+``L - 1`` transformers applies the final norm to ``output_hidden_states[L]``
+and ours is the residual before it (see :mod:`l2reason.signal.band`). Decode step ``t`` (1-based) is the state at the
 position that *produced* generated token ``t``: step 1 is the last prompt
 position, step ``t > 1`` the position of generated token ``t - 1``. So every
 generated token has exactly one norm per captured layer.
@@ -14,10 +16,10 @@ generated token has exactly one norm per captured layer.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from l2reason.errors import ConfigError, validation_summary
 from l2reason.limits import (
@@ -41,6 +43,24 @@ def brief(e: Any) -> str:
     return validation_summary(e)
 
 
+def intervention_list(v: Any) -> list[Any]:
+    """A request's ``interventions`` field as parsed specs (None = none; specs pass through, dicts are parsed).
+
+    Raises:
+        ValueError: not a list or tuple (a lone dict included), or an entry
+            that is not a valid intervention (the spec's own message).
+    """
+    from l2reason.techniques.specs import parse_interventions
+
+    if v is None:
+        return []
+    if not isinstance(v, list | tuple):
+        raise ValueError(
+            f"interventions must be a list of intervention specs or dicts with a 'kind' (got {type(v).__name__})"
+        )
+    return parse_interventions(list(v))
+
+
 def _no_repeats(v: Any) -> Any:
     if isinstance(v, list):
         if not v:
@@ -58,6 +78,35 @@ def _check_tau(v: Any) -> Any:
         if bad:
             raise ValueError(f"tau values must be finite and in (0, {MAX_ABS_VALUE:g}] (got {bad[:3]})")
     return v
+
+
+def _one_to(name: str, hi: int, hint: str = "") -> AfterValidator:
+    """A validator of an int in ``[1, hi]`` whose message names the field (and ``hint``, the further bound)."""
+
+    def check(v: int) -> int:
+        if not 1 <= v <= hi:
+            raise ValueError(f"{name} must be in [1, {hi}] (got {v})" + (f"; {hint}" if hint else ""))
+        return v
+
+    return AfterValidator(check)
+
+
+def _known_name(v: str, info: ValidationInfo) -> str:
+    """A selection method or ℓ2 score that names a registered selector or score."""
+    from l2reason.techniques.baselines import SELECTORS
+    from l2reason.techniques.selection import SCORE_NAMES
+
+    names = {"method": ("selection method", sorted(SELECTORS)), "score": ("ℓ2 score", list(SCORE_NAMES))}
+    what, valid = names[info.field_name or ""]
+    if v not in valid:
+        raise ValueError(f"unknown {what} {v!r}; valid: {', '.join(valid)}")
+    return v
+
+
+# Field types whose validation is shared by the specs below.
+_Layers = Annotated[list[int] | Literal["band", "all"], AfterValidator(_no_repeats)]
+_BandLayers = Annotated[list[int] | Literal["band"], AfterValidator(_no_repeats)]
+_Tau = Annotated[list[float] | Literal["calibrated"] | None, AfterValidator(_check_tau)]
 
 
 class Message(BaseModel):
@@ -85,19 +134,11 @@ class SamplingParams(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=10.0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=1, le=10_000_000)
-    max_new_tokens: int = 256
+    max_new_tokens: Annotated[
+        int, _one_to("max_new_tokens", MAX_NEW_TOKENS, "the model's context length bounds it further")
+    ] = 256
     stop: list[str] = Field(default_factory=list)
     seed: int = Field(0, ge=0, le=MAX_SEED)
-
-    @field_validator("max_new_tokens")
-    @classmethod
-    def _max_new(cls, v: int) -> int:
-        if not 1 <= v <= MAX_NEW_TOKENS:
-            raise ValueError(
-                f"max_new_tokens must be in [1, {MAX_NEW_TOKENS}] (got {v}); "
-                "the model's context length bounds it further"
-            )
-        return v
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -132,19 +173,12 @@ class NormSpec(BaseModel):
     """
 
     model_config = _FROZEN
-    layers: list[int] | Literal["band", "all"] = "band"
+    layers: _Layers = "band"
     per_token: bool = True
-    tau: list[float] | Literal["calibrated"] | None = None
+    tau: _Tau = None
     tail_frac: float = Field(0.3, gt=0.0, le=1.0, allow_inf_nan=False)
     mask_massive: bool = True
     massive_factor: float = Field(20.0, gt=1.0, le=MAX_MASSIVE_FACTOR, allow_inf_nan=False)
-
-    _layers = field_validator("layers")(lambda v: _no_repeats(v))
-
-    @field_validator("tau")
-    @classmethod
-    def _tau(cls, v: Any) -> Any:
-        return _check_tau(v)
 
 
 class SelectionSpec(BaseModel):
@@ -168,35 +202,12 @@ class SelectionSpec(BaseModel):
     model_config = _FROZEN
     method: str = "l2"
     score: str = "B/T"
-    tau: Literal["calibrated", "pooled"] | list[float] = "pooled"
-    layers: list[int] | Literal["band"] = "band"
+    tau: Annotated[Literal["calibrated", "pooled"] | list[float], AfterValidator(_check_tau)] = "pooled"
+    layers: _BandLayers = "band"
     seed: int = Field(0, ge=0, le=MAX_SEED)
     params: dict[str, Any] = Field(default_factory=dict)
 
-    _layers = field_validator("layers")(lambda v: _no_repeats(v))
-
-    @field_validator("tau")
-    @classmethod
-    def _tau(cls, v: Any) -> Any:
-        return _check_tau(v)
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        from l2reason.techniques.baselines import SELECTORS
-
-        if v not in SELECTORS:
-            raise ValueError(f"unknown selection method {v!r}; valid: {', '.join(sorted(SELECTORS))}")
-        return v
-
-    @field_validator("score")
-    @classmethod
-    def _score(cls, v: str) -> str:
-        from l2reason.techniques.selection import SCORE_NAMES
-
-        if v not in SCORE_NAMES:
-            raise ValueError(f"unknown ℓ2 score {v!r}; valid: {', '.join(SCORE_NAMES)}")
-        return v
+    _names = field_validator("method", "score")(_known_name)
 
     @field_validator("params")
     @classmethod
@@ -261,17 +272,10 @@ class PruneSpec(BaseModel):
     warmup: int = Field(64, ge=0, le=MAX_STEPS)
     window: int = Field(2048, ge=1, le=MAX_STEPS)
     min_keep: int = Field(1, ge=1, le=MAX_N)
-    layers: list[int] | Literal["band"] = "band"
+    layers: _BandLayers = "band"
     l2_stat: Literal["mean", "exceedance"] = "mean"
-    tau: list[float] | Literal["calibrated"] | None = None
+    tau: _Tau = None
     direction: Literal["high", "low"] = "high"
-
-    _layers = field_validator("layers")(lambda v: _no_repeats(v))
-
-    @field_validator("tau")
-    @classmethod
-    def _tau(cls, v: Any) -> Any:
-        return _check_tau(v)
 
     @field_validator("threshold")
     @classmethod
@@ -316,11 +320,9 @@ class CollectSpec(BaseModel):
     """
 
     model_config = _FROZEN
-    layers: list[int] | Literal["band", "all"] = "band"
+    layers: _Layers = "band"
     positions: Literal["decode", "last", "mean"] = "decode"
     dtype: Literal["float32", "float16"] = "float32"
-
-    _layers = field_validator("layers")(lambda v: _no_repeats(v))
 
 
 class GenerationRequest(BaseModel):
@@ -338,7 +340,7 @@ class GenerationRequest(BaseModel):
     messages: list[Message] | None = None
     prompt: str | None = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
-    n: int = 1
+    n: Annotated[int, _one_to("n (candidates per prompt)", MAX_N)] = 1
     norms: NormSpec | None = Field(default_factory=NormSpec)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     interventions: list[Any] = Field(default_factory=list)
@@ -347,13 +349,6 @@ class GenerationRequest(BaseModel):
     collect: CollectSpec | None = None
     request_id: str | None = None
 
-    @field_validator("n")
-    @classmethod
-    def _n(cls, v: int) -> int:
-        if not 1 <= v <= MAX_N:
-            raise ValueError(f"n (candidates per prompt) must be in [1, {MAX_N}] (got {v})")
-        return v
-
     @field_validator("prompt")
     @classmethod
     def _prompt_len(cls, v: str | None) -> str | None:
@@ -361,18 +356,7 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"prompt has {len(v)} characters; at most {MAX_PROMPT_CHARS}")
         return v
 
-    @field_validator("interventions", mode="before")
-    @classmethod
-    def _interventions(cls, v: Any) -> Any:
-        from l2reason.techniques.specs import parse_interventions
-
-        if v is None:
-            return []
-        if isinstance(v, dict) or not isinstance(v, list | tuple):
-            raise ValueError(
-                f"interventions must be a list of intervention specs or dicts with a 'kind' (got {type(v).__name__})"
-            )
-        return parse_interventions(list(v))
+    _interventions = field_validator("interventions", mode="before")(intervention_list)
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerationRequest:

@@ -13,18 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from l2reason.techniques.answers import (
-    answers_equal,
-    extract_answer,
-    find_numbers,
-    normalize_answer,
-    parse_number,
-)
+from l2reason.techniques import answers as _answers
+from l2reason.techniques.answers import *  # noqa: F403  (the same functions, under their old module)
 
-__all__ = [
-    "answers_equal",
-    "extract_answer",
-    "find_numbers",
-    "normalize_answer",
-    "parse_number",
-]
+__all__ = list(_answers.__all__)

@@ -7,12 +7,19 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import run_config
 
 from l2reason.backends.base import Capabilities
 from l2reason.errors import CapabilityError, ConfigError
 from l2reason.eval.datasets import load_dataset
 from l2reason.eval.harness import RunConfig, load_run, pass_path, read_jsonl, run_eval
-from l2reason.eval.methods import generation_config, parse_method_list, selection_spec
+from l2reason.eval.methods import (
+    DEFAULT_GENERATION_METHODS,
+    GENERATION_METHODS,
+    generation_config,
+    parse_method_list,
+    selection_spec,
+)
 
 
 class Crash(RuntimeError):
@@ -47,18 +54,8 @@ class Wrapped:
 
 
 def _cfg(be, **kw) -> RunConfig:
-    base = dict(
-        dataset="chain_sum",
-        model_id=be.model_id,
-        num_layers=be.num_layers,
-        limit=4,
-        n=2,
-        max_new_tokens=5,
-        batch_items=1,
-        gen_methods=["greedy"],
-        gen_limit=2,
-    )
-    return RunConfig(**{**base, **kw})
+    base = dict(limit=4, n=2, max_new_tokens=5, batch_items=1, gen_methods=["greedy"], gen_limit=2)
+    return run_config(be, **{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +152,8 @@ def test_method_configs():
     assert parse_method_list("all", "selection")[:2] == ["random", "majority"]
     assert parse_method_list("none", "generation") == []
     assert parse_method_list("all,l2-auto", "selection")[-1] == "l2-auto"
-    assert parse_method_list("default", "generation") == [
-        "greedy",
-        "alrr",
-        "erss",
-        "suppress-high",
-        "suppress-random",
-        "suppress-matched",
-    ]
+    assert parse_method_list("default", "generation") == list(DEFAULT_GENERATION_METHODS)
+    assert DEFAULT_GENERATION_METHODS[0] == "greedy" and set(DEFAULT_GENERATION_METHODS) <= set(GENERATION_METHODS)
     assert parse_method_list("alrr:K=2,g=0.1,erss", "generation") == ["alrr:K=2,g=0.1", "erss"]
     assert generation_config("alrr:K=2,g=0.1").interventions == [{"kind": "alrr", "K": 2, "g": 0.1}]
     assert generation_config("greedy").interventions == []

@@ -63,7 +63,7 @@ def test_plain_model_generate_matches(tiny, tiny_backend):
         assert ours.text == plain
 
 
-def test_hooks_removed_after_success_and_error(tiny):
+def test_hooks_removed_after_success_and_error(tiny, fail_alrr):
     be = HFBackend(tiny)
 
     def snapshot():
@@ -74,17 +74,7 @@ def test_hooks_removed_after_success_and_error(tiny):
     be.generate(req(max_new=3))
     assert snapshot() == before
 
-    class Boom:
-        layers = [1]
-        needs_mlp = True
-
-        def step(self, layer, x, n, ctx):
-            raise RuntimeError("boom")
-
-        def report(self, row):
-            return {}
-
-    be.controller_factories["alrr"] = lambda spec, **kw: Boom()  # a controller that fails mid-decode
+    fail_alrr(be, needs_mlp=True)  # a controller that fails mid-decode
     with pytest.raises(BackendError, match="boom"):
         be.generate(req(max_new=3).model_copy(update={"interventions": [{"kind": "alrr"}]}))
     assert snapshot() == before

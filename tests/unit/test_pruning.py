@@ -311,21 +311,12 @@ def test_nonfinite_norm_stops_the_row_with_a_warning(eos_backend):
 
 def test_replay_of_a_stored_run_matches_online_pruning(eos_backend, tmp_path):
     """Through the harness's storage (rounded signals): the replay predicts the online run of the same items."""
-    from l2reason.eval.harness import RunConfig, run_eval
+    from l2reason.eval.harness import run_eval
     from l2reason.eval.pruning import online_check, simulate_run
+    from tests.conftest import run_config
 
-    cfg = RunConfig(
-        dataset="chain_sum",
-        model_id=eos_backend.model_id,
-        num_layers=eos_backend.num_layers,
-        limit=3,
-        n=6,
-        max_new_tokens=30,
-        batch_items=2,
-        logprobs=5,
-        methods=["majority"],
-        gen_methods=["none"],
-    )
+    passes = {"methods": ["majority"], "gen_methods": ["none"]}  # the majority vote only, no generation pass
+    cfg = run_config(eos_backend, limit=3, n=6, max_new_tokens=30, batch_items=2, logprobs=5, **passes)
     run = run_eval(eos_backend, cfg, tmp_path, show_progress=False)
     base = PruneSpec(score="confidence", threshold=0.0, warmup=3, window=6, min_keep=2)
     lows = [running_scores(s, base.window, base.warmup)[1][-1] for r in run.samples for s in signals_of(base, r)]

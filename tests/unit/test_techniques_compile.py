@@ -14,18 +14,20 @@ from typing import Any
 import pytest
 import torch
 
-from l2reason.techniques.alrr import (
+from l2reason.techniques import (
     alrr_accept,
     alrr_active,
     alrr_counters_add,
     alrr_counters_init,
     alrr_run,
     alrr_static_accept,
+    erss_init,
+    erss_reset,
+    erss_step,
+    hash_uniform,
+    static_steer,
+    suppress_step,
 )
-from l2reason.techniques.erss import erss_init, erss_reset, erss_step
-from l2reason.techniques.rng import hash_uniform
-from l2reason.techniques.static_steer import static_steer
-from l2reason.techniques.suppress import suppress_step
 
 B, D, M = 4, 7, 3
 

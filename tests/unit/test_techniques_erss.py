@@ -167,26 +167,13 @@ def test_rows_are_independent() -> None:
     taus[:5] = INF
     valid = torch.ones(T, B, dtype=torch.bool)
 
+    params = {**KW, "M": 4, "gamma": 1.2, "S": 2, "p": 0.5, "C": 3, "c_min": 0.0, "exact": True}
+
     def run(xs: torch.Tensor, taus: torch.Tensor, valid: torch.Tensor, seeds: torch.Tensor):
         st = erss_init(B, 4, d, seeds, dtype=torch.float32, device="cpu")
         outs = []
         for t in range(T):
-            o = erss_step(
-                st,
-                xs[t],
-                xs[t].norm(dim=-1),
-                taus[t],
-                valid[t],
-                r=xs[t] * 0.5,
-                M=4,
-                gamma=1.2,
-                S=2,
-                p=0.5,
-                C=3,
-                c_min=0.0,
-                beta=0.5,
-                exact=True,
-            )
+            o = erss_step(st, xs[t], xs[t].norm(dim=-1), taus[t], valid[t], r=xs[t] * 0.5, **params)
             st = o.state
             outs.append(o)
         return outs
