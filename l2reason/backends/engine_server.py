@@ -7,12 +7,13 @@ start the command in a session of its own (so stopping it reaches every process
 the engine spawns) with its output in a log file, poll one HTTP route until it
 answers JSON, raise :class:`~l2reason.errors.BackendError` with the log's tail
 when the process exits or the time runs out, and stop the whole process group
-(SIGTERM, then SIGKILL). :class:`~l2reason.backends.sglang.server.SGLangServer`
-and :class:`~l2reason.backends.vllm.server.VLLMServer` only build their
-engine's command line (with :func:`launcher_command`), in front of the plugin
-launchers that run in the engine's environment (``python -m
-l2reason_sglang.launch``, ``python -m l2reason_vllm.launch``). Nothing here
-imports an engine.
+(SIGTERM, then SIGKILL). :class:`PluginServer` adds what starting an engine
+through its plugin launcher (``python -m l2reason_sglang.launch``, ``python -m
+l2reason_vllm.launch``, run in the engine's environment) takes: the model's
+folder, the environment's Python, a port, the common flags;
+:class:`~l2reason.backends.sglang.server.SGLangServer` and
+:class:`~l2reason.backends.vllm.server.VLLMServer` only add their engine's own
+flags. Nothing here imports an engine.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from types import TracebackType
 from typing import Any, Self
 
 from l2reason.errors import BackendError, ConfigError
+from l2reason.serving.launch import NO_PLUGIN_FLAG, exec_launch, flag_value
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "NO_PLUGIN_FLAG",
     "EngineServer",
+    "PluginServer",
     "engine_python",
     "exec_launch",
     "flag_value",
@@ -46,9 +49,6 @@ __all__ = [
     "launcher_command",
     "resolve_model_path",
 ]
-
-#: the launcher flag that starts the stock engine (no plugin) with the same set-up, for comparisons
-NO_PLUGIN_FLAG = "--no-l2reason-plugin"
 
 
 def free_port() -> int:
@@ -79,37 +79,12 @@ def engine_python(python: str | os.PathLike[str] | None, engine: str, make_targe
     """
     env_var = f"L2REASON_{make_target.upper()}_PYTHON"
     p = Path(python or os.environ.get(env_var) or f".venv-{make_target}/bin/python")
-    if not p.is_file():
+    if not p.is_file() or not os.access(p, os.X_OK):
         raise ConfigError(
             f"no {engine} environment at {p}: create it with `make {make_target}` (or pass --python / set "
             f"{env_var} to a Python with {needs})"
         )
     return p
-
-
-def flag_value(argv: Sequence[str], flags: Sequence[str]) -> str | None:
-    """The value of the first of ``flags`` in a command line (``--flag v`` or ``--flag=v``), else None.
-
-    Example:
-        >>> flag_value(["--model", "m", "--tp=2"], ("--tp", "--tensor-parallel-size"))
-        '2'
-    """
-    for i, a in enumerate(argv):
-        for f in flags:
-            if a == f and i + 1 < len(argv):
-                return argv[i + 1]
-            if a.startswith(f + "="):
-                return a.split("=", 1)[1]
-    return None
-
-
-def exec_launch(cmd: Sequence[str], env: Mapping[str, str]) -> None:
-    """Replace this process with the engine's server (the plugin launchers' last step); the command goes to stderr."""
-    import sys
-
-    sys.stderr.write(f"l2reason plugin: {' '.join(cmd[1:])}\n")
-    sys.stderr.flush()
-    os.execvpe(cmd[0], list(cmd), dict(env))
 
 
 def launcher_command(
@@ -230,3 +205,52 @@ class EngineServer:
         )
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
+
+
+class PluginServer(EngineServer):
+    """An engine's server started through l2reason's plugin launcher (``python -m <launcher> …``).
+
+    What SGLang's and vLLM's launchers share: the model (packaged names become their converted folder), the
+    engine environment's Python, a free port unless one is given, and the command line
+    ``<python> -m <launcher> <model_flag> <model> --host H --port P <engine_args> <extra_args>``
+    (plus :data:`NO_PLUGIN_FLAG` for the stock engine). Subclasses set :attr:`launcher` and :attr:`model_flag`
+    and pass their engine's own flags.
+
+    Args:
+        model: a packaged name (``"default"``), a folder or a hub id.
+        engine_args: the engine's own flags (after ``--port``).
+        python: the engine environment's Python (see :func:`engine_python`).
+        port: the port (None: a free one).
+        host: the address to bind.
+        extra_args: more engine flags, passed through after ``engine_args``.
+        log_path: where the server's output goes (kept after it stops).
+        plugin: False starts the stock engine (no plugin), for comparisons.
+
+    Example:
+        >>> with SGLangServer("default", device="cpu") as srv:  # doctest: +SKIP
+        ...     srv.cmd[:3]
+        ['.venv-sglang/bin/python', '-m', 'l2reason_sglang.launch']
+    """
+
+    launcher = ""  # the plugin's launcher module
+    model_flag = "--model"  # the engine's flag that names the model
+
+    def __init__(
+        self,
+        model: str,
+        engine_args: Sequence[str],
+        *,
+        python: Path,
+        port: int | None,
+        host: str,
+        extra_args: Sequence[str] | None,
+        log_path: str | os.PathLike[str] | None,
+        plugin: bool,
+    ) -> None:
+        self.model_path = resolve_model_path(model)
+        self.python = python
+        self.plugin = plugin
+        port = port or free_port()
+        args = [self.model_flag, self.model_path, "--host", host, "--port", str(port), *engine_args]
+        cmd = launcher_command(python, self.launcher, [*args, *(extra_args or [])], plugin=plugin)
+        super().__init__(cmd, port=port, host=host, log_path=log_path)

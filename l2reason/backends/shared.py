@@ -29,6 +29,36 @@ def is_server_spec(spec: str) -> bool:
     return spec.startswith(("sglang://", "vllm://", "http://", "https://"))
 
 
+def check_spec(spec: Any) -> None:
+    """Check a model spec's form without loading a model or contacting a server (:func:`make_backend` does it
+    first).
+
+    Server addresses (``parse_address`` of the engine's client) and ``vllm:<model>?…`` options
+    (:func:`parse_vllm_spec`) are checked; other specs (packaged names, files, hub ids) are resolved when loaded.
+
+    Raises:
+        ConfigError: the spec is not a string, or a server address or ``vllm:`` option is malformed.
+
+    Example:
+        >>> check_spec("vllm://127.0.0.1:8000")  # well formed: nothing to say
+        >>> check_spec("sglang://127.0.0.1:99999")  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        l2reason.errors.ConfigError: the port '99999' in an SGLang server address ... is not a number from 1 to 65535
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"a model spec must be a string, got {type(spec).__name__}")
+    if spec.startswith("vllm://"):
+        from l2reason.backends.vllm import VLLMBackend
+
+        VLLMBackend.parse_address(spec)
+    elif is_vllm_spec(spec):
+        parse_vllm_spec(spec)
+    elif is_server_spec(spec):
+        from l2reason.backends.sglang import SGLangBackend
+
+        SGLangBackend.parse_address(spec)
+
+
 def is_vllm_spec(spec: str) -> bool:
     """True for ``vllm://host:port`` (a running server) and ``vllm:<model>`` (start one for this process)."""
     return spec.startswith("vllm:")
@@ -110,7 +140,11 @@ def make_backend(spec: str, **kwargs: Any) -> Any:
     Example:
         >>> be = make_backend("sglang://127.0.0.1:30000")  # doctest: +SKIP
         >>> be = make_backend("vllm:default")  # doctest: +SKIP
+
+    Raises:
+        ConfigError: a malformed spec (:func:`check_spec`), before anything is loaded or contacted.
     """
+    check_spec(spec)
     if spec.startswith("vllm://"):
         from l2reason.backends.vllm import VLLMBackend
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from l2reason.backends.base import GenerationRequest, NormSpec, SamplingParams
+from l2reason.backends.base import Capabilities, GenerationRequest, NormSpec, SamplingParams
 from l2reason.backends.shared import is_server_spec, is_vllm_spec, make_backend, parse_vllm_spec
 from l2reason.backends.vllm import VLLMBackend, parse_vllm_url
 from l2reason.errors import BackendError, CapabilityError, ConfigError
 from l2reason.serving import SETTINGS_KEY, EngineSettings
+from l2reason.serving.capabilities import SUPPORTED_INTERVENTIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integrations" / "vllm"))
 from l2reason_vllm import launch
@@ -157,6 +158,7 @@ def _offline(num_layers=4):
     be.tokenizer, be._num_layers, be._hidden_size = _Tok(), num_layers, 8
     be.context_length, be._vocab_size, be._served_name = 1024, 26, "m"
     be.model_id, be.url, be._calibration, be.server = "m", "http://x", None, None
+    be._capabilities = Capabilities(name="vllm", interventions=SUPPORTED_INTERVENTIONS, calibrated_thresholds=False)
     return be
 
 

@@ -9,9 +9,9 @@ call per candidate (each with its own seed; all in flight together, so vLLM
 batches them) with the request's settings in ``vllm_xargs["l2reason"]``
 (vLLM's ``SamplingParams.extra_args``), and reads the per-token records from
 the response's ``kv_transfer_params["l2r"]`` (see ``docs/vllm.md`` for why
-that channel). Summaries and selection are computed here by the same code as
-the other backends (:class:`~l2reason.backends.sglang.SGLangBackend`, whose
-HTTP, tokenizer and model checks this class reuses).
+that channel). Everything but vLLM's wire format (HTTP, tokenizer, model and
+plugin checks, records into candidates, summaries and selection) is
+:class:`~l2reason.backends.engine_client.EngineClient`'s, shared with SGLang.
 
 Stop strings are applied here, not by vLLM: vLLM checks them in its front end
 and aborts the request there, and an aborted request returns no records. The
@@ -24,60 +24,38 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
-import logging
 import math
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
-import torch
+from l2reason.backends.base import GenerationRequest
+from l2reason.backends.engine_client import EngineClient, Reply, _count
+from l2reason.errors import BackendError
+from l2reason.serving.settings import TOKEN_KEY, EngineSettings
 
-from l2reason.backends.base import Candidate, Capabilities, GenerationRequest, GenerationResult, TokenLogprobs
-from l2reason.backends.common import encode_prompt, row_seed
-from l2reason.backends.sglang.client import SGLangBackend
-from l2reason.backends.validate import check_context, validate_requests
-from l2reason.errors import BackendError, ConfigError
-from l2reason.serving.settings import SETTINGS_KEY, TOKEN_KEY, EngineSettings
-from l2reason.signal.band import resolve_layers
-
-log = logging.getLogger(__name__)
-
-__all__ = ["VLLM_INTERVENTIONS", "VLLMBackend", "parse_vllm_url"]
-
-#: the interventions the vLLM plugin runs
-VLLM_INTERVENTIONS = frozenset({"alrr", "erss", "static_steer", "suppress", "sae_ablate"})
+__all__ = ["VLLMBackend", "parse_vllm_url"]
 
 
-def parse_vllm_url(spec: str) -> str:
-    """``vllm://host:port`` (or ``http(s)://…``) -> the server's base URL.
+def _cache_salt(req: GenerationRequest) -> str | None:
+    """vLLM's prefix-cache salt for a request with SAE ablations (None: none).
 
-    Example:
-        >>> parse_vllm_url("vllm://127.0.0.1:8000")
-        'http://127.0.0.1:8000'
+    An ablation changes the prompt's states, so its cached prompt blocks must not be shared with requests that
+    run the prompt plain (or with other ablations): vLLM keys its prefix cache on the salt.
     """
-    s = spec.strip().rstrip("/")
-    if s.startswith("vllm://"):
-        s = "http://" + s[len("vllm://") :]
-    if not s.startswith(("http://", "https://")):
-        raise ConfigError(f"not a vLLM server address: {spec!r} (use vllm://host:port or http://host:port)")
-    return s
+    ablations = [s.model_dump(mode="json") for s in req.interventions if s.kind == "sae_ablate"]
+    return hashlib.sha256(json.dumps(ablations, sort_keys=True).encode()).hexdigest()[:32] if ablations else None
 
 
-class VLLMBackend(SGLangBackend):
+class VLLMBackend(EngineClient):
     """A client of a vLLM server started with the l2reason plugin (``l2reason serve --engine vllm``).
 
     Args:
         url: the server, ``http://host:port`` or ``vllm://host:port``.
-        model: the model you expect the server to serve (packaged name,
-            folder or id); a mismatch is an error. None = whatever it serves.
-        tokenizer: a tokenizer, or a folder/id to load one from, when the
-            server's model folder is not on this machine.
-        calibration: a calibration (or its path) for ``tau="calibrated"``
-            summaries and selection.
-        timeout: seconds for one HTTP call (generation included).
-        retries: extra attempts after a *connection* error.
-        concurrency: most completions in flight at once.
+        concurrency: most completions in flight at once (an int >= 1).
+        **kwargs: ``model``, ``tokenizer``, ``calibration``, ``timeout``, ``retries``, ``backoff``, as in
+            :class:`~l2reason.backends.engine_client.EngineClient`.
 
     Example:
         >>> be = VLLMBackend("vllm://127.0.0.1:8000")  # doctest: +SKIP
@@ -88,11 +66,18 @@ class VLLMBackend(SGLangBackend):
 
     name = "vllm"
     engine = "vLLM"
+    scheme = "vllm"
+    server_noun = "a vLLM server"
+    info_path = "/v1/models"
+    generate_path = "/v1/completions"
+    serve_command = "l2reason serve --engine vllm"
+    default_url = "http://127.0.0.1:8000"
 
     def __init__(self, url: str = "http://127.0.0.1:8000", *, concurrency: int = 64, **kwargs: Any) -> None:
-        self.concurrency = int(concurrency)
+        self.concurrency = _count("concurrency", concurrency, lo=1)
+        self.keepalive = max(self.keepalive, self.concurrency)
         self.server: Any = None
-        super().__init__(parse_vllm_url(url), **kwargs)
+        super().__init__(url, **kwargs)
 
     @classmethod
     def launch(cls, model: str = "default", *, timeout: float = 900.0, **server_args: Any) -> VLLMBackend:
@@ -118,134 +103,95 @@ class VLLMBackend(SGLangBackend):
         return be
 
     def close(self) -> None:
-        """Stop the server this backend started (if it started one)."""
+        """Stop the server this backend started (if it started one), and close the pooled connections."""
         if self.server is not None:
             self.server.stop()
             self.server = None
+        super().close()
 
     def _server_info(self) -> tuple[str, Any]:
-        info = self._call("GET", "/v1/models", None, timeout=min(self.timeout, 30.0))
-        data = (info or {}).get("data") or []
-        if not data:
-            raise BackendError(f"the vLLM server at {self.url} serves no model")
-        m = data[0]
-        self._served_name = str(m.get("id", ""))
-        return str(m.get("root") or m.get("id") or ""), m.get("max_model_len")
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(
-            name=self.name, interventions=VLLM_INTERVENTIONS, exact_erss=True, calibrated_thresholds=False
-        )
+        path = self.info_path
+        info = self._info("the model list")
+        data = info.get("data")
+        if not isinstance(data, list) or not data:
+            raise BackendError(f"the vLLM server at {self.url} serves no model ({path} lists none)")
+        m = self._obj(data[0], path, "a model entry")
+        served = m.get("id")
+        if not isinstance(served, str) or not served:
+            raise BackendError(f"the vLLM server at {self.url} answered {path} with a model entry without an id")
+        self._served_name = served
+        return str(m.get("root") or served), m.get("max_model_len")
 
     # ---- generation -------------------------------------------------------
-    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Generate for several prompts: every candidate is one completion, all in flight together."""
-        requests = validate_requests(requests, self.limits())
-        if not requests:
-            return []
-        prepared = [self._prepare(r) for r in requests]  # every check before any generation
-        items = [it for p in prepared for it in p["items"]]
-        t0 = time.perf_counter()
+    def _send(
+        self, requests: Sequence[GenerationRequest], items: list[dict[str, Any]], *, timeout: float | None = None
+    ) -> list[Any]:
+        """Every item as one completion, at most :attr:`concurrency` in flight (vLLM batches them)."""
+
+        def complete(item: dict[str, Any]) -> Any:
+            return self._call("POST", self.generate_path, item, timeout=timeout)
+
+        if len(items) == 1:
+            return [complete(items[0])]
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(items)))) as pool:
-            outs = list(pool.map(lambda it: self._call("POST", "/v1/completions", it), items))
-        return self._results(requests, prepared, outs, time.perf_counter() - t0)
+            return list(pool.map(complete, items))
 
-    def _prepare(self, req: GenerationRequest) -> dict[str, Any]:
-        """The completions payloads (one per candidate) of a request ``validate_requests`` has checked."""
-        layers = resolve_layers(req.norms.layers, self.num_layers) if req.norms is not None else []
-        specs = [s.model_dump(mode="json") for s in req.interventions]
-        ids = encode_prompt(self.tokenizer, req)
-        check_context(len(ids), req, self.context_length)
+    def _item(self, req: GenerationRequest, ids: list[int], settings: EngineSettings) -> dict[str, Any]:
         sp = req.sampling
-        # an ablation changes the prompt's states, so its cached prompt blocks must not be shared with
-        # requests that run the prompt plain (or with other ablations): vLLM keys its prefix cache on the salt
-        ablations = [s for s in specs if s["kind"] == "sae_ablate"]
-        salt = hashlib.sha256(json.dumps(ablations, sort_keys=True).encode()).hexdigest()[:32] if ablations else None
-        items = []
-        for j in range(req.n):
-            seed = row_seed(sp.seed, j)
-            settings = EngineSettings(layers=layers, interventions=specs, seed=seed, sc=req.logprobs is not None)
-            payload: dict[str, Any] = {
-                "model": self._served_name,
-                "prompt": ids,
-                "max_tokens": sp.max_new_tokens,
-                "temperature": sp.temperature,
-                "top_p": sp.top_p,
-                "seed": seed,
-                "return_token_ids": True,
-                "skip_special_tokens": True,
-                "vllm_xargs": {SETTINGS_KEY: settings.encode()[SETTINGS_KEY]},
-            }
-            if salt is not None:
-                payload["cache_salt"] = salt
-            if sp.top_k is not None:
-                payload["top_k"] = sp.top_k
-            if req.logprobs is not None:
-                payload["logprobs"] = max(req.logprobs, 1)
-                payload["return_tokens_as_token_ids"] = True
-            items.append(payload)
-        return {"layers": layers, "ids": ids, "items": items}
+        payload: dict[str, Any] = {
+            "model": self._served_name,
+            "prompt": ids,
+            "max_tokens": sp.max_new_tokens,
+            "temperature": sp.temperature,
+            "top_p": sp.top_p,
+            "seed": settings.seed,
+            "return_token_ids": True,
+            "skip_special_tokens": True,
+            "vllm_xargs": settings.encode(),
+        }
+        salt = _cache_salt(req)
+        if salt is not None:
+            payload["cache_salt"] = salt
+        if sp.top_k is not None:
+            payload["top_k"] = sp.top_k
+        if req.logprobs is not None:
+            payload["logprobs"] = max(req.logprobs, 1)
+            payload["return_tokens_as_token_ids"] = True
+        return payload
 
-    def _candidate(self, j: int, req: GenerationRequest, p: dict[str, Any], out: dict[str, Any]) -> Candidate:
-        choice = (out.get("choices") or [{}])[0]
-        ids = [int(t) for t in choice.get("token_ids") or []]
+    def _parse(self, out: Any, req: GenerationRequest) -> Reply:
+        path = self.generate_path
+        out = self._obj(out, path, "a completion")
+        choices = out.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise BackendError(f"the vLLM server at {self.url} answered {path} with no choices")
+        choice = self._obj(choices[0], path, "a choice")
         params = out.get("kv_transfer_params") or {}
-        records = params.get(TOKEN_KEY)
-        if records is None:
-            raise BackendError(
-                f"the vLLM server at {self.url} returned no l2reason records: it runs without the plugin "
-                "(start it with `l2reason serve --engine vllm`)"
-            )
-        for rec in records:
-            if rec and rec.get("e"):
-                raise ConfigError(f"the server's l2reason plugin rejected the request: {rec['e']}")
-        if len(records) < len(ids):
-            raise BackendError(f"the vLLM plugin returned {len(records)} records for {len(ids)} tokens")
-        fr = choice.get("finish_reason")
-        finish = "length" if fr == "length" else "eos"
-        text = str(choice.get("text", ""))
-        T = len(ids)
-        stops = list(req.sampling.stop)
-        if stops:
-            cut = self._stop_cut(ids, stops)
-            if cut is not None:
-                T, text, finish = cut[0], cut[1], "stop"
-        ids, records = ids[:T], records[:T]
-        layers = p["layers"]
-        norms = None
-        if req.norms is not None and layers:
-            arr = torch.tensor([rec["n"] for rec in records], dtype=torch.float32).reshape(T, len(layers))
-            norms = self.norm_stats(arr, layers, req.norms)
-        lps = None
+        chosen = top = None
         if req.logprobs is not None:
             lp = choice.get("logprobs") or {}
-            chosen = [float(x) if x is not None else -math.inf for x in (lp.get("token_logprobs") or [])][:T]
-            top = None
+            chosen = [float(x) if x is not None else -math.inf for x in lp.get("token_logprobs") or []]
             if req.logprobs:
-                top = [
-                    sorted((float(v) for v in (d or {}).values()), reverse=True)[: req.logprobs]
-                    for d in (lp.get("top_logprobs") or [])
-                ][:T]
-            lps = TokenLogprobs(
-                logprob=chosen,
-                top_logprobs=top,
-                self_certainty=[float(rec.get("sc", math.nan)) for rec in records],
-                confidence=[-sum(r) / len(r) for r in top] if top else None,
-            )
-        report = (records[-1] or {}).get("r", {}) if records else {}
-        usage = out.get("usage") or {}
-        return Candidate(
-            index=j,
-            text=text,
-            finish_reason=finish,  # type: ignore[arg-type]
-            prompt_tokens=int(usage.get("prompt_tokens", len(p["ids"]))),
-            completion_tokens=T,
-            tokens=[self.tokenizer.decode([t]) for t in ids],
-            logprobs=lps,
-            norms=norms,
-            interventions=report,
+                rows = lp.get("top_logprobs") or []
+                top = [sorted((float(v) for v in (d or {}).values()), reverse=True) for d in rows]
+        prompt_tokens = (out.get("usage") or {}).get("prompt_tokens")
+        return Reply(
+            ids=[int(t) for t in choice.get("token_ids") or []],
+            text=str(choice.get("text", "")),
+            finish="length" if choice.get("finish_reason") == "length" else "eos",
+            records=params.get(TOKEN_KEY),
+            prompt_tokens=int(prompt_tokens) if prompt_tokens is not None else None,
+            logprob=chosen,
+            top=top,
         )
+
+    def _cut(self, reply: Reply, req: GenerationRequest) -> Reply:
+        """The reply cut at its first stop string (vLLM is sent none: see the module's docstring)."""
+        stops = list(req.sampling.stop)
+        cut = self._stop_cut(reply.ids, stops) if stops else None
+        if cut is None:
+            return reply
+        return replace(reply, ids=reply.ids[: cut[0]], text=cut[1], finish="stop")
 
     def _stop_cut(self, ids: list[int], stops: list[str]) -> tuple[int, str] | None:
         """(tokens kept, text before the stop string) for the first token whose text completes a stop string."""
@@ -258,19 +204,7 @@ class VLLMBackend(SGLangBackend):
                 return k, text[: min(hits)]
         return None
 
-    def _check_plugin(self) -> None:
-        """One 1-token request with settings: the plugin must answer with a record."""
-        probe = {
-            "model": self._served_name,
-            "prompt": encode_prompt(self.tokenizer, GenerationRequest(prompt="ping")),
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "vllm_xargs": {SETTINGS_KEY: EngineSettings(layers=[0]).encode()[SETTINGS_KEY]},
-        }
-        out = self._call("POST", "/v1/completions", probe, timeout=min(self.timeout, 120.0))
-        recs = (out.get("kv_transfer_params") or {}).get(TOKEN_KEY)
-        if not recs or not recs[0] or "n" not in recs[0]:
-            raise BackendError(
-                f"the vLLM server at {self.url} runs without the l2reason plugin (no per-token norms came back); "
-                "start it with `l2reason serve --engine vllm` (or python -m l2reason_vllm.launch)"
-            )
+
+#: ``vllm://host:port`` (or ``http(s)://…``) -> the server's base URL, checked
+#: (:meth:`~l2reason.backends.engine_client.EngineClient.parse_address`)
+parse_vllm_url = VLLMBackend.parse_address

