@@ -29,7 +29,15 @@ from l2reason.errors import CalibrationError, CapabilityError, ConfigError, L2Re
 from l2reason.limits import MAX_ABS_VALUE, MAX_BATCH_ROWS
 from l2reason.signal.band import resolve_layers
 
-__all__ = ["ModelLimits", "brief", "check_context", "revalidate", "validate_request", "validate_requests"]
+__all__ = [
+    "ModelLimits",
+    "brief",
+    "check_context",
+    "distinct_layers",
+    "revalidate",
+    "validate_request",
+    "validate_requests",
+]
 
 
 @dataclass(frozen=True)
@@ -84,14 +92,38 @@ def revalidate(request: Any) -> GenerationRequest:
         raise ConfigError(f"invalid generation request: {e}") from e
 
 
-def _layers(spec: Any, limits: ModelLimits, what: str) -> list[int]:
-    """Resolve a layer spec in request order (no sorting), refusing repeats such as ``[-1, L-1]``."""
-    resolved = resolve_layers(spec, limits.num_layers)
-    if isinstance(spec, list):
-        given = [int(x) % limits.num_layers for x in spec]
+def distinct_layers(spec: Any, num_layers: int, what: str) -> list[int]:
+    """Resolve a layer spec (:func:`~l2reason.signal.band.resolve_layers`), refusing repeats such as ``[1, 1]``
+    or ``[-1, L-1]`` instead of dropping them.
+
+    Args:
+        spec: ``"band"``, ``"all"`` or layer indices (negatives count from the end).
+        num_layers: the model's decoder layers.
+        what: how messages name the list (``"norms.layers"``, ``"--layers"``).
+
+    Returns:
+        The sorted layer indices.
+
+    Raises:
+        LayerError: a layer outside the model, an empty or malformed list, or a layer named twice.
+
+    Example:
+        >>> distinct_layers([-1, 3], 4, "--layers")
+        Traceback (most recent call last):
+        ...
+        l2reason.errors.LayerError: --layers names a layer twice (after resolving negatives): [-1, 3]
+    """
+    resolved = resolve_layers(spec, num_layers)
+    if isinstance(spec, list | tuple):
+        given = [int(x) % num_layers for x in spec]
         if len(set(given)) != len(given):
             raise LayerError(f"{what} names a layer twice (after resolving negatives): {list(spec)}")
     return resolved
+
+
+def _layers(spec: Any, limits: ModelLimits, what: str) -> list[int]:
+    """:func:`distinct_layers` against the model of ``limits``."""
+    return distinct_layers(spec, limits.num_layers, what)
 
 
 def _calibration(limits: ModelLimits, what: str, alternative: str) -> Any:
@@ -126,8 +158,8 @@ def _check_norms(spec: NormSpec, limits: ModelLimits) -> list[int]:
 
 
 def _check_selection(spec: SelectionSpec, request: GenerationRequest, captured: list[int], limits: ModelLimits) -> None:
-    from l2reason.select import L2_METHODS, LOGPROB_METHODS
     from l2reason.techniques.baselines import selector_params
+    from l2reason.techniques.selection import L2_METHODS, LOGPROB_METHODS
 
     allowed = selector_params(spec.method)
     unknown = sorted(set(spec.params) - set(allowed) - {"score"})
@@ -157,11 +189,32 @@ def _check_selection(spec: SelectionSpec, request: GenerationRequest, captured: 
         _calibrated_layers(cal, layers, "selection tau='calibrated'")
 
 
+def _check_repeats(specs: Sequence[Any]) -> None:
+    """Each intervention kind at most once per request (its report is keyed by kind); an SAE ablation at most
+    once per layer (ablations at different layers are applied one after the other)."""
+    seen: dict[Any, int] = {}
+    for i, spec in enumerate(specs):
+        key = (spec.kind, spec.layer) if spec.kind == "sae_ablate" else spec.kind
+        if key in seen:
+            if spec.kind == "sae_ablate":
+                raise ConfigError(
+                    f"intervention #{i} (sae_ablate) ablates layer {spec.layer} again (#{seen[key]} does): "
+                    "put all the features of one layer in one sae_ablate spec"
+                )
+            raise ConfigError(
+                f"intervention #{i}: {spec.kind!r} is asked for more than once (#{seen[key]} and #{i}); each kind "
+                "runs once per request and reports once: merge them into one spec (one list of layers, one dict "
+                "of steering vectors)"
+            )
+        seen[key] = i
+
+
 def _check_interventions(request: GenerationRequest, limits: ModelLimits) -> None:
     from l2reason.techniques.specs import SAEAblateSpec, StaticSteerSpec, check_vectors
 
     caps = limits.capabilities
     kinds = caps.interventions
+    _check_repeats(request.interventions)
     for i, spec in enumerate(request.interventions):
         kind = spec.kind
         if kind not in kinds:

@@ -198,7 +198,7 @@ def chat_request(
 
 
 def parse_layers(text: str) -> Any:
-    """``all``, ``band`` or comma-separated ints, checked before any model loads."""
+    """``all``, ``band`` or comma-separated ints (each once), checked before any model loads."""
     from l2reason.errors import LayerError
 
     t = text.strip()
@@ -208,12 +208,15 @@ def parse_layers(text: str) -> Any:
     if not t or any(not p for p in parts):
         raise LayerError(f"--layers {text!r}: give 'all', 'band' or comma-separated layer indices such as 18,19,20")
     try:
-        return [int(p) for p in parts]
+        out = [int(p) for p in parts]
     except ValueError:
         raise LayerError(
             f"--layers {text!r}: {', '.join(p for p in parts if not p.lstrip('-').isdigit())} is not a layer index; "
             "give 'all', 'band' or comma-separated integers"
         ) from None
+    if len(set(out)) != len(out):
+        raise LayerError(f"--layers {text!r} names a layer twice; give each layer once")
+    return out
 
 
 def text(value: object, style: str | None = None) -> Text:

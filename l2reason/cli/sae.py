@@ -26,11 +26,12 @@ LayerOpt = Annotated[int, typer.Option()]
 def _prompts(source: str, limit: int | None, offset: int) -> tuple[list[Any], Any]:
     """StorePrompts from a dataset name (the eval's names) or a text file with one prompt per line."""
     from l2reason.eval.harness import DEFAULT_SYSTEM, item_messages
+    from l2reason.files import read_text_file
     from l2reason.sae.store import StorePrompt
 
     p = Path(source)
     if p.suffix == ".txt" and p.is_file():
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in read_text_file(p, "the prompt file").splitlines() if ln.strip()]
         lines = lines[offset : offset + limit if limit is not None else None]
         return [
             StorePrompt(f"{p.name}:{offset + i}", [{"role": "user", "content": q}]) for i, q in enumerate(lines)
@@ -65,32 +66,26 @@ def collect_cmd(
     threads: Annotated[int | None, typer.Option(min=1)] = None,
 ) -> None:
     """Run a dataset or prompt file and store every decode token's residual states (sharded, resumable)."""
-    from l2reason.sae.store import collect_store
+    from l2reason.sae.store import check_collect_settings, collect_store
 
     if dtype not in ("float16", "float32"):
         raise ConfigError(f"--dtype must be float16 or float32 (got {dtype!r})")
-    set_threads(threads)
+    chosen = parse_layers(layers)
     prompts, ds = _prompts(source, limit, offset)
+    if not prompts:
+        raise ConfigError(f"{source} gives no prompts at --offset {offset}: nothing to collect")
+    settings: dict[str, Any] = dict(
+        n=n, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch, dtype=dtype, seed=seed
+    )
+    check_collect_settings(prompts, out, **settings)  # before the model loads
+    set_threads(threads)
     score = (lambda text, p: bool(ds.score(text, p.meta["item"]))) if ds is not None else None
     be = load_backend(model)
 
     def progress(done: int, total: int) -> None:
         err.print(f"[dim]{done}/{total} prompts[/dim]")
 
-    store = collect_store(
-        be,
-        prompts,
-        out,
-        layers=parse_layers(layers),
-        n=n,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch,
-        dtype=dtype,
-        seed=seed,
-        score=score,
-        on_batch=progress,
-    )
+    store = collect_store(be, prompts, out, layers=chosen, score=score, on_batch=progress, **settings)
     err.print(f"store {out}: {len(store)} decode tokens, layers {store.layers}")
 
 
@@ -140,13 +135,14 @@ def bound_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="a folder for bound.json and bound.png")],
 ) -> None:
     """Check the norm bound on every stored token and feature; report its tightness vs the token norm."""
-    from l2reason.sae.bound import check_norm_bound, tightness_by_norm
+    from l2reason.files import check_output_dir
+    from l2reason.sae.bound import check_store_bound, tightness_by_norm
     from l2reason.sae.plots import plot_bound
     from l2reason.sae.store import ActivationStore
     from l2reason.sae.train import load_sae
 
-    st = ActivationStore(store)
-    rep = check_norm_bound(load_sae(sae), st.states(layer))
+    check_output_dir(out, "--out")
+    rep = check_store_bound(load_sae(sae), ActivationStore(store), layer)
     data = {"layer": layer, **rep.summary(), "by_norm_decile": tightness_by_norm(rep)}
     _write_json(out / "bound.json", data)
     plot_bound(rep, out / "bound.png", title=f"norm bound, layer {layer}")
@@ -165,7 +161,9 @@ def features_cmd(
     """Rank features by how much more they fire on high-norm tokens (and right answers); HTML of their contexts."""
     import torch
 
+    from l2reason.files import check_output_dir
     from l2reason.sae.features import (
+        check_quantile,
         encode_store,
         norm_activation_correlation,
         rank_by_correct,
@@ -175,6 +173,8 @@ def features_cmd(
     from l2reason.sae.store import ActivationStore
     from l2reason.sae.train import load_sae
 
+    check_quantile(quantile)
+    check_output_dir(out, "--out")
     st = ActivationStore(store)
     acts = encode_store(load_sae(sae), st, layer)
     norms = st.norms(layer)
@@ -205,38 +205,35 @@ def features_cmd(
     typer.echo(json.dumps({k: data[k] for k in ("tau", "corr_norm_vs_top_features")}, indent=1))
 
 
-def _save_condition(
-    path: Path,
+def _condition_data(
     layer: int,
     items: list[str],
     features: list[int],
     texts: list[str],
     engine: dict[str, Any],
     correct: list[bool] | None = None,
-) -> None:
+) -> dict[str, Any]:
     """One ablation condition's file: the texts so far (``"complete": false``), or all of them scored."""
     data: dict[str, Any] = {"layer": layer, "items": items, "features": features, "texts": texts, **engine}
     data["complete"] = correct is not None
     if correct is not None:
         data["correct"] = correct
-    _write_json(path, data)
+    return data
 
 
 def _stored_condition(
-    part: Path, name: str, features: list[int], layer: int, ids: list[str], *, resume: bool
+    done: dict[str, Any] | None, name: str, features: list[int], layer: int, ids: list[str], *, resume: bool
 ) -> tuple[list[str], list[bool] | None]:
-    """What a condition's file holds for these items and features: all texts with their scores (the condition
-    is done), the texts of the first items (``resume``: generation goes on after them), or nothing."""
-    if not part.is_file():
+    """What a condition's saved file (:func:`~l2reason.sae.ablate.read_condition`) holds for these items and
+    features: all texts with their scores (the condition is done), the texts of the first items (``resume``:
+    generation goes on after them), or nothing."""
+    if done is None or done["features"] != features or done["layer"] != layer:
         return [], None
-    done = json.loads(part.read_text(encoding="utf-8"))
-    if done.get("features") != features or done.get("layer") != layer:
-        return [], None
-    if done.get("items") == ids and done.get("complete", True):
-        err.print(f"[dim]{name}: {sum(done['correct'])}/{len(ids)} (from {part})[/dim]")
+    if done["items"] == ids and done.get("complete", True):
+        err.print(f"[dim]{name}: {sum(done['correct'])}/{len(ids)} (saved)[/dim]")
         return done["texts"], done["correct"]
-    if resume and done.get("items") == ids[: len(done.get("texts", []))]:
-        err.print(f"[dim]{name}: resuming after {len(done['texts'])} items (from {part})[/dim]")
+    if resume and done["items"] == ids[: len(done["texts"])]:
+        err.print(f"[dim]{name}: resuming after {len(done['texts'])} items (saved)[/dim]")
         return list(done["texts"]), None
     return [], None
 
@@ -263,11 +260,12 @@ def export_cmd(
     out: Annotated[Path, typer.Argument(help="the file to write (.safetensors)")],
 ) -> None:
     """Write an SAE as the plain file the engine plugins read (the ``sae_ablate`` intervention's ``sae``)."""
-    from l2reason.sae.ablate import sae_weights
+    from l2reason.files import check_output_file
+    from l2reason.sae.ablate import export_sae
     from l2reason.sae.train import load_sae
 
-    w = sae_weights(load_sae(sae))
-    w.save(out)
+    check_output_file(out, "the SAE file")
+    w = export_sae(load_sae(sae), out)
     typer.echo(f"{out}: {w.d_sae} features x {w.d_in} ({w.activation}{f', k={w.k}' if w.activation == 'topk' else ''})")
 
 
@@ -303,24 +301,39 @@ def ablate_cmd(
     import time
 
     from l2reason.eval.stats import paired_bootstrap
-    from l2reason.sae.ablate import ablate_features, matched_random_features, sae_weights
+    from l2reason.files import check_output_dir
+    from l2reason.sae.ablate import (
+        ablate_features,
+        condition_file,
+        matched_random_features,
+        read_condition,
+        read_ranked_features,
+        sae_weights,
+        save_condition,
+    )
     from l2reason.sae.features import encode_store
     from l2reason.sae.store import ActivationStore
     from l2reason.sae.train import load_sae
 
+    names = ("none", "top", "random_matched")
+    wanted = [c.strip() for c in only.split(",") if c.strip()] or list(names)
+    bad = sorted(set(wanted) - set(names))
+    if bad:
+        raise ConfigError(f"--only: unknown condition(s) {bad}; valid: {', '.join(names)}")
+    prompts, ds = _prompts(dataset, limit, offset)
+    if ds is None:
+        raise ConfigError(f"--dataset {dataset}: ablation scores answers; give a dataset with gold answers")
+    if not prompts:
+        raise ConfigError(f"--dataset {dataset} has no items at --offset {offset}: nothing to score")
+    check_output_dir(out, "--out")
+    saved = {name: read_condition(condition_file(out, name)) for name in names}  # a torn file fails now
     set_threads(threads)
-    ranked = json.loads(features.read_text(encoding="utf-8"))["by_norm"][:top]
-    chosen = [int(f["feature"]) for f in ranked]
     s = load_sae(sae)
+    chosen = read_ranked_features(features, top, d_sae=int(s.W_enc.shape[1]))
     acts = encode_store(s, ActivationStore(store), layer)
     mass = acts.mean(0)
     control = matched_random_features(mass, chosen, seed=seed)
     conditions = {"none": [], "top": chosen, "random_matched": control}
-    wanted = [c.strip() for c in only.split(",") if c.strip()] or list(conditions)
-    bad = sorted(set(wanted) - set(conditions))
-    if bad:
-        raise ConfigError(f"--only: unknown condition(s) {bad}; valid: {', '.join(conditions)}")
-    prompts, ds = _prompts(dataset, limit, offset)
     be = load_backend(model)
     in_engine = "sae_ablate" in be.capabilities.interventions
     plain = sae_weights(s)  # converted once: the engine reads its file, the hook uses it directly
@@ -330,8 +343,8 @@ def ablate_cmd(
     texts: dict[str, list[str]] = {}
     ids = [p.id for p in prompts]
     for name, feats in conditions.items():
-        part = out / f"ablation_{name}.json"  # one file per condition, saved after every batch
-        got, scored = _stored_condition(part, name, feats, layer, ids, resume=name in wanted)
+        part = condition_file(out, name)  # one file per condition, saved after every batch
+        got, scored = _stored_condition(saved[name], name, feats, layer, ids, resume=name in wanted)
         if scored is not None:
             texts[name], correct[name] = got, scored
             continue
@@ -346,11 +359,11 @@ def ablate_cmd(
         for i in range(len(got), len(prompts), batch):  # in-process: the hook is on only while a batch runs
             with contextlib.nullcontext() if in_engine else ablate_features(be, plain, layer, feats):
                 got += _greedy_texts(be, prompts[i : i + batch], max_new_tokens, specs)
-            _save_condition(part, layer, ids[: len(got)], feats, got, engine)
+            save_condition(part, _condition_data(layer, ids[: len(got)], feats, got, engine))
             err.print(f"[dim]{name}: {len(got)}/{len(prompts)} items, {time.perf_counter() - t0:.0f}s[/dim]")
         texts[name] = got
         correct[name] = [bool(ds.score(t, p.meta["item"])) for t, p in zip(got, prompts, strict=True)]
-        _save_condition(part, layer, ids, feats, got, engine, correct=correct[name])
+        save_condition(part, _condition_data(layer, ids, feats, got, engine, correct=correct[name]))
         err.print(f"[dim]{name}: {sum(correct[name])}/{len(got)} in {time.perf_counter() - t0:.0f}s[/dim]")
 
     if set(correct) != set(conditions):
@@ -390,10 +403,13 @@ def caa_cmd(
     model: Annotated[str, typer.Option("--model", "-m")] = "default",
 ) -> None:
     """CAA vectors: mean last-prompt-position state of the positives minus the negatives, per layer."""
+    from l2reason.files import check_output_file
     from l2reason.sae.vectors import caa_vectors, load_pairs, save_vectors
 
+    chosen = parse_layers(layers)
     pr = load_pairs(pairs)
-    vecs = caa_vectors(load_backend(model), pr, parse_layers(layers))
+    check_output_file(out, "--out")
+    vecs = caa_vectors(load_backend(model), pr, chosen)
     save_vectors(vecs, out)
     typer.echo(
         f"{out}: layers {sorted(vecs)} from {len(pr)} pairs; norms "
@@ -409,14 +425,16 @@ def norms_cmd(
     quantile: Annotated[float, typer.Option(help="high norm = above this quantile")] = 0.95,
 ) -> None:
     """The high-norm minus low-norm state vector per layer, from an activation store."""
+    from l2reason.files import check_output_file
     from l2reason.sae.store import ActivationStore
     from l2reason.sae.vectors import norm_split_vectors, save_vectors
 
+    chosen = parse_layers(layers) if layers.strip() else None
+    if isinstance(chosen, str):
+        raise ConfigError(f"--layers {layers!r}: give layer indices of the store ('18,20'), or leave it out for all")
+    check_output_file(out, "--out")
     st = ActivationStore(store)
-    chosen = parse_layers(layers) if layers.strip() else st.layers
-    if not isinstance(chosen, list):
-        chosen = st.layers
-    vecs = norm_split_vectors(st, chosen, quantile)
+    vecs = norm_split_vectors(st, st.layers if chosen is None else chosen, quantile)
     save_vectors(vecs, out)
     typer.echo(
         f"{out}: layers {sorted(vecs)}; norms " + ", ".join(f"{k}: {float(v.norm()):.3g}" for k, v in vecs.items())

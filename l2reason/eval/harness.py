@@ -527,6 +527,54 @@ def _open_config(run_dir: Path, cfg: RunConfig, ds: Dataset, items: Sequence[Ite
     return cfg
 
 
+def _check_against_backend(backend: Any, cfg: RunConfig, first: tuple[int, Item], names: Sequence[str]) -> None:
+    """Every pass's request, checked against the loaded model before any pass runs (a generation method whose
+    layers the model does not have fails now, not after the sampling pass)."""
+    limits = getattr(backend, "limits", None)
+    if not callable(limits):
+        return
+    from l2reason.backends.validate import validate_request
+
+    index, item = first
+    for name in names:
+        try:
+            validate_request(_request(cfg, item, index, name), limits())
+        except ConfigError as e:
+            what = "the sampling pass" if name == SAMPLES else f"generation method {name!r}"
+            raise type(e)(f"{what}: {e}") from e
+
+
+def _hashed_items(ds: Dataset, cfg: RunConfig, items: Sequence[Item]) -> Sequence[Item]:
+    """The dataset items a run folder may hold results for: the run's, and those of a larger earlier limit."""
+    return items if cfg.items_hashed <= len(items) else ds.items(cfg.items_hashed, cfg.offset)
+
+
+def _check_foreign_lines(
+    path: Path, cfg: RunConfig, name: str, done: dict[str, StoredItem], known: dict[str, int]
+) -> None:
+    """Refuse to resume a pass file that holds a result this run did not write: an item the dataset does not
+    have (from offset), at another index, of another pass, or with another number of candidates."""
+    n = cfg.n if name == SAMPLES else 1
+    for rec in done.values():
+        problem = ""
+        if rec.item_id not in known:
+            problem = (
+                f"a result for item {rec.item_id!r}, which is not among the run's {len(known)} items of "
+                f"{cfg.dataset!r} from offset {cfg.offset}"
+            )
+        elif rec.index != known[rec.item_id]:
+            problem = f"item {rec.item_id!r} at index {rec.index}; the dataset has it at {known[rec.item_id]}"
+        elif rec.pass_name != name:
+            problem = f"a result of the pass {rec.pass_name!r} for item {rec.item_id!r}"
+        elif len(rec.result.candidates) != n or len(rec.correct) != n:
+            problem = f"{len(rec.result.candidates)} candidates for item {rec.item_id!r}; this pass makes {n}"
+        if problem:
+            raise ConfigError(
+                f"{path} holds {problem}: it was not written by this run (a line copied from another run?). "
+                f"Remove that line to resume, or pass a new --out folder"
+            )
+
+
 def _check_run_dir(run_dir: Path) -> None:
     """The run folder must be a folder (or not exist yet)."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -571,8 +619,12 @@ def run_eval(
         The run read back (:func:`load_run`).
 
     Raises:
-        ConfigError: unknown methods or dataset (listing valid names), or a
-            run folder with other generation settings.
+        ConfigError: unknown methods or dataset (listing valid names), a
+            pass's request the loaded model refuses (layers it does not have,
+            a context it cannot hold), a run folder with other generation
+            settings, or a pass file with a line this run did not write (an
+            item the dataset does not have, another index, pass or N): all
+            before any generation.
         CapabilityError: the backend lacks an intervention a method needs.
     """
     run_dir = Path(run_dir)
@@ -601,13 +653,16 @@ def run_eval(
     items = ds.items(cfg.limit, cfg.offset)
     if not items:
         raise ConfigError(f"dataset {cfg.dataset!r} has no items at offset {cfg.offset}")
-    cfg = _open_config(run_dir, cfg, ds, items)
     indexed = [(cfg.offset + i, it) for i, it in enumerate(items)]
-    passes: list[_Pass] = []
     names = ([SAMPLES] if cfg.n > 0 else []) + list(cfg.gen_methods)
+    _check_against_backend(backend, cfg, indexed[0], names)
+    cfg = _open_config(run_dir, cfg, ds, items)
+    stored_ids = {it.id: cfg.offset + i for i, it in enumerate(_hashed_items(ds, cfg, items))}
+    passes: list[_Pass] = []
     for name in names:
         wanted = indexed if name == SAMPLES else indexed[: cfg.gen_limit or len(indexed)]
         done, _ = read_jsonl(pass_path(run_dir, name))
+        _check_foreign_lines(pass_path(run_dir, name), cfg, name, done, stored_ids)
         _check_stored_items(run_dir, cfg, wanted, done)
         todo = [(i, it) for i, it in wanted if it.id not in done]
         passes.append(_Pass(name, todo, len(wanted) - len(todo), len(wanted)))

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from l2reason.backends.base import SelectionSpec
 from l2reason.errors import ConfigError
+from l2reason.signal.calibration import check_selection_section
 from l2reason.techniques.baselines import SELECTORS
 from l2reason.techniques.selection import SCORE_NAMES
 
@@ -175,13 +176,20 @@ def selection_spec(name: str, auto: dict[str, Any] | None = None, seed: int = 0)
 
     Raises:
         ConfigError: an unknown name (the message lists the valid ones), or
-            ``l2-auto`` without a selection in the calibration.
+            ``l2-auto`` without a usable selection in the calibration
+            (:func:`~l2reason.signal.calibration.check_selection_section`).
     """
     if name == AUTO:
         if not auto:
             raise ConfigError(
                 "method 'l2-auto' needs a chosen selection in the model's calibration file: "
                 "run `l2reason calibrate --select` first, or drop 'l2-auto' from --methods"
+            )
+        problems = check_selection_section(auto)
+        if problems:
+            raise ConfigError(
+                f"method 'l2-auto': the chosen selection {'; '.join(problems)}; "
+                "run `l2reason calibrate --select` again, or drop 'l2-auto' from --methods"
             )
         direction = auto.get("direction", "high")
         return SelectionSpec(

@@ -332,7 +332,7 @@ class ChatL2Reason(BaseChatModel):
             >>> msg.tool_calls  # doctest: +SKIP
             [{'name': 'add', 'args': {'a': 2, 'b': 3}, 'id': 'call_…', 'type': 'tool_call'}]
         """
-        formatted = openai_tools(list(tools))
+        formatted = openai_tools(tools)
         tool_plan(formatted, tool_choice)  # fail now, not at the first call
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice

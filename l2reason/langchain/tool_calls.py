@@ -10,6 +10,7 @@ reason), and, for the bound tools only, the same JSON written without the tags.
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -31,15 +32,47 @@ def call_id() -> str:
 
 
 def tool_call_text(call: dict[str, Any], index: int) -> str:
-    """One tool call (``{"name", "args"}``) of message ``index`` as Qwen's chat template writes it."""
+    """One tool call (``{"name", "args"}``) of message ``index`` as Qwen's chat template writes it.
+
+    Raises:
+        ConfigError: no name, or arguments that are not a JSON object of finite values (NaN and infinity are
+            not JSON: the model would be shown a call it could never write back).
+    """
     name, args = call.get("name"), call.get("args")
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"message {index}: a tool call has no name ({call!r})")
+        raise ConfigError(f"message {index}: a tool call has no name ({str(call)[:200]})")
+    args = {} if args is None else args
+    if not isinstance(args, dict):
+        raise ConfigError(
+            f"message {index}: the arguments of tool call {name!r} must be a JSON object, got {type(args).__name__}"
+        )
     try:
-        body = json.dumps({"name": name, "arguments": args if args is not None else {}}, ensure_ascii=False)
+        body = json.dumps({"name": name, "arguments": args}, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"message {index}: the arguments of tool call {name!r} are not JSON ({e})") from e
+        raise ConfigError(
+            f"message {index}: the arguments of tool call {name!r} are not JSON ({e}); give a JSON object of "
+            "strings, finite numbers, booleans, null, lists and objects"
+        ) from e
     return f"<tool_call>\n{body}\n</tool_call>"
+
+
+class _NotJSON(ValueError):
+    """A value Python's JSON reader takes but JSON has not: NaN, Infinity, a number too large for a float."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJSON(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise _NotJSON(f"the number {text[:40]} is too large for a float")
+    return x
+
+
+#: strict JSON: NaN, Infinity and numbers that overflow to infinity are errors, as in every other JSON reader
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 
 
 def _decode_call(body: str, closed: bool) -> tuple[dict[str, Any] | None, str, str]:
@@ -47,8 +80,8 @@ def _decode_call(body: str, closed: bool) -> tuple[dict[str, Any] | None, str, s
     ``error``; ``rest`` is text after the JSON object of an unclosed block."""
     s = body.strip()
     try:
-        obj, end = json.JSONDecoder().raw_decode(s)
-    except json.JSONDecodeError as e:
+        obj, end = _DECODER.raw_decode(s)
+    except ValueError as e:  # JSONDecodeError, or a value JSON has not (_NotJSON)
         return None, f"not JSON: {e}", ""
     rest = s[end:]
     if closed and rest.strip():
@@ -60,8 +93,8 @@ def _decode_call(body: str, closed: bool) -> tuple[dict[str, Any] | None, str, s
         return None, "no 'name' string", ""
     if isinstance(args, str):  # some models write the arguments as a JSON string
         try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError as e:
+            args = _DECODER.decode(args) if args.strip() else {}
+        except ValueError as e:
             return None, f"'arguments' is a string that is not JSON: {e}", ""
     if args is None:
         args = {}
@@ -147,11 +180,11 @@ def _untagged_calls(text: str, names: set[str]) -> tuple[str, list[ToolCall]]:
     kept.append(text[pos:])
     if calls or not text.strip().startswith("{"):
         return "".join(kept), calls
-    decoder, rest = json.JSONDecoder(), text.strip()
+    rest = text.strip()
     while rest:
         try:
-            _, end = decoder.raw_decode(rest)
-        except json.JSONDecodeError:
+            _, end = _DECODER.raw_decode(rest)
+        except ValueError:
             return text, []  # not only JSON objects (or the last one cut short): plain text
         call = _bound_call(rest[:end], names)
         if call is None:

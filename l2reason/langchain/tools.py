@@ -13,7 +13,9 @@ the model can only continue with a call. The answer is read back by
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from collections.abc import Sequence
+from typing import Any, is_typeddict
 
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
@@ -27,18 +29,64 @@ def tool_name(tool: dict[str, Any]) -> str:
     return str(tool["function"]["name"])
 
 
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # OpenAI's rule for function names (dots allowed, as LangChain's)
+
+
+def _is_tool_class(t: type) -> bool:
+    """A class that describes a tool's arguments: a pydantic model or a TypedDict (not any class)."""
+    from pydantic import BaseModel
+
+    return issubclass(t, BaseModel) or is_typeddict(t)
+
+
+def _check_tool(i: int, given: Any, tool: Any) -> dict[str, Any]:
+    """The converted tool ``i``, checked: a function with a usable name, a JSON-schema object of parameters,
+    and nothing JSON cannot write (the definition goes into the prompt as JSON)."""
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    what = f"tool {i} ({given!r:.80})"
+    if not isinstance(fn, dict):
+        raise ConfigError(f"{what} is not a function tool ({{'type': 'function', 'function': {{...}}}})")
+    name = fn.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"{what} has the name {str(name)[:80]!r}; a tool name is 1-64 letters, digits, '_', '.' or '-' "
+            "(a lambda has none: use a def or a BaseTool)"
+        )
+    if not isinstance(fn.get("description", ""), str):
+        raise ConfigError(f"{what}: its description must be a string")
+    if not isinstance(fn.get("parameters", {}), dict):
+        raise ConfigError(f"{what}: its parameters must be a JSON schema object, got {fn['parameters']!r:.60}")
+    try:
+        json.dumps(tool, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{what} holds a value JSON cannot write ({e}); it goes into the prompt as JSON") from e
+    return tool
+
+
 def openai_tools(tools: Any) -> list[dict[str, Any]]:
-    """Tool definitions (dicts, pydantic models, functions, ``BaseTool``s) as OpenAI function tools."""
+    """Tool definitions (dicts, pydantic models, TypedDicts, functions, ``BaseTool`` objects) as OpenAI function tools.
+
+    Raises:
+        ConfigError: ``tools`` is not a list (or another sequence) of tools; a tool LangChain cannot convert, a class
+            that is neither a pydantic model nor a TypedDict, a name that is not 1-64 of ``[A-Za-z0-9_.-]``
+            (a lambda's), a schema that is not an object or holds NaN; two tools with one name.
+    """
     if tools is None:
         return []
-    if not isinstance(tools, list | tuple):
+    if isinstance(tools, str | bytes) or not isinstance(tools, Sequence):
         raise ConfigError(f"tools must be a list of tools, got {type(tools).__name__}")
     out: list[dict[str, Any]] = []
     for i, t in enumerate(tools):
+        if isinstance(t, type) and not _is_tool_class(t):
+            raise ConfigError(
+                f"tool {i} ({t.__name__}) is a plain class; a tool is a function, a BaseTool, a pydantic model "
+                "or a TypedDict (or its OpenAI/JSON-schema dict)"
+            )
         try:
-            out.append(convert_to_openai_tool(t))
-        except Exception as e:
+            converted = convert_to_openai_tool(t)
+        except Exception as e:  # LangChain raises what it likes (ValueError, KeyError, TypeError)
             raise ConfigError(f"tool {i} ({t!r:.80}) is not a tool definition LangChain can convert: {e}") from e
+        out.append(_check_tool(i, t, converted))
     names = [tool_name(t) for t in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -15,8 +15,11 @@ state, so reported norms are those of the ablated stream).
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +27,17 @@ import torch
 from l2reason.errors import ConfigError
 from l2reason.techniques.sae_ablate import SAEWeights
 
-__all__ = ["ablate_features", "matched_random_features", "remove_features", "sae_weights"]
+__all__ = [
+    "ablate_features",
+    "condition_file",
+    "export_sae",
+    "matched_random_features",
+    "read_condition",
+    "read_ranked_features",
+    "remove_features",
+    "sae_weights",
+    "save_condition",
+]
 
 
 def sae_weights(sae: Any) -> SAEWeights:
@@ -107,6 +120,106 @@ def ablate_features(backend: Any, sae: Any, layer: int, features: Sequence[int])
         handle.remove()
 
 
+def read_ranked_features(path: str | Path, top: int, d_sae: int | None = None) -> list[int]:
+    """The first ``top`` features of ``by_norm`` in a ``features.json`` (``l2reason sae features``), checked.
+
+    Args:
+        path: the file.
+        top: how many to take (>= 1); a file with fewer gives them all.
+        d_sae: the SAE's feature count: every index must be below it (None: not checked).
+
+    Returns:
+        Distinct feature indices, in the file's order.
+
+    Raises:
+        ConfigError: the file is missing or not JSON, has no ``by_norm`` list of ``{"feature": index}``
+            objects, ranks no feature, repeats one, or names one outside the SAE.
+
+    Example:
+        >>> read_ranked_features("features/features.json", 10, d_sae=2048)  # doctest: +SKIP
+        [589, 1632, 988, 599, 1779, 407, 125, 1622, 586, 889]
+    """
+    from l2reason.sae.features import check_top
+    from l2reason.sae.store import read_json_file
+
+    check_top(top)
+    fix = "pass the features.json that `l2reason sae features` wrote"
+    data = read_json_file(Path(path), "the features file", fix)
+    ranked = data.get("by_norm") if isinstance(data, dict) else None
+    if not isinstance(ranked, list):
+        raise ConfigError(f"the features file {path} has no 'by_norm' list of ranked features; {fix}")
+    if not ranked:
+        raise ConfigError(f"the features file {path} ranks no feature ('by_norm' is empty): nothing to ablate")
+    chosen: list[int] = []
+    for k, f in enumerate(ranked[:top]):
+        i = f.get("feature") if isinstance(f, dict) else None
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ConfigError(f"the features file {path}: by_norm[{k}] has no 'feature' index >= 0 ({str(f)[:80]})")
+        if d_sae is not None and i >= d_sae:
+            raise ConfigError(f"the features file {path}: feature {i} is outside the SAE (features 0..{d_sae - 1})")
+        if i in chosen:
+            raise ConfigError(f"the features file {path}: feature {i} is ranked twice")
+        chosen.append(i)
+    return chosen
+
+
+def export_sae(sae: Any, path: str | Path) -> SAEWeights:
+    """Write an SAE as the plain file the engine plugins read (``sae_ablate``'s ``sae``); return its weights.
+
+    Raises:
+        ConfigError: the SAE is not standard/TopK (:func:`sae_weights`), or ``path`` cannot be a file
+            (a folder, a parent that is a file, a folder that cannot be written).
+    """
+    from l2reason.files import check_output_file
+
+    w = sae_weights(sae)
+    p = check_output_file(path, "the SAE file")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    w.save(p)
+    return w
+
+
+def condition_file(out: str | Path, name: str) -> Path:
+    """Where ``l2reason sae ablate`` keeps one condition's texts (``ablation_<name>.json``)."""
+    return Path(out) / f"ablation_{name}.json"
+
+
+def save_condition(path: Path, data: dict[str, Any]) -> None:
+    """Write a condition's file atomically (a crash leaves the old file or the new one, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_condition(path: Path) -> dict[str, Any] | None:
+    """A condition's saved file (None: there is none), checked to be what :func:`save_condition` writes.
+
+    Raises:
+        ConfigError: the file is torn or not JSON, or lacks the fields a rerun goes on from (layer,
+            features, items, texts, complete, correct); the message says to delete it to redo the condition.
+    """
+    from l2reason.sae.store import read_json_file
+
+    if not path.exists():
+        return None
+    fix = f"delete {path} to run that condition again"
+    d = read_json_file(path, "the saved condition", fix)
+
+    def strs(x: Any) -> bool:
+        return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+    ok = isinstance(d, dict) and isinstance(d.get("layer"), int) and strs(d.get("items")) and strs(d.get("texts"))
+    ok = ok and isinstance(d.get("features"), list) and all(isinstance(v, int) for v in d["features"])
+    ok = ok and isinstance(d.get("complete", True), bool) and len(d["texts"]) <= len(d["items"])
+    if ok and d.get("complete", True):
+        c = d.get("correct")
+        ok = isinstance(c, list) and all(isinstance(v, bool) for v in c) and len(c) == len(d["texts"])
+    if not ok:
+        raise ConfigError(f"the saved condition {path} is not one `l2reason sae ablate` wrote; {fix}")
+    return d
+
+
 def matched_random_features(
     mass: torch.Tensor, chosen: Sequence[int], *, seed: int = 0, exclude: Sequence[int] = ()
 ) -> list[int]:
@@ -118,6 +231,9 @@ def matched_random_features(
     that order (without replacement), so the control removes as much activation
     without being the same features.
     """
+    outside = [int(i) for i in [*chosen, *exclude] if not 0 <= int(i) < len(mass)]
+    if outside:
+        raise ConfigError(f"features {outside} are outside the SAE (features 0..{len(mass) - 1})")
     g = torch.Generator().manual_seed(seed)
     banned = {int(i) for i in chosen} | {int(i) for i in exclude}
     pool = [i for i in torch.argsort(mass).tolist() if i not in banned]

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BoundReport", "check_norm_bound", "tightness_by_norm"]
+from l2reason.errors import ConfigError
+
+__all__ = ["BoundReport", "check_norm_bound", "check_store_bound", "tightness_by_norm"]
 
 
 @dataclass
@@ -79,12 +81,17 @@ def check_norm_bound(sae: Any, x: torch.Tensor, *, rtol: float = 1e-4, chunk: in
         x: ``[N, d_in]`` residual states (the model's raw states, as collected).
         rtol: tolerance relative to ``‖w_i‖·‖x − b_dec‖ + |b_i|`` (float32 rounding of a d-term dot product).
 
+    Raises:
+        ConfigError: ``x`` is not ``[N, d_in]`` for this SAE.
+
     Example:
         >>> rep = check_norm_bound(load_sae("sae_l20"), store.states(20))  # doctest: +SKIP
         >>> rep.violations  # doctest: +SKIP
         0
     """
     W = sae.W_enc.detach().float()  # [d_in, d_sae]
+    if x.ndim != 2 or x.shape[1] != W.shape[0]:
+        raise ConfigError(f"the SAE reads {W.shape[0]}-dim states; got states of shape {tuple(x.shape)}")
     b = sae.b_enc.detach().float()  # [d_sae]
     b_dec = sae.b_dec.detach().float()  # [d_in]
     w_norm = W.norm(dim=0)  # [d_sae] ‖w_i‖
@@ -122,6 +129,19 @@ def check_norm_bound(sae: Any, x: torch.Tensor, *, rtol: float = 1e-4, chunk: in
         token_norm=np.concatenate(norm_l) if norm_l else np.zeros(0),
         ratio=np.concatenate(ratio_l) if ratio_l else np.zeros(0),
     )
+
+
+def check_store_bound(sae: Any, store: Any, layer: int) -> BoundReport:
+    """:func:`check_norm_bound` on every stored token of ``layer``, once the SAE is known to read them.
+
+    Raises:
+        ConfigError: the SAE reads another width or was trained on another layer
+            (:func:`~l2reason.sae.train.check_sae_for`), or the layer is not in the store.
+    """
+    from l2reason.sae.train import check_sae_for
+
+    check_sae_for(sae, store, layer)
+    return check_norm_bound(sae, store.states(layer))
 
 
 def tightness_by_norm(rep: BoundReport, bins: int = 10) -> list[dict[str, float]]:

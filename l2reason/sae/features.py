@@ -20,12 +20,28 @@ import torch
 from l2reason.errors import ConfigError
 from l2reason.sae.store import ActivationStore
 
-__all__ = ["encode_store", "norm_activation_correlation", "rank_by_correct", "rank_by_norm", "top_contexts_html"]
+__all__ = [
+    "check_quantile",
+    "check_top",
+    "encode_store",
+    "norm_activation_correlation",
+    "rank_by_correct",
+    "rank_by_norm",
+    "top_contexts_html",
+]
 
 
 @torch.no_grad()
 def encode_store(sae: Any, store: ActivationStore, layer: int, chunk: int = 4096) -> torch.Tensor:
-    """``[N, d_sae]`` float32 feature activations of every stored token of ``layer``."""
+    """``[N, d_sae]`` float32 feature activations of every stored token of ``layer``.
+
+    Raises:
+        ConfigError: the SAE does not read this store's states at ``layer``
+            (:func:`~l2reason.sae.train.check_sae_for`: another width, or trained on another layer).
+    """
+    from l2reason.sae.train import check_sae_for
+
+    check_sae_for(sae, store, layer)
     x = store.states(layer)
     return torch.cat([sae.encode(x[i : i + chunk]).float() for i in range(0, len(x), chunk)])
 
@@ -62,15 +78,49 @@ def rank_by_norm(
     Args:
         acts: ``[N, d_sae]`` feature activations (:func:`encode_store`).
         norms: ``[N]`` the tokens' norms at that layer.
-        quantile: τ is this quantile of ``norms``.
+        quantile: τ is this quantile of ``norms``, in (0, 1).
+        top: how many features to return (>= 1).
+
+    Raises:
+        ConfigError: a quantile outside (0, 1) (NaN included), ``top`` < 1, ``acts`` and ``norms`` of
+            different lengths, or no token on one side of τ.
     """
+    check_quantile(quantile)
+    check_top(top)
+    if acts.ndim != 2 or norms.ndim != 1 or len(acts) != len(norms):
+        raise ConfigError(f"acts {tuple(acts.shape)} and norms {tuple(norms.shape)} must be [N, d_sae] and [N]")
+    if len(norms) == 0:
+        raise ConfigError("no tokens to rank features on")
     tau = float(torch.quantile(norms.float(), quantile))
     return tau, _rank(acts, norms > tau, top, ("high", "low"))
 
 
 def rank_by_correct(acts: torch.Tensor, correct: torch.Tensor, top: int = 20) -> list[dict[str, Any]]:
     """The ``top`` features by standardised mean-activation gap, tokens of right minus wrong candidates."""
+    check_top(top)
     return _rank(acts, correct, top, ("right", "wrong"))
+
+
+def check_quantile(q: Any) -> float:
+    """A quantile that splits tokens into high and low: a number strictly inside (0, 1).
+
+    Raises:
+        ConfigError: anything else (1.5, -0.5, NaN, a string).
+    """
+    if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 < q < 1.0:
+        raise ConfigError(f"quantile must be a number in (0, 1), e.g. 0.95 (got {q!r})")
+    return float(q)
+
+
+def check_top(top: Any) -> int:
+    """How many features to keep: an integer >= 1.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ConfigError(f"top must be an integer >= 1 (got {top!r})")
+    return top
 
 
 def norm_activation_correlation(acts: torch.Tensor, norms: torch.Tensor, features: Sequence[int]) -> float:

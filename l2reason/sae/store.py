@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,15 @@ import torch
 
 from l2reason.errors import ConfigError
 
-__all__ = ["FORMAT", "ActivationStore", "StorePrompt", "collect_store"]
+__all__ = [
+    "FORMAT",
+    "ActivationStore",
+    "StorePrompt",
+    "check_collect_settings",
+    "check_manifest",
+    "collect_store",
+    "read_json_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,112 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_json_file(path: Path, what: str, fix: str) -> Any:
+    """The JSON in ``path`` (UTF-8, no NaN), or a ConfigError naming the file, what it is and ``fix``.
+
+    Raises:
+        ConfigError: missing, unreadable, not UTF-8, not JSON (a torn write), nested too deeply.
+    """
+    from l2reason.files import read_text_file
+
+    text = read_text_file(path, what)
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(text, parse_constant=no_constant)
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{what} {path} is not valid JSON ({str(e)[:120]}): {fix}") from e
+
+
+def _is_int(x: Any, lo: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= lo
+
+
+def check_manifest(m: Any, where: Path) -> dict[str, Any]:
+    """A store's manifest, checked: the fields every reader uses, with the types they need.
+
+    Raises:
+        ConfigError: naming the manifest and the first field that is missing or malformed.
+    """
+
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(
+            f"{where} is not a usable activation-store manifest: {problem}; collect the store again "
+            "(`l2reason collect` into a new folder)"
+        )
+
+    if not isinstance(m, dict):
+        raise bad(f"a JSON {type(m).__name__}, not an object")
+    if m.get("format") != FORMAT:
+        raise ConfigError(f"{where}: format {m.get('format')!r:.80}, expected {FORMAT!r}")
+    layers = m.get("layers")
+    if not isinstance(layers, list) or not layers or not all(_is_int(x) for x in layers):
+        raise bad(f"layers must be a non-empty list of layer indices, got {str(layers)[:80]}")
+    if len(set(layers)) != len(layers):
+        raise bad(f"layers has duplicates: {layers}")
+    if not isinstance(m.get("model_id"), str) or not m["model_id"]:
+        raise bad("model_id must be a non-empty string")
+    if not _is_int(m.get("hidden_size"), 1):
+        raise bad(f"hidden_size must be an integer >= 1, got {str(m.get('hidden_size'))[:40]}")
+    shards = m.get("shards")
+    if not isinstance(shards, list):
+        raise bad("shards must be a list")
+    for k, sh in enumerate(shards):
+        ok = isinstance(sh, dict) and isinstance(sh.get("name"), str) and _is_int(sh.get("tokens"))
+        ok = ok and isinstance(sh.get("items"), list) and all(isinstance(i, str) for i in sh["items"])
+        if not ok or sh["name"] != f"shard_{k:05d}":
+            raise bad(f"shard {k} must be {{'name': 'shard_{k:05d}', 'tokens': int, 'items': [str]}}")
+    return m
+
+
+_NEW_FOLDER = "collect into a new folder (or delete this one)"
+
+
+def check_collect_settings(
+    prompts: Sequence[StorePrompt],
+    out: str | Path,
+    *,
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    dtype: str,
+    seed: int,
+) -> Path:
+    """What :func:`collect_store` can check without the model (call it before loading one); the store folder.
+
+    The settings are :func:`collect_store`'s, with the same meaning.
+
+    Raises:
+        ConfigError: no prompts, two prompts with one id, a count < 1, a temperature that is not a finite
+            number >= 0, a dtype other than float16/float32, a seed < 0, an ``out`` that cannot be a folder,
+            or an existing store whose manifest is corrupt.
+    """
+    from l2reason.files import check_output_dir
+
+    if not prompts:
+        raise ConfigError("no prompts to collect from (an empty prompt file, or --offset past the last item)")
+    ids = [p.id for p in prompts]
+    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if dup:
+        raise ConfigError(f"prompt ids must be unique (a rerun skips ids already stored); repeated: {dup[:5]}")
+    for name, value in (("n", n), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if not _is_int(value, 1):
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if not _is_int(seed):
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature < math.inf:
+        raise ConfigError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if dtype not in ("float16", "float32"):
+        raise ConfigError(f"dtype must be float16 or float32, got {dtype!r}")
+    root = check_output_dir(out, "the store folder")
+    if (root / MANIFEST).exists():
+        check_manifest(read_json_file(root / MANIFEST, "the store manifest", _NEW_FOLDER), root / MANIFEST)
+    return root
 
 
 def collect_store(
@@ -96,7 +211,9 @@ def collect_store(
         on_batch: progress callback ``(done prompts, total prompts)``.
 
     Raises:
-        ConfigError: the store exists with other settings (model, layers, dtype).
+        ConfigError: no prompts, two prompts with one id, a layer named twice (``[1, 1]``, ``[-1, L-1]``) or
+            outside the model, a bad count, temperature, dtype or seed, or a store that exists with other
+            settings (model, layers, dtype) or whose manifest is corrupt: all before any generation.
 
     Example:
         >>> store = collect_store(be, [StorePrompt("q0", [{"role": "user", "content": "2+2?"}])], "acts")  # doctest: +SKIP
@@ -104,15 +221,18 @@ def collect_store(
     from safetensors.torch import save_file
 
     from l2reason.backends.base import CollectSpec, GenerationRequest, Message, NormSpec, SamplingParams
-    from l2reason.signal.band import resolve_layers
+    from l2reason.backends.validate import distinct_layers
 
-    root = Path(out)
+    root = check_collect_settings(
+        prompts, out, n=n, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        dtype=dtype, seed=seed,
+    )  # fmt: skip
+    resolved = distinct_layers(layers, backend.num_layers, "layers")
     root.mkdir(parents=True, exist_ok=True)
-    resolved = resolve_layers(layers, backend.num_layers)
     settings = {"n": n, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
     mpath = root / MANIFEST
     if mpath.is_file():
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        manifest = check_manifest(read_json_file(mpath, "the store manifest", _NEW_FOLDER), mpath)
         mine = {"model_id": backend.model_id, "layers": resolved, "dtype": dtype, "settings": settings}
         theirs = {k: manifest.get(k) for k in mine}
         if theirs != mine:
@@ -220,9 +340,9 @@ class ActivationStore:
         mpath = self.path / MANIFEST
         if not mpath.is_file():
             raise ConfigError(f"{self.path} is not an activation store (no {MANIFEST}); run `l2reason collect` first")
-        self.manifest: dict[str, Any] = json.loads(mpath.read_text(encoding="utf-8"))
-        if self.manifest.get("format") != FORMAT:
-            raise ConfigError(f"{mpath}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        self.manifest: dict[str, Any] = check_manifest(
+            read_json_file(mpath, "the store manifest", "collect the store again (`l2reason collect`)"), mpath
+        )
         self.layers: list[int] = list(self.manifest["layers"])
         self.model_id: str = self.manifest["model_id"]
         self.hidden_size: int = int(self.manifest["hidden_size"])
@@ -236,18 +356,38 @@ class ActivationStore:
             raise ConfigError(f"layer {layer} is not in the store {self.path} (it has {self.layers})")
         return self.layers.index(layer)
 
+    def _shard(self, k: int, s: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Shard ``k``'s tensors, checked against the manifest (names, shapes, dtypes, token count)."""
+        from safetensors.torch import load_file
+
+        path = self.path / f"{s['name']}.safetensors"
+        redo = "collect the store again into a new folder"
+        try:
+            part = load_file(str(path))
+        except Exception as e:  # a missing or torn file: OSError, safetensors' own error
+            raise ConfigError(f"the store {self.path}: shard {path.name} cannot be read ({e}); {redo}") from e
+        n_layers, d, T = len(self.layers), self.hidden_size, int(s["tokens"])
+        want = {"states": (T, n_layers, d), "norms": (T, n_layers), "record": (T,), "step": (T,)}
+        got = {k: tuple(v.shape) for k, v in part.items()}
+        if any(got.get(k) != v for k, v in want.items()) or part["record"].dtype != torch.int64:
+            raise ConfigError(f"the store {self.path}: shard {path.name} holds {got}, the manifest says {want}; {redo}")
+        return part
+
     def _load(self) -> dict[str, torch.Tensor]:
         if self._cache is None:
-            from safetensors.torch import load_file
-
-            parts = [load_file(str(self.path / f"{s['name']}.safetensors")) for s in self.manifest["shards"]]
+            parts = [self._shard(k, s) for k, s in enumerate(self.manifest["shards"])]
             if not parts:
                 raise ConfigError(f"the store {self.path} holds no shards yet")
             offset, recs = 0, []
             for part, s in zip(parts, self.manifest["shards"], strict=True):
+                n_records = len(self._shard_records(s))
+                if len(part["record"]) and not 0 <= int(part["record"].min()) <= int(part["record"].max()) < n_records:
+                    raise ConfigError(
+                        f"the store {self.path}: shard {s['name']}'s tokens name records its JSONL file does not "
+                        f"have ({n_records} records); collect the store again into a new folder"
+                    )
                 recs.append(part["record"] + offset)
-                with open(self.path / f"{s['name']}.jsonl", encoding="utf-8") as fh:
-                    offset += sum(1 for line in fh if line.strip())
+                offset += n_records
             self._cache = {
                 "states": torch.cat([p["states"] for p in parts]),
                 "norms": torch.cat([p["norms"] for p in parts]),
@@ -269,13 +409,32 @@ class ActivationStore:
         c = self._load()
         return c["record"], c["step"]
 
+    def _shard_records(self, s: dict[str, Any]) -> list[dict[str, Any]]:
+        """The records of one shard's JSONL file, each checked to be a JSON object."""
+        from l2reason.files import read_text_file
+
+        path = self.path / f"{s['name']}.jsonl"
+        out: list[dict[str, Any]] = []
+        for n, line in enumerate(read_text_file(path, "the store's records file").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except (ValueError, RecursionError) as e:
+                raise ConfigError(f"{path}:{n}: not a JSON record ({str(e)[:80]}); collect the store again") from e
+            masked = rec.get("masked") if isinstance(rec, dict) else None
+            if (
+                not isinstance(rec, dict)
+                or not isinstance(rec.get("tokens") or [], list)
+                or not (masked is None or (isinstance(masked, list) and all(isinstance(b, bool) for b in masked)))
+            ):
+                raise ConfigError(f"{path}:{n}: a record must be a JSON object with a tokens list (and masked flags)")
+            out.append(rec)
+        return out
+
     def records(self) -> list[dict[str, Any]]:
         """One dict per stored candidate (item, candidate, tokens, text, correct, masked), in token order."""
-        out: list[dict[str, Any]] = []
-        for s in self.manifest["shards"]:
-            with open(self.path / f"{s['name']}.jsonl", encoding="utf-8") as fh:
-                out += [json.loads(line) for line in fh if line.strip()]
-        return out
+        return [rec for s in self.manifest["shards"] for rec in self._shard_records(s)]
 
     def unmasked(self) -> torch.Tensor:
         """``[N]`` bool: False for tokens the backend masked as massive activations."""
@@ -300,6 +459,8 @@ class ActivationStore:
         Args:
             index: the token rows to draw from (default: every unmasked token).
         """
+        if not _is_int(batch_size, 1):
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         x = self.states(layer)
         rows = index if index is not None else torch.nonzero(self.unmasked()).flatten()
         if len(rows) == 0:

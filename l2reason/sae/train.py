@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,9 +22,18 @@ from typing import Any
 import torch
 
 from l2reason.errors import ConfigError
-from l2reason.sae.store import ActivationStore
+from l2reason.files import check_output_dir
+from l2reason.sae.store import ActivationStore, read_json_file
 
-__all__ = ["SAETrainSettings", "load_sae", "reconstruction_metrics", "split_rows", "train_sae"]
+__all__ = [
+    "SAETrainSettings",
+    "check_sae_for",
+    "load_sae",
+    "reconstruction_metrics",
+    "sae_layer",
+    "split_rows",
+    "train_sae",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,33 @@ class SAETrainSettings:
     seed: int = 0
     holdout_every: int = 10
     normalize: str = "expected_average_only_in"
+
+    def __post_init__(self) -> None:
+        """Every setting checked at once (before the store is read or anything trains).
+
+        Raises:
+            ConfigError: naming the setting, its value and what it may be.
+        """
+        if self.architecture not in ("topk", "standard"):
+            raise ConfigError(f"architecture must be 'topk' or 'standard' (got {self.architecture!r})")
+        ints = (("d_sae", 1), ("k", 1), ("batch_size", 1), ("total_samples", 1), ("seed", 0), ("holdout_every", 2))
+        for name, lo in ints:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{name} must be an integer >= {lo} (got {v!r})")
+        if self.architecture == "topk" and self.k > self.d_sae:
+            raise ConfigError(f"k ({self.k}) must be at most d_sae ({self.d_sae}): a TopK SAE keeps k of its features")
+        if self.total_samples < self.batch_size:
+            raise ConfigError(
+                f"total_samples ({self.total_samples}) is less than one batch ({self.batch_size}): nothing would train"
+            )
+        for name, positive in (("lr", True), ("l1", False)):
+            v = getattr(self, name)
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or v < 0 or (positive and v == 0):
+                raise ConfigError(f"{name} must be a finite number {'> 0' if positive else '>= 0'} (got {v!r})")
+        if self.normalize not in ("none", "expected_average_only_in"):
+            raise ConfigError(f"normalize must be 'none' or 'expected_average_only_in' (got {self.normalize!r})")
 
 
 def split_rows(store: ActivationStore, holdout_every: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +150,11 @@ def train_sae(
         The report written to ``out/train_report.json``: settings, sizes, seconds, and the
         held-out reconstruction metrics (:func:`reconstruction_metrics`).
 
+    Raises:
+        ConfigError: the layer is not in the store, ``out`` cannot be a folder, the store has less than one
+            batch of training tokens (all before training), or training diverged (NaN/inf weights: nothing
+            is saved).
+
     Example:
         >>> rep = train_sae("acts", 20, "sae_l20", SAETrainSettings(total_samples=50_000))  # doctest: +SKIP
         >>> rep["holdout"]["explained_variance"]  # doctest: +SKIP
@@ -122,6 +164,9 @@ def train_sae(
 
     s = settings or SAETrainSettings()
     st = store if isinstance(store, ActivationStore) else ActivationStore(store)
+    if layer not in st.layers:
+        raise ConfigError(f"layer {layer!r} is not in the store {st.path} (it has {st.layers})")
+    out = check_output_dir(out, "the SAE folder")
     train_rows, held_rows = split_rows(st, s.holdout_every)
     if len(train_rows) < s.batch_size:
         raise ConfigError(
@@ -157,7 +202,11 @@ def train_sae(
     trainer = sl.SAETrainer(cfg=cfg, sae=sae, data_provider=data)
     trained = trainer.fit()
     seconds = time.perf_counter() - t0
-    out = Path(out)
+    if not all(bool(torch.isfinite(p).all()) for p in trained.parameters()):
+        raise ConfigError(
+            f"training diverged: the SAE's weights hold NaN/inf after {s.total_samples} samples at lr {s.lr:g}; "
+            "nothing was saved: lower the learning rate"
+        )
     trained.save_inference_model(out)
     inference = load_sae(out)
     x_train = st.states(layer)[train_rows[: len(held_rows) or None]]
@@ -186,10 +235,77 @@ def load_sae(path: str | Path, device: str = "cpu") -> Any:
     The architecture (standard, topk, jumprelu, gated, ...) is read from the folder's config.
 
     Raises:
-        ConfigError: the folder has no SAELens config.
+        ConfigError: the folder has no SAELens config, its ``cfg.json`` is not JSON or lacks ``d_in``,
+            ``d_sae`` or ``dtype``, SAELens cannot load it, or its weights do not fit the config or hold NaN.
     """
     sl = _sae_lens()
     p = Path(path)
     if not (p / "cfg.json").is_file():
         raise ConfigError(f"{p} is not a SAELens SAE folder (no cfg.json); train one with `l2reason sae train`")
-    return sl.SAE.load_from_disk(str(p), device=device)
+    fix = "train the SAE again (`l2reason sae train`) or pass another folder"
+    cfg = read_json_file(p / "cfg.json", "the SAE config", fix)
+    problem = _cfg_problem(cfg)
+    if problem:
+        raise ConfigError(f"the SAE config {p / 'cfg.json'} {problem}; {fix}")
+    try:
+        sae = sl.SAE.load_from_disk(str(p), device=device)
+    except Exception as e:  # SAELens raises what it meets (KeyError, ValueError, OSError, safetensors' errors)
+        raise ConfigError(f"{p} is not a loadable SAELens SAE ({type(e).__name__}: {str(e)[:200]}); {fix}") from e
+    W = getattr(sae, "W_enc", None)
+    if W is None or tuple(W.shape) != (cfg["d_in"], cfg["d_sae"]):
+        raise ConfigError(f"{p}: the encoder is {None if W is None else tuple(W.shape)}, not d_in x d_sae; {fix}")
+    if not all(bool(torch.isfinite(t).all()) for t in sae.parameters()):
+        raise ConfigError(f"{p}: the SAE's weights hold NaN/inf; {fix}")
+    return sae
+
+
+_DTYPES = ("float32", "float16", "bfloat16", "float64", "torch.float32", "torch.float16", "torch.bfloat16")
+
+
+def _cfg_problem(cfg: Any) -> str | None:
+    """What an SAE config lacks that loading and the commands need (None: nothing)."""
+    if not isinstance(cfg, dict):
+        return f"is a JSON {type(cfg).__name__}, not an object"
+    for key in ("d_in", "d_sae"):
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            return f"has no valid {key} (got {str(v)[:40]})"
+    if cfg.get("dtype") not in _DTYPES:
+        return f"has no valid dtype (got {str(cfg.get('dtype'))[:40]}; one of {', '.join(_DTYPES[:4])})"
+    if not isinstance(cfg.get("architecture", "standard"), str):
+        return "has an architecture that is not a string"
+    return None
+
+
+def sae_layer(sae: Any) -> int | None:
+    """The store layer an SAE was trained on, from the hook name :func:`train_sae` records
+    (``l2reason.layer.<l>``); None for an SAE trained elsewhere."""
+    meta = getattr(getattr(sae, "cfg", None), "metadata", None)
+    hook = getattr(meta, "hook_name", None) if meta is not None else None
+    if isinstance(hook, str) and hook.startswith("l2reason.layer."):
+        tail = hook.rsplit(".", 1)[1]
+        return int(tail) if tail.isdigit() else None
+    return None
+
+
+def check_sae_for(sae: Any, store: ActivationStore, layer: int) -> None:
+    """The SAE reads this store's states at ``layer``: its input width is the store's hidden size and, for an
+    SAE that :func:`train_sae` trained, ``layer`` is the layer it was trained on (before any work).
+
+    Raises:
+        ConfigError: the layer is not in the store, the widths differ, or the SAE was trained on another layer.
+    """
+    if layer not in store.layers:
+        raise ConfigError(f"layer {layer!r} is not in the store {store.path} (it has {store.layers})")
+    d_in = int(sae.W_enc.shape[0])
+    if d_in != store.hidden_size:
+        raise ConfigError(
+            f"the SAE reads {d_in}-dim states, the store {store.path} holds {store.hidden_size}-dim ones "
+            f"({store.model_id}): pass the SAE trained on this store's model"
+        )
+    trained = sae_layer(sae)
+    if trained is not None and trained != layer:
+        raise ConfigError(
+            f"the SAE was trained on layer {trained}, not {layer}: its features mean nothing at layer {layer}; "
+            f"pass --layer {trained} or the SAE of layer {layer}"
+        )

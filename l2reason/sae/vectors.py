@@ -105,9 +105,9 @@ def caa_vectors(
     Example:
         >>> v = caa_vectors(be, [("I love it", "I hate it")], [20])  # doctest: +SKIP
     """
-    from l2reason.signal.band import resolve_layers
+    from l2reason.backends.validate import distinct_layers
 
-    resolved = resolve_layers(layers, backend.num_layers)
+    resolved = distinct_layers(layers, backend.num_layers, "layers")
     pos = _last_states(backend, [p for p, _ in pairs], resolved, batch_size)
     neg = _last_states(backend, [n for _, n in pairs], resolved, batch_size)
     diff = mean_difference(pos, neg)  # [n_layers, d]
@@ -117,9 +117,28 @@ def caa_vectors(
 def norm_split_vectors(
     store: ActivationStore, layers: Sequence[int], quantile: float = 0.95
 ) -> dict[int, torch.Tensor]:
-    """``{layer: mean(high-norm states) − mean(the rest)}``, high = norm above the layer's ``quantile``."""
-    if not 0.0 < quantile < 1.0:
-        raise ConfigError(f"quantile must be in (0, 1) (got {quantile})")
+    """``{layer: mean(high-norm states) − mean(the rest)}``, high = norm above the layer's ``quantile``.
+
+    Args:
+        store: the activation store.
+        layers: layer indices of the store (each once).
+        quantile: in (0, 1).
+
+    Raises:
+        ConfigError: ``layers`` is not a non-empty list of distinct layers the store holds (``"band"`` is
+            not one: name the store's layers), a quantile outside (0, 1), or a layer whose tokens all fall
+            on one side of the split.
+    """
+    from l2reason.sae.features import check_quantile
+
+    check_quantile(quantile)
+    if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+        raise ConfigError(f"layers must be layer indices of the store (it has {store.layers}), got {layers!r}")
+    if len(set(layers)) != len(layers):
+        raise ConfigError(f"layers names a layer twice: {list(layers)}")
+    missing = [x for x in layers if x not in store.layers]
+    if missing:
+        raise ConfigError(f"layers {missing} are not in the store {store.path} (it has {store.layers})")
     keep = store.unmasked()
     out = {}
     for layer in layers:

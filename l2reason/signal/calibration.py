@@ -44,7 +44,9 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MIN_CALIBRATION_TOKENS",
     "SCHEMA_VERSION",
+    "SELECTION_SCORES",
     "Calibration",
+    "check_selection_section",
     "default_calibration_path",
     "fit_calibration",
     "shipped_calibration",
@@ -133,6 +135,65 @@ def _finite_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+SELECTION_SCORES = ("A/T", "B/T", "C/T", "D/T", "z_mean")
+"""The ℓ2 scores a ``selection`` section may name (``l2reason.techniques.selection.SCORE_NAMES``; this layer
+cannot import it, a test keeps the two equal)."""
+SELECTION_METHODS = ("l2", "l2-vote")
+SELECTION_DIRECTIONS = ("high", "low")
+
+
+def check_selection_section(sel: Any, num_layers: int | None = None) -> list[str]:
+    """What is wrong with a ``selection`` section (``l2reason calibrate --select``'s choice), as messages.
+
+    The fields ``l2-auto`` reads must be there and usable: ``layers`` (distinct integers >= 0, below
+    ``num_layers`` when the model's depth is given), ``score`` (one of :data:`SELECTION_SCORES`);
+    optional ``method`` (:data:`SELECTION_METHODS`), ``direction`` (:data:`SELECTION_DIRECTIONS`),
+    ``tau`` (only ``"pooled"``) and ``split`` (an object whose ``item_ids`` is a list of strings).
+    Other keys (the search's table, its figures) are kept as they are.
+
+    Args:
+        sel: the section.
+        num_layers: the model's decoder layers (None: the range is not checked).
+
+    Returns:
+        The problems (empty: the section is usable).
+
+    Example:
+        >>> check_selection_section({"layers": [18, 99], "score": "B/T"}, num_layers=24)
+        ['layers [99] are outside 0..23']
+    """
+    if not isinstance(sel, dict):
+        return [f"must be a JSON object, got {type(sel).__name__}"]
+    out = [f"has no {k!r}" for k in ("layers", "score") if k not in sel]
+    layers = sel.get("layers")
+    if "layers" in sel:
+        if not isinstance(layers, list) or not layers or not all(type(x) is int for x in layers):
+            out.append(f"layers must be a non-empty list of layer indices, got {str(layers)[:80]}")
+        elif len(set(layers)) != len(layers):
+            out.append(f"layers has duplicates: {layers}")
+        elif any(x < 0 for x in layers):
+            out.append(f"layers must be indices >= 0 (as `l2reason calibrate --select` writes them), got {layers}")
+        elif num_layers is not None and any(not 0 <= x < num_layers for x in layers):
+            out.append(f"layers {[x for x in layers if not 0 <= x < num_layers]} are outside 0..{num_layers - 1}")
+    choices = (
+        ("score", SELECTION_SCORES),
+        ("method", SELECTION_METHODS),
+        ("direction", SELECTION_DIRECTIONS),
+        ("tau", ("pooled",)),
+    )
+    for key, valid in choices:
+        if key in sel and sel[key] not in valid:
+            out.append(f"{key} must be one of {', '.join(valid)}, got {str(sel[key])[:80]!r}")
+    split = sel.get("split")
+    if "split" in sel and not (
+        isinstance(split, dict)
+        and isinstance(split.get("item_ids", []), list)
+        and all(isinstance(x, str) for x in split.get("item_ids", []))
+    ):
+        out.append(f"split must be an object whose item_ids is a list of strings, got {str(split)[:80]}")
+    return out
+
+
 class Calibration(pydantic.BaseModel):
     """Per-layer norm statistics of one model on a calibration set.
 
@@ -155,8 +216,9 @@ class Calibration(pydantic.BaseModel):
         n_prompts: calibration prompts used.
         created_at: ISO-8601 UTC timestamp.
         l2reason_version: library version that wrote the file.
-        selection: reserved for an auto-calibrated selection (layer band +
-            score name); ``None`` until set with :meth:`with_selection`.
+        selection: the auto-calibrated selection (layer band + score name,
+            :func:`check_selection_section` says what it must hold); ``None``
+            until set with :meth:`with_selection`.
         probe: the ``l2-probe`` selector fitted by ``l2reason calibrate
             --select`` (feature names, standardisation, weights; see
             :mod:`l2reason.techniques.probe`); ``None`` until set with
@@ -299,6 +361,12 @@ class Calibration(pydantic.BaseModel):
         if not self.model_id.strip():
             raise CalibrationError(f"model_id is empty; {_RERUN}.")
         self._check_order()
+        if self.selection is not None:
+            problems = check_selection_section(self.selection, self.num_layers)
+            if problems:
+                raise CalibrationError(
+                    f"the selection section {'; '.join(problems)}; re-run `l2reason calibrate --select`."
+                )
         return self
 
     def _check_order(self) -> None:
@@ -411,6 +479,11 @@ class Calibration(pydantic.BaseModel):
         Example:
             >>> Calibration.load("qwen.json", expected_model_id="Qwen/Qwen3-8B")  # doctest: +SKIP
         """
+        if not isinstance(path, str | os.PathLike):
+            raise CalibrationError(
+                f"a calibration is a Calibration or the path of its JSON file, got {type(path).__name__} "
+                f"({str(path)[:80]}); pass the file written by `l2reason calibrate`, or None."
+            )
         path = Path(path)
         fix = f"{_RERUN} to regenerate it"
         try:
@@ -567,6 +640,8 @@ class Calibration(pydantic.BaseModel):
 
     def _with_section(self, key: str, value: Mapping[str, Any], what: str) -> Calibration:
         """A validated copy with one optional section replaced."""
+        if not isinstance(value, Mapping):
+            raise CalibrationError(f"invalid {what}: it must be a dict, got {type(value).__name__}")
         data = self.model_dump()
         data[key] = dict(value)
         try:

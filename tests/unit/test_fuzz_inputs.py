@@ -14,12 +14,13 @@ limits"):
   is a *crash*; both fail the test;
 - nothing takes longer than a time bound.
 
-The counts are printed by the last test (run ``pytest -s`` to see them).
+Every input is also counted per area in ``_fuzz.TALLY``; ``test_fuzz_summary.py`` prints the figures of the
+whole fuzz run (``pytest -s``) and fails on any crash or silent acceptance. Here a failure also fails its own
+test at once (hypothesis prints the input).
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 import pytest
 import torch
+from _fuzz import cli_outcome, record
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -38,7 +40,21 @@ from l2reason.backends.hf import HFBackend
 from l2reason.errors import ConfigError, L2ReasonError
 from l2reason.limits import MAX_N, MAX_NEW_TOKENS, MAX_PROMPT_CHARS
 
-COUNTS: collections.Counter[str] = collections.Counter()
+REQ_BACKEND = "requests through the backend"
+REQ_MODEL = "requests refused by the model"
+REQ_SKIP = "requests skipping pydantic"
+CLI = "cli ask/trace/calibrate/eval/report"
+CAL_FILES = "calibration files"
+JSONL = "jsonl datasets"
+
+
+def expect(cond: bool, area: str, outcome: str, what: str) -> None:
+    """Assert ``cond``; when it fails, count ``outcome`` (a failure) for ``area`` first."""
+    if not cond:
+        record(area, outcome, what)
+        raise AssertionError(what)
+
+
 TIME_BOUND_S = 30.0
 
 
@@ -271,9 +287,11 @@ def _hook_snapshot(be: HFBackend) -> list[tuple[set[int], set[int], set[int]]]:
 
 
 def _check_raised(e: BaseException, bad_names: list[str], what: str) -> None:
-    assert isinstance(e, L2ReasonError | ValidationError), f"{what}: a raw {type(e).__name__}: {e}"
-    assert str(e).strip(), f"{what}: an empty message from {type(e).__name__}"
-    assert bad_names, f"{what}: a good input was rejected: {e}"
+    expect(
+        isinstance(e, L2ReasonError | ValidationError), REQ_BACKEND, "crash", f"{what}: a raw {type(e).__name__}: {e}"
+    )
+    expect(bool(str(e).strip()), REQ_BACKEND, "crash", f"{what}: an empty message from {type(e).__name__}")
+    expect(bool(bad_names), REQ_BACKEND, "refused", f"{what}: a good input was rejected: {e}")
 
 
 @fuzz(450)
@@ -287,22 +305,23 @@ def test_fuzz_requests_through_the_backend(fuzz_backend, case):
         req = GenerationRequest(**kw)
     except Exception as e:
         _check_raised(e, bad_names, what)
-        COUNTS["requests: clear error at construction"] += 1
+        record(REQ_BACKEND, "clear")
         return
     before, hooks = calls["n"], _hook_snapshot(be)
     try:
         res = be.generate(req)
     except Exception as e:
         _check_raised(e, bad_names, what)
-        assert calls["n"] == before, f"{what}: rejected only after {calls['n'] - before} forward pass(es)"
-        COUNTS["requests: clear error before any forward pass"] += 1
+        late = f"{what}: rejected only after {calls['n'] - before} forward pass(es)"
+        expect(calls["n"] == before, REQ_BACKEND, "crash", late)
+        record(REQ_BACKEND, "clear")
         return
     finally:
         assert _hook_snapshot(be) == hooks, f"{what}: hooks left on the model"
         assert time.perf_counter() - t0 < TIME_BOUND_S, f"{what}: took {time.perf_counter() - t0:.1f}s"
-    assert ok, f"{what}: silently accepted"
-    assert len(res.candidates) == req.n
-    COUNTS["requests: good, generated"] += 1
+    expect(ok, REQ_BACKEND, "silent", f"{what}: silently accepted")
+    expect(len(res.candidates) == req.n, REQ_BACKEND, "wrong", f"{what}: {len(res.candidates)} candidates")
+    record(REQ_BACKEND, "ok")
 
 
 # bad only against the loaded model: each passes construction and must be refused by the backend's check
@@ -346,9 +365,9 @@ def test_fuzz_model_checks_before_any_forward(fuzz_backend, case, bad_part):
     with pytest.raises(L2ReasonError) as info:
         be.generate(req)
     assert str(info.value).strip()
-    assert calls["n"] == before, f"{kw!r:.300}: refused only after a forward pass"
+    expect(calls["n"] == before, REQ_MODEL, "crash", f"{kw!r:.300}: refused only after a forward pass")
     assert _hook_snapshot(be) == hooks
-    COUNTS["requests: model-level error before any forward pass"] += 1
+    record(REQ_MODEL, "clear")
 
 
 BAD_UPDATES = st.sampled_from(
@@ -393,8 +412,8 @@ def test_fuzz_requests_that_skip_pydantic(fuzz_backend, update, how):
     with pytest.raises(ConfigError) as info:
         be.generate(req)
     assert str(info.value).strip()
-    assert calls["n"] == before, "validated only after a forward pass"
-    COUNTS["model_copy/model_construct: clear error before any forward pass"] += 1
+    expect(calls["n"] == before, REQ_SKIP, "crash", f"{update}: validated only after a forward pass")
+    record(REQ_SKIP, "clear")
 
 
 # ---- the CLI (in-process) ------------------------------------------------------------------------------
@@ -545,17 +564,8 @@ def test_fuzz_cli(tiny_dir, files, data):
     shown = f"{args}: exit {res.exit_code}, output {res.output[-600:]!r}"
     assert took < TIME_BOUND_S * 2, f"{shown}: took {took:.1f}s"
     # CliRunner stores an uncaught exception in `exception`; exits are SystemExit
-    assert res.exception is None or isinstance(res.exception, SystemExit), (
-        f"{shown}: crashed with {type(res.exception).__name__}: {res.exception}"
-    )
-    assert "Traceback" not in res.output, shown
-    if ok:
-        assert res.exit_code == 0, f"good arguments failed: {shown}"
-        COUNTS["cli: good, ran"] += 1
-    else:
-        assert res.exit_code == 2, f"bad arguments not refused with exit code 2: {shown}"
-        assert "error" in res.output.lower() or "invalid value" in res.output.lower(), shown
-        COUNTS["cli: clear error, exit 2"] += 1
+    outcome = cli_outcome(CLI, args, res, bad=not ok)
+    assert outcome in ("clear", "ok"), f"{outcome}: {shown}"
 
 
 # ---- the file readers -----------------------------------------------------------------------------------
@@ -631,13 +641,14 @@ def test_fuzz_calibration_files(tmp_path_factory, case):
     except Exception as e:
         from l2reason.errors import CalibrationError
 
-        assert isinstance(e, CalibrationError), f"a raw {type(e).__name__} for {raw[:200]!r}: {e}"
-        assert str(e).strip() and not ok, f"a valid file was refused: {e}"
-        COUNTS["calibration files: clear CalibrationError"] += 1
+        raw_error = f"a raw {type(e).__name__} for {raw[:200]!r}: {e}"
+        expect(isinstance(e, CalibrationError) and bool(str(e).strip()), CAL_FILES, "crash", raw_error)
+        expect(not ok, CAL_FILES, "refused", f"a valid file was refused: {e}")
+        record(CAL_FILES, "clear")
         return
-    assert ok, f"a corrupt calibration file was accepted: {raw[:300]!r}"
-    assert cal.layers == [1, 2]
-    COUNTS["calibration files: good, loaded"] += 1
+    expect(ok, CAL_FILES, "silent", f"a corrupt calibration file was accepted: {raw[:300]!r}")
+    expect(cal.layers == [1, 2], CAL_FILES, "wrong", f"layers {cal.layers}")
+    record(CAL_FILES, "ok")
 
 
 JSONL_BAD_LINES = st.sampled_from(
@@ -692,31 +703,19 @@ def test_fuzz_jsonl_datasets(tmp_path_factory, lines):
     try:
         items = JSONLDataset(path).items()
     except Exception as e:
-        assert isinstance(e, ConfigError), f"a raw {type(e).__name__} for {raw!r}: {e}"
-        assert not ok, f"a valid dataset was refused: {e}"
+        expect(isinstance(e, ConfigError), JSONL, "crash", f"a raw {type(e).__name__} for {raw!r}: {e}")
+        expect(not ok, JSONL, "refused", f"a valid dataset was refused: {e}")
         if bad_lines:
             named = [k for k in bad_lines if f"line {k}" in str(e) or f".jsonl:{k}:" in str(e)]
-            assert named, f"the error names none of the bad lines {bad_lines}: {e}"
-        COUNTS["JSONL datasets: clear ConfigError naming the line"] += 1
+            expect(bool(named), JSONL, "wrong", f"the error names none of the bad lines {bad_lines}: {e}")
+        record(JSONL, "clear")
         return
-    assert ok, f"a bad JSONL file was accepted: {raw!r}"
-    assert len(items) == sum(1 for v, _ in lines if v.strip())
-    COUNTS["JSONL datasets: good, loaded"] += 1
+    expect(ok, JSONL, "silent", f"a bad JSONL file was accepted: {raw!r}")
+    expect(len(items) == sum(1 for v, _ in lines if v.strip()), JSONL, "wrong", f"{len(items)} items from {raw!r}")
+    record(JSONL, "ok")
 
 
-# ---- what the figures say ---------------------------------------------------------------------------------
-
-
-def test_fuzz_summary():
-    """Runs last in this module: at least 1,000 generated inputs, none crashed or silently accepted."""
-    total = sum(COUNTS.values())
-    lines = [f"{k}: {v}" for k, v in sorted(COUNTS.items())]
-    print("\nfuzz figures:\n  " + "\n  ".join(lines) + f"\n  total: {total} (crashes 0, silent acceptances 0)")
-    out = Path(__file__).resolve().parents[2] / "out"
-    if out.is_dir():
-        (out / "fuzz_figures.json").write_text(json.dumps({"total": total, **COUNTS}, indent=2))
-    if total < 1000:
-        pytest.skip(f"{total} fuzz inputs ran: run the whole module for the figures (>= 1,000)")
+# ---- the generators themselves ----------------------------------------------------------------------------------
 
 
 def test_fuzz_cases_include_both_kinds():

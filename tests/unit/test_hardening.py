@@ -242,20 +242,9 @@ def test_validate_request_returns_the_revalidated_request(tiny_backend):
 # ---- rule 7: generate_many keeps finished work ----------------------------------------------------------
 
 
-def test_generate_many_keeps_finished_groups(tiny):
+def test_generate_many_keeps_finished_groups(tiny, fail_alrr):
     be = HFBackend(tiny)
-
-    class Boom:
-        layers = [1]
-        needs_mlp = False
-
-        def step(self, layer, x, n, ctx):
-            raise RuntimeError("boom")
-
-        def report(self, row):
-            return {}
-
-    be.controller_factories["alrr"] = lambda spec, **kw: Boom()
+    fail_alrr(be)
     plain, failing = req(), req(interventions=[{"kind": "alrr"}])
     with pytest.raises(PartialResultsError, match="1 of 3 requests failed") as info:
         be.generate_many([plain, failing, req(prompt="w3 w4")])

@@ -315,6 +315,7 @@ class Counting:
     model_id = property(lambda self: self.inner.model_id)
     num_layers = property(lambda self: self.inner.num_layers)
     capabilities = property(lambda self: self.inner.capabilities)
+    limits = property(lambda self: self.inner.limits)
 
     def generate_many(self, reqs):
         self.items += len(reqs)
@@ -503,12 +504,12 @@ def test_cli_file_mistakes_are_errors_before_the_model_loads(files: Path, monkey
 
 
 def test_cli_corrupt_calibration_with_l2_auto(tiny_backend, tmp_path: Path, monkeypatch) -> None:
-    import l2reason.eval.cli as eval_cli
+    import l2reason.backends.shared as shared
     from l2reason.signal.calibration import default_calibration_path
 
     monkeypatch.setenv("L2REASON_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(tiny_backend, "_calibration", None)
-    monkeypatch.setattr(eval_cli, "_load_backend", lambda model: tiny_backend)
+    monkeypatch.setattr(shared, "make_backend", lambda model: tiny_backend)
     path = default_calibration_path(tiny_backend.model_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"schema_version": 1, "tau": [', encoding="utf-8")
@@ -545,3 +546,71 @@ def test_static_steer_vectors_file(tmp_path: Path, raw: bytes, message: str) -> 
     assert message in str(err.value)
     path.write_text('{"1": [1.0, 2.0]}')
     assert generation_config(f"static-steer:vectors={path}").interventions[0]["vectors"] == {1: [1.0, 2.0]}
+
+
+# ---------------------------------------------------------------- issue 28: checked where the input comes in
+
+
+def test_calibration_argument_that_is_not_a_path(tiny) -> None:
+    from l2reason.backends.hf import HFBackend
+
+    with pytest.raises(CalibrationError, match="a calibration is a Calibration or the path of its JSON file, got int"):
+        _ = HFBackend(tiny, calibration=5).calibration
+
+
+def test_cli_l2_auto_with_a_selection_l2_auto_cannot_use(tiny_backend, tmp_path: Path, monkeypatch) -> None:
+    """A file whose selection names layers the model lacks (or a direction there is not) fails as it loads, so
+    ``eval --methods l2-auto`` stops before the run folder is written instead of storing the section."""
+    import l2reason.backends.shared as shared
+    from l2reason.signal.calibration import default_calibration_path
+
+    monkeypatch.setenv("L2REASON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tiny_backend, "_calibration", None)
+    monkeypatch.setattr(shared, "make_backend", lambda model: tiny_backend)
+    path = default_calibration_path(tiny_backend.model_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cal = fit_calibration(
+        {1: torch.arange(1.0, 21.0)}, model_id=tiny_backend.model_id, num_layers=4, hidden_size=32, n_prompts=1
+    )
+    run = tmp_path / "run"
+    args = ["eval", "-d", "chain_sum", "--limit", "1", "-n", "1", "-t", "2", "--gen-methods", "none"]
+    for sel, message in (
+        ({"layers": [99], "score": "B/T"}, "layers [99] are outside 0..3"),
+        ({"layers": [1], "score": "B/T", "direction": "sideways"}, "direction must be one of high, low"),
+        ({"score": "B/T"}, "has no 'layers'"),
+    ):
+        data = cal.model_dump()
+        data["selection"] = sel
+        path.write_text(json.dumps(data), encoding="utf-8")
+        code, out, exc = _cli([*args, "--methods", "majority,l2-auto", "--out", str(run), "--no-report"])
+        assert code == 2, (out, exc)
+        assert "error: calibration file" in out and message in out
+        assert not run.exists()
+
+
+def test_generation_method_the_model_lacks_fails_before_sampling(fresh_run, tiny_backend, tmp_path) -> None:
+    data, _ = fresh_run
+    be = Counting(tiny_backend)
+    cfg = RunConfig(
+        dataset=f"jsonl:{data}", model_id=be.model_id, num_layers=be.num_layers, limit=2, n=2, max_new_tokens=2,
+        logprobs=0, methods=[], gen_methods=["greedy", "alrr:layers=[99]"],
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"generation method 'alrr:layers=\[99\]': .*layer"):
+        run_eval(be, cfg, tmp_path / "gen-run", show_progress=False)
+    assert be.items == 0 and not (tmp_path / "gen-run").exists()
+
+
+def test_a_results_line_this_run_did_not_write_is_refused(fresh_run, tiny_backend) -> None:
+    data, out = fresh_run
+    lines = pass_path(out, "samples").read_text().splitlines()
+    foreign = json.loads(lines[0])
+    foreign["item_id"] = "another-run:7"
+    pass_path(out, "samples").write_text("\n".join([*lines, json.dumps(foreign)]) + "\n")
+    with pytest.raises(ConfigError, match=r"holds a result for item 'another-run:7', which is not among the run's"):
+        _run(tiny_backend, data, out)
+    foreign = {**json.loads(lines[0]), "index": 5}
+    pass_path(out, "samples").write_text("\n".join([*lines, json.dumps(foreign)]) + "\n")
+    with pytest.raises(ConfigError, match=r"at index 5; the dataset has it at 0"):
+        _run(tiny_backend, data, out)
+    pass_path(out, "samples").write_text("\n".join([*lines, lines[0][:40]]) + "\n")  # a torn line: redone
+    assert len(_run(tiny_backend, data, out).samples) == 2

@@ -186,7 +186,7 @@ def test_import_l2reason_sae_loads_no_sae_lens() -> None:
     import sys
 
     code = (
-        "import sys, l2reason, l2reason.sae, l2reason.sae.store, l2reason.sae.vectors, l2reason.sae.cli\n"
+        "import sys, l2reason, l2reason.sae, l2reason.sae.store, l2reason.sae.vectors, l2reason.cli.sae\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sae_lens', 'transformer_lens', 'matplotlib')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -230,10 +230,10 @@ def test_ablation_hook_removes_exactly_the_features_and_is_removed(trained, stor
 def test_cli_collect_vector_bound_features(trained, store, tiny_backend, tmp_path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
-    import l2reason.cli
+    import l2reason.backends.shared
     from l2reason.cli import app
 
-    monkeypatch.setattr(l2reason.cli, "_backend", lambda model: tiny_backend)
+    monkeypatch.setattr(l2reason.backends.shared, "make_backend", lambda model: tiny_backend)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("w1 w2 hello\nw3 w4 world\n\nw5 hello\n")
     run = CliRunner().invoke
@@ -294,10 +294,10 @@ def _cli(tiny_backend, monkeypatch):
     """The CLI app with model loading pointed at the tiny model (the commands themselves run for real)."""
     from typer.testing import CliRunner
 
-    import l2reason.cli
+    import l2reason.backends.shared
     from l2reason.cli import app
 
-    monkeypatch.setattr(l2reason.cli, "_backend", lambda model: tiny_backend)
+    monkeypatch.setattr(l2reason.backends.shared, "make_backend", lambda model: tiny_backend)
     runner = CliRunner()
     return lambda args: runner.invoke(app, [str(a) for a in args])
 

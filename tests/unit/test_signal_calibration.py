@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pydantic
@@ -11,6 +12,7 @@ import torch
 
 from l2reason.errors import CalibrationError
 from l2reason.signal import Calibration, default_calibration_path, fit_calibration
+from l2reason.signal.calibration import SELECTION_SCORES
 
 MODEL = "org/tiny-model"
 
@@ -153,17 +155,50 @@ def test_save_refuses_non_finite(tmp_path: Path) -> None:
     assert not (tmp_path / "x.json").exists()
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(CalibrationError, match="JSON cannot store"):
-        _cal().with_selection({"obj": object()}).save(tmp_path / "y.json")
+        _cal().with_selection({"layers": [18], "score": "B/T", "obj": object()}).save(tmp_path / "y.json")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_with_selection_is_a_copy() -> None:
     cal = _cal()
-    sel = cal.with_selection({"score": "D/T"})
-    assert cal.selection is None and sel.selection == {"score": "D/T"}
+    sel = cal.with_selection({"layers": [20], "score": "D/T"})
+    assert cal.selection is None and sel.selection == {"layers": [20], "score": "D/T"}
     assert sel.model_copy(update={"selection": None}) == cal
 
 
 def test_default_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("L2REASON_CACHE", str(tmp_path))
     assert default_calibration_path("Qwen/Qwen3-8B") == tmp_path / "calibration" / "Qwen--Qwen3-8B.json"
+
+
+def test_selection_section_is_checked_where_it_is_set_and_loaded(tmp_path: Path) -> None:
+    """Issue 28: a section l2-auto cannot use (no layers/score, layers outside the model, an unknown score or
+    direction) is refused when set and when a file holding it is loaded, naming what is wrong."""
+    from l2reason.techniques.selection import SCORE_NAMES
+
+    assert SELECTION_SCORES == SCORE_NAMES  # the calibration layer keeps its own copy of the names
+    for sel, message in [
+        ({"score": "B/T"}, "has no 'layers'"),
+        ({"layers": [18]}, "has no 'score'"),
+        ({"layers": [99], "score": "B/T"}, "layers [99] are outside 0..23"),
+        ({"layers": [18, 18], "score": "B/T"}, "duplicates"),
+        ({"layers": [18], "score": "B/T", "direction": "sideways"}, "direction must be one of high, low"),
+        ({"layers": [18], "score": "X/T"}, "score must be one of"),
+        ({"layers": [18], "score": "B/T", "split": [1]}, "split must be an object"),
+        (5, "must be a dict"),
+    ]:
+        with pytest.raises(CalibrationError, match=re.escape(message)):
+            _cal().with_selection(sel)  # type: ignore[arg-type]
+        data = _cal().model_dump()
+        data["selection"] = sel
+        path = tmp_path / "sel.json"
+        path.write_text(json.dumps(data), encoding="utf-8")
+        with pytest.raises(CalibrationError, match="selection"):
+            Calibration.load(path)
+
+
+def test_load_refuses_what_is_not_a_path() -> None:
+    """``HFBackend(calibration=5)`` and friends: a CalibrationError, not a TypeError from ``Path(5)``."""
+    for bad in (5, 1.5, b"cal.json", ["cal.json"], object()):
+        with pytest.raises(CalibrationError, match="a calibration is a Calibration or the path of its JSON file"):
+            Calibration.load(bad)  # type: ignore[arg-type]
