@@ -36,6 +36,22 @@ MAX_SEED = 2**63 - 1
 MAX_ABS_VALUE = 1e30
 #: The massive-activation factor (norm > factor x layer median is masked).
 MAX_MASSIVE_FACTOR = 1e6
+#: Decoder layers: no model we know has more; bounds layer indices and per-layer lists (vectors, layer sets).
+MAX_LAYERS = 1024
+#: Values in one steering vector (no model we know has a larger hidden size).
+MAX_HIDDEN = 65_536
+#: Interventions in one request.
+MAX_INTERVENTIONS = 64
+#: SAE features one ``sae_ablate`` spec removes.
+MAX_SAE_FEATURES = 4096
+#: Characters of an SAE file's name (``sae_ablate``'s ``sae``, resolved in the server's ``--sae-dir``).
+MAX_SAE_NAME_CHARS = 255
+#: Bytes of one SAE file an engine plugin reads (a 16384 x 131072 float32 SAE is 16 GiB; 8 GiB covers the
+#: SAEs published for models up to ~8B parameters at 64k features).
+MAX_SAE_FILE_BYTES = 8 * 1024**3
+#: Characters of one request's l2reason settings JSON as it reaches an engine plugin (checked before it is
+#: parsed; all static-steering vectors of an 8192-wide, 80-layer model take about 13 MB).
+MAX_SETTINGS_CHARS = 16 * 1024**2
 #: Bytes of hidden states one call may collect (``GenerationRequest.collect``), counted at the worst case
 #: (every candidate runs to ``max_new_tokens``): rows x steps x layers x hidden size x bytes per value.
 MAX_COLLECT_BYTES = 2 * 1024**3
@@ -46,12 +62,19 @@ __all__ = [
     "MAX_BANK",
     "MAX_BATCH_ROWS",
     "MAX_COLLECT_BYTES",
+    "MAX_HIDDEN",
+    "MAX_INTERVENTIONS",
+    "MAX_LAYERS",
     "MAX_LOGPROBS",
     "MAX_MASSIVE_FACTOR",
     "MAX_N",
     "MAX_NEW_TOKENS",
     "MAX_PROMPT_CHARS",
+    "MAX_SAE_FEATURES",
+    "MAX_SAE_FILE_BYTES",
+    "MAX_SAE_NAME_CHARS",
     "MAX_SEED",
+    "MAX_SETTINGS_CHARS",
     "MAX_STEPS",
     "MAX_STOP",
     "MAX_STOP_CHARS",

@@ -8,28 +8,45 @@ scalars through. Each generated token comes back with one record under
 token)::
 
     {"n": [norm per requested layer], "sc": self-certainty | absent,
-     "r": {controller reports} | absent, "e": "error" | absent}
+     "r": {controller reports} | absent, "e": "error" | absent,
+     "caps": {"interventions": [kinds], "plugin": version} | absent}
 
 ``n`` is the ℓ2 norm of the residual stream after each requested decoder layer
 at the position that produced the token (the convention of
 :mod:`l2reason.backends.base`); ``r`` is the cumulative report of the
 request's interventions after that token (the last record holds the totals);
-``e`` says why the plugin ignored the settings.
+``e`` says why the plugin ignored the settings; ``caps`` (the prefill's
+record of a request with ``probe``, so the first record) says what the
+plugin can do (:mod:`l2reason.serving.capabilities`).
+
+The interventions are typed specs (:data:`~l2reason.techniques.specs.AnySpec`),
+parsed once when the settings are built or decoded and written with
+``model_dump`` when encoded. :meth:`EngineSettings.decode` is what a server
+runs on what anyone sent it, so it bounds everything that sizes memory or
+time before the work (:mod:`l2reason.limits`): the JSON string's length
+(before parsing it), the number of interventions (before parsing them), layer
+lists, steering-vector sizes, SAE feature lists and names; any failure,
+nesting too deep for the parser included, is a :class:`~l2reason.errors.ConfigError`.
 
 Example:
     >>> s = EngineSettings(layers=[18, 19], interventions=[{"kind": "alrr"}], seed=7)
     >>> EngineSettings.decode(s.encode()) == s
     True
+    >>> s.interventions[0].K
+    1
 """
 
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from l2reason.errors import ConfigError
+from l2reason.errors import ConfigError, validation_summary
+from l2reason.limits import MAX_HIDDEN, MAX_INTERVENTIONS, MAX_LAYERS, MAX_SETTINGS_CHARS
+from l2reason.techniques.specs import InterventionSpec, StaticSteerSpec, parse_interventions
 
 __all__ = ["MAX_LAYERS", "SETTINGS_KEY", "TOKEN_KEY", "EngineSettings"]
 
@@ -37,8 +54,6 @@ __all__ = ["MAX_LAYERS", "SETTINGS_KEY", "TOKEN_KEY", "EngineSettings"]
 SETTINGS_KEY = "l2reason"
 #: the key of the per-token records in the engine's per-token output
 TOKEN_KEY = "l2r"
-#: no model we know has more decoder layers than this; a sanity bound on the wire
-MAX_LAYERS = 1024
 
 
 class EngineSettings(BaseModel):
@@ -47,20 +62,24 @@ class EngineSettings(BaseModel):
     Args:
         layers: absolute decoder-layer indices (0-based) whose per-token norms
             come back, in this order; empty = no norms.
-        interventions: intervention specs (dicts with a ``kind``; see
-            :func:`~l2reason.techniques.specs.parse_interventions`), run at
-            decode steps in this order.
+        interventions: intervention specs (spec objects, or dicts with a
+            ``kind``, parsed by :func:`~l2reason.techniques.specs.parse_interventions`),
+            run in this order.
         seed: the request's seed for the controllers' counter-based RNG.
         sc: also return each token's self-certainty (``"sc"``), computed from
             the engine's full next-token logits (temperature 1).
+        probe: the request's first per-token record also carries ``"caps"``:
+            ``{"interventions": [sorted supported kinds], "plugin": version}``,
+            what this server's plugin can do.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     v: int = 1
     layers: list[int] = Field(default_factory=list)
-    interventions: list[dict[str, Any]] = Field(default_factory=list)
+    interventions: list[InterventionSpec] = Field(default_factory=list)
     seed: int = Field(0, ge=0, lt=2**63)
     sc: bool = False
+    probe: bool = False
 
     @field_validator("v")
     @classmethod
@@ -72,28 +91,51 @@ class EngineSettings(BaseModel):
     @field_validator("layers")
     @classmethod
     def _layers(cls, v: list[int]) -> list[int]:
-        if any(i < 0 or i >= MAX_LAYERS for i in v):
-            raise ValueError(f"layers must be absolute indices in [0, {MAX_LAYERS}) (got {v})")
+        if len(v) > MAX_LAYERS or any(i < 0 or i >= MAX_LAYERS for i in v):
+            raise ValueError(f"layers must be absolute indices in [0, {MAX_LAYERS}) (got {v[:8]}...)")
         if len(set(v)) != len(v):
             raise ValueError(f"layers must not repeat (got {v})")
         return v
 
-    @field_validator("interventions")
+    @field_validator("interventions", mode="before")
     @classmethod
-    def _interventions(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from l2reason.techniques.specs import parse_interventions
+    def _interventions(cls, v: Any) -> Any:
+        if not isinstance(v, list | tuple):
+            raise ValueError(f"interventions must be a list (got {type(v).__name__})")
+        if len(v) > MAX_INTERVENTIONS:
+            raise ValueError(f"at most {MAX_INTERVENTIONS} interventions per request (got {len(v)})")
+        return parse_interventions(list(v))  # the messages name the item and the fix; specs pass through
 
-        return [s.model_dump(mode="json") for s in parse_interventions(list(v))]
+    @model_validator(mode="after")
+    def _sizes(self) -> EngineSettings:
+        for i, spec in enumerate(self.interventions):
+            lists = [("layers", getattr(spec, "layers", None))]
+            if isinstance(spec, StaticSteerSpec):
+                lists.append(("vectors", list(spec.vectors)))
+                big = [layer for layer, vec in spec.vectors.items() if len(vec) > MAX_HIDDEN]
+                if big:
+                    raise ValueError(f"intervention #{i}: vectors longer than {MAX_HIDDEN} values (layers {big[:8]})")
+            for name, seq in lists:
+                if isinstance(seq, list) and len(seq) > MAX_LAYERS:
+                    raise ValueError(f"intervention #{i}: {name} names more than {MAX_LAYERS} layers ({len(seq)})")
+        return self
 
     def specs(self) -> list[Any]:
-        """The interventions as parsed spec objects."""
-        from l2reason.techniques.specs import parse_interventions
+        """The interventions (already parsed spec objects)."""
+        return list(self.interventions)
 
-        return parse_interventions(list(self.interventions))
+    def controller_specs(self) -> list[Any]:
+        """The interventions that run as per-step controllers (all but ``sae_ablate``, which the plugin runs itself)."""
+        return [s for s in self.interventions if s.kind != "sae_ablate"]
+
+    @cached_property
+    def _group_key(self) -> str:
+        return json.dumps([s.model_dump(mode="json") for s in self.controller_specs()], sort_keys=True)
 
     def group_key(self) -> str:
-        """Requests with the same key share controller objects (their state rows differ)."""
-        return json.dumps(self.interventions, sort_keys=True)
+        """Requests with the same key share controller objects (their state rows differ); deterministic.
+        Computed once per settings object (the plugins ask at every step)."""
+        return self._group_key
 
     def encode(self) -> dict[str, str]:
         """The entry to merge into the engine's per-request parameters."""
@@ -104,13 +146,23 @@ class EngineSettings(BaseModel):
         """The settings in an engine's per-request parameters (None when the request has none).
 
         Raises:
-            ConfigError: the entry is there but is not valid settings.
+            ConfigError: the entry is there but is not a settings JSON string within the bounds.
         """
         if not params or SETTINGS_KEY not in params:
             return None
         raw = params[SETTINGS_KEY]
+        if not isinstance(raw, str):
+            raise ConfigError(
+                f"invalid l2reason settings in the request: expected a JSON string (got {type(raw).__name__})"
+            )
+        if len(raw) > MAX_SETTINGS_CHARS:
+            raise ConfigError(
+                f"invalid l2reason settings in the request: {len(raw)} characters, more than {MAX_SETTINGS_CHARS}"
+            )
         try:
-            data = json.loads(raw) if isinstance(raw, str) else raw
-            return cls.model_validate(data)
-        except (ValueError, TypeError, ValidationError, ConfigError) as e:
+            return cls.model_validate_json(raw)
+        except ValidationError as e:  # one short line; no echo of the (possibly large) input
+            msg = validation_summary(e, root="settings", unknown_field="unknown field (see EngineSettings)")
+            raise ConfigError(f"invalid l2reason settings in the request: {msg}") from e
+        except (ValueError, TypeError, ConfigError, RecursionError) as e:
             raise ConfigError(f"invalid l2reason settings in the request: {e}") from e

@@ -11,7 +11,9 @@ an unsteered request in one batch never see each other's state.
 Per forward pass the engine calls :meth:`SlotRuntime.plan` once (before the
 layer loop), :meth:`SlotRuntime.step_layer` after each decoder layer with the
 newest token's residual stream of every row, and :meth:`SlotRuntime.records`
-at the end for the per-token records to send back.
+at the end for the per-token records to send back (a request whose settings
+ask for ``probe`` gets :func:`~l2reason.serving.capabilities.caps` in its
+prefill's record, so its first one).
 
 Controllers run at decode steps only (one new token per row), as in the
 embedded backend; at a prefill the norms of each request's last prompt
@@ -32,13 +34,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from l2reason.errors import ConfigError
+from l2reason.serving.capabilities import caps
 from l2reason.serving.settings import EngineSettings
 from l2reason.signal.norms import token_norms
 from l2reason.techniques.controllers import LayerController, ModelInfo, StepContext, build_controllers
@@ -114,9 +117,9 @@ class SlotRuntime:
     # ---- per forward ---------------------------------------------------
     def plan(
         self,
-        slots: list[int],
-        rids: list[str | None],
-        settings: list[EngineSettings | Exception | None],
+        slots: Sequence[int],
+        rids: Sequence[str | None],
+        settings: Sequence[EngineSettings | Exception | None],
         *,
         decode: bool,
     ) -> StepPlan:
@@ -228,6 +231,9 @@ class SlotRuntime:
             rec: dict[str, Any] = {}
             if plan.errors[i] is not None:
                 rec["e"] = plan.errors[i]
+            s = plan.settings[i]
+            if s is not None and s.probe and not plan.decode:
+                rec["caps"] = caps()
             if cols and norms is not None:
                 rec["n"] = [norms[i][j] for j in cols]
             if plan.reports[i]:
@@ -248,7 +254,7 @@ class SlotRuntime:
             self.slot_rid[slot] = rid
             self.slot_group[slot] = None
             self.slot_step[slot] = 0
-        if s is None or not s.interventions:
+        if s is None or not s.controller_specs():
             self.slot_group[slot] = None
             return None
         key = s.group_key()
@@ -257,6 +263,9 @@ class SlotRuntime:
                 g = self.groups.get(key) or self._build(key, s)
             except ConfigError as e:  # e.g. a calibrated threshold without a calibration file
                 errors[i] = str(e)
+                return None
+            except (torch.OutOfMemoryError, MemoryError) as e:  # the request's error, not the server's
+                errors[i] = f"l2reason: no memory for this request's controller state ({e})"
                 return None
             seed = torch.tensor([s.seed], dtype=torch.long, device=self.device)
             rows = torch.tensor([slot], dtype=torch.long, device=self.device)
@@ -270,7 +279,7 @@ class SlotRuntime:
 
         try:
             ctrls = build_controllers(
-                s.specs(),
+                s.controller_specs(),
                 info=self.info,
                 rows=self.num_slots,
                 seeds=torch.zeros(self.num_slots, dtype=torch.long, device=self.device),

@@ -7,8 +7,9 @@ The engine decides what a row is:
 
 - the embedded transformers backend builds the controllers for the ``B`` rows
   of one call and passes ``ctx.rows = None`` (the batch *is* the rows);
-- an engine with continuous batching (the SGLang plugin) builds them with one
-  row per KV slot of the server and passes ``ctx.rows`` = the slots of the
+- an engine with continuous batching (the SGLang and vLLM plugins, through
+  :class:`l2reason.serving.slots.SlotRuntime`) builds them with one row per
+  request slot of the server and passes ``ctx.rows`` = the slots of the
   batch rows this controller serves; the controller gathers those rows'
   state, runs the step, and scatters it back. :meth:`reset` clears slots that
   a new request takes over.

@@ -14,6 +14,11 @@ direction. It imports neither SAELens nor anything an engine lacks, so the
 engine plugins read the same file and run the same code as the embedded
 backend (:func:`l2reason.sae.ablate.ablate_features`).
 
+An engine server reads SAE files by *name* from the one folder it was started
+with (``--sae-dir``; :mod:`l2reason.serving.ablation`): :func:`check_sae_name`
+is the rule for names, and :func:`sae_weights_from_bytes` parses a file the
+server has opened and checked itself (it never follows a path a request sent).
+
 Example:
     >>> import torch
     >>> w = SAEWeights(W_enc=torch.eye(2), b_enc=torch.zeros(2), b_dec=torch.zeros(2), W_dec=torch.eye(2))
@@ -23,6 +28,8 @@ Example:
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,11 +37,16 @@ from typing import Literal
 import torch
 
 from l2reason.errors import ConfigError
+from l2reason.limits import MAX_SAE_NAME_CHARS
 
-__all__ = ["SAEWeights", "load_sae_weights"]
+__all__ = ["SAEWeights", "check_sae_name", "load_sae_weights", "sae_weights_from_bytes"]
 
 #: the file format's version (``l2reason_sae`` in the safetensors metadata)
 FORMAT = "1"
+#: one part of an SAE name: letters, digits, ``._-``, not starting with a dot (so no ``.``/``..``, no hidden files)
+_NAME_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+#: bytes of a safetensors header we parse (the metadata and four tensors' entries need well under 1 MiB)
+_MAX_HEADER = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -139,38 +151,76 @@ class SAEWeights:
         return p
 
 
+def check_sae_name(name: str) -> str:
+    """``name`` if it is a valid SAE name: a relative path of ``/``-separated parts made of letters, digits,
+    ``.``, ``_`` and ``-``, no part starting with a dot, at most ``MAX_SAE_NAME_CHARS`` characters.
+
+    Raises:
+        ValueError: anything else (an absolute path, ``..``, an empty part, other characters).
+
+    Example:
+        >>> check_sae_name("layer20/sae.safetensors")
+        'layer20/sae.safetensors'
+    """
+    ok = 0 < len(name) <= MAX_SAE_NAME_CHARS and all(_NAME_PART.fullmatch(p) for p in name.split("/"))
+    if not ok:
+        raise ValueError(
+            f"an SAE is named by a file in the server's SAE folder (`--sae-dir`): a relative name of letters, "
+            f"digits and ._- (parts separated by /, none starting with a dot), at most {MAX_SAE_NAME_CHARS} "
+            f"characters (got {name[:80]!r})"
+        )
+    return name
+
+
 def load_sae_weights(path: str | Path) -> SAEWeights:
-    """Read a file written by :meth:`SAEWeights.save`.
+    """Read a file written by :meth:`SAEWeights.save` (a local path: for code that chose the file itself).
 
     Raises:
         ConfigError: the file is missing, not an l2reason SAE file, or inconsistent.
     """
-    from safetensors import safe_open
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"SAE file {p} does not exist (write one with `l2reason sae export`)")
+    return sae_weights_from_bytes(p.read_bytes(), str(p))
+
+
+def sae_weights_from_bytes(data: bytes, label: str) -> SAEWeights:
+    """Parse the bytes of a file written by :meth:`SAEWeights.save`.
+
+    Args:
+        data: the whole file.
+        label: how messages name the file (a server passes the request's name, never a path of its own).
+
+    Raises:
+        ConfigError: not an l2reason SAE file, or inconsistent.
+    """
+    from safetensors.torch import load
+
     try:
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {n: fh.get_tensor(n) for n in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except Exception as e:  # safetensors raises its own error types for a corrupt header
-        raise ConfigError(f"{p} is not a readable safetensors file: {e}") from e
-    if meta.get("l2reason_sae") != FORMAT:
-        raise ConfigError(f"{p} is not an l2reason SAE file (format {FORMAT}); write one with `l2reason sae export`")
+        n = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or not 2 <= n <= min(_MAX_HEADER, len(data) - 8):
+            raise ValueError("bad header length")
+        meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+        tensors = load(data)
+    except Exception as e:  # safetensors raises its own error types for a corrupt file
+        raise ConfigError(f"{label} is not a readable safetensors file: {e}") from e
+    if not isinstance(meta, dict) or meta.get("l2reason_sae") != FORMAT:
+        raise ConfigError(
+            f"{label} is not an l2reason SAE file (format {FORMAT}); write one with `l2reason sae export`"
+        )
     missing = sorted({"W_enc", "b_enc", "b_dec", "W_dec"} - set(tensors))
     if missing:
-        raise ConfigError(f"{p} lacks {missing}")
+        raise ConfigError(f"{label} lacks {missing}")
     try:
         k = int(meta.get("k", "0") or 0)
     except ValueError as e:
-        raise ConfigError(f"{p}: k in its metadata is not an integer ({meta.get('k')!r})") from e
+        raise ConfigError(f"{label}: k in its metadata is not an integer ({meta.get('k')!r})") from e
     return SAEWeights(
         W_enc=tensors["W_enc"].float(),
         b_enc=tensors["b_enc"].float(),
         b_dec=tensors["b_dec"].float(),
         W_dec=tensors["W_dec"].float(),
-        activation=meta.get("activation", "relu"),  # type: ignore[arg-type]
+        activation=meta.get("activation", "relu"),
         k=k,
         apply_b_dec_to_input=meta.get("apply_b_dec_to_input", "true") == "true",
     )

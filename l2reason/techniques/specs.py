@@ -1,4 +1,4 @@
-"""Configs of the three interventions (and the causal-check suppression).
+"""Configs of the five interventions: ALRR, ERSS, static steering, suppression (the causal check), SAE ablation.
 
 Every spec is a frozen pydantic model that forbids unknown fields; a bad value
 fails with a message that names the field, the allowed range, the value given
@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from l2reason.errors import ConfigError, validation_summary
-from l2reason.limits import MAX_ABS_VALUE, MAX_ALRR_K, MAX_BANK, MAX_STEPS
+from l2reason.limits import MAX_ABS_VALUE, MAX_ALRR_K, MAX_BANK, MAX_SAE_FEATURES, MAX_STEPS
 
 __all__ = [
     "ALRRSpec",
@@ -356,13 +356,15 @@ class SAEAblateSpec(_Spec):
     ``x ← x − Σ_{i∈S} f_i(x)·d_i`` after decoder layer ``layer``, for the prompt
     and every generated token (so the prompt's cached keys/values are those of
     the ablated stream too); the SAE's error term is kept. Runs in the engine
-    plugins (vLLM); with the embedded backend use
+    plugins (SGLang, vLLM); with the embedded backend use
     :func:`l2reason.sae.ablate.ablate_features`.
 
     Args:
-        sae: path of an SAE file written by ``l2reason sae export``
-            (:meth:`~l2reason.techniques.sae_ablate.SAEWeights.save`), read by
-            the engine's process, so it must be on the engine's machine.
+        sae: the *name* of an SAE file written by ``l2reason sae export``
+            (:meth:`~l2reason.techniques.sae_ablate.SAEWeights.save`) in the
+            folder the server was started with (``--sae-dir``): a relative
+            name, no ``..`` (:func:`~l2reason.techniques.sae_ablate.check_sae_name`).
+            A server reads no other file.
         layer: the decoder layer (absolute index, 0-based).
         features: the SAE feature indices to remove (at least one, no repeats).
 
@@ -374,7 +376,14 @@ class SAEAblateSpec(_Spec):
     kind: Literal["sae_ablate"] = "sae_ablate"
     sae: str = Field(min_length=1)
     layer: StrictInt = Field(ge=0)
-    features: list[StrictInt] = Field(min_length=1, max_length=4096)
+    features: list[StrictInt] = Field(min_length=1, max_length=MAX_SAE_FEATURES)
+
+    @field_validator("sae")
+    @classmethod
+    def _sae(cls, v: str) -> str:
+        from l2reason.techniques.sae_ablate import check_sae_name
+
+        return check_sae_name(v)
 
     @field_validator("features")
     @classmethod

@@ -1,7 +1,8 @@
 """The SGLang runtime end to end: a real SGLang 0.5.23 server (CPU, torch-native path) with the plugin.
 
 One server for the module (fp32, so norms compare with the transformers
-backend's); short greedy requests. The server's log is kept in ``out/test-logs``.
+backend's; ``--sae-dir`` a folder the SAE test writes into); short greedy
+requests. The server's log is kept in ``out/test-logs``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 
 import numpy as np
 import pytest
-from engine_e2e import LOGS, NOOPS, PROMPTS, Q, serving
+from engine_e2e import ABLATED, LOGS, NOOPS, PROMPTS, Q, bad_sae_specs, random_topk_sae, serving
 
 from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams, SelectionSpec
 from l2reason.errors import BackendError, CapabilityError, ConfigError
@@ -24,11 +25,18 @@ SERVER_ARGS = ["--dtype", "float32", "--context-length", "2048", "--max-total-to
 
 
 @pytest.fixture(scope="module")
-def server():
+def sae_dir(tmp_path_factory):
+    """The server's SAE folder (``--sae-dir``): the tests write SAE files into it and send their names."""
+    return tmp_path_factory.mktemp("saes")
+
+
+@pytest.fixture(scope="module")
+def server(sae_dir):
     from l2reason.backends.sglang.server import SGLangServer, free_port
 
     port = free_port()
-    srv = SGLangServer("default", port=port, device="cpu", extra_args=SERVER_ARGS, log_path=LOGS / f"sglang-{port}.log")
+    args = [*SERVER_ARGS, "--sae-dir", str(sae_dir)]
+    srv = SGLangServer("default", port=port, device="cpu", extra_args=args, log_path=LOGS / f"sglang-{port}.log")
     with serving(srv, timeout=900):
         yield srv
 
@@ -229,6 +237,63 @@ def test_dspy_l2selectbest_against_the_server(server):
     pred = solve(question="What is 12 + 30?")
     assert pred.l2.calls and all(len(c) == 3 for c in pred.l2.candidate_scores) and pred.l2.score is not None
     assert isinstance(pred.answer, str) and pred.answer
+
+
+def test_sae_ablation_in_the_plugin_equals_the_embedded_hook(server, backend, hf, sae_dir, tmp_path):
+    """The vLLM test's checks, through raw requests (every position of the request, prompt included)."""
+    import re
+
+    from l2reason.backends.common import encode_prompt
+    from l2reason.sae.ablate import ablate_features
+
+    sae = random_topk_sae(hf.hidden_size)
+    sae.save(sae_dir / "sae.safetensors")  # the server reads it by name from its --sae-dir
+    spec = {"kind": "sae_ablate", "sae": "sae.safetensors", "layer": 12, "features": ABLATED}
+    req = chat(max_new=12, norms=NormSpec(layers=[12, 20], mask_massive=False))
+    ids = encode_prompt(backend.tokenizer, req)
+    s_plain, s_abl = EngineSettings(layers=[12, 20]), EngineSettings(layers=[12, 20], interventions=[spec])
+
+    def sp(settings, max_new=12):
+        return {"temperature": 0, "max_new_tokens": max_new, "custom_params": settings.encode()}
+
+    def gen(settings):
+        out = server.generate({"input_ids": ids, "sampling_params": sp(settings)})
+        return out["output_ids"], np.array([r["n"] for r in out["meta_info"][TOKEN_KEY]]), out["meta_info"]
+
+    plain = gen(s_plain)  # first: its prompt is in the radix cache
+    abl = gen(s_abl)  # sent without a cache salt: the plugin keeps it off the plain prompt's cache entries
+    with ablate_features(hf, sae, 12, ABLATED):
+        ref = hf.generate(req).candidates[0]
+    # the same states as the embedded hook (prompt included: a reused plain prompt would differ)
+    assert backend.tokenizer.decode(abl[0], skip_special_tokens=True) == ref.text
+    np.testing.assert_allclose(abl[1], ref.norms.array(), rtol=2e-3, atol=1e-3)
+    assert abl[2].get("cached_tokens", 0) == 0
+    assert not np.allclose(abl[1][:, 0], plain[1][:, 0], rtol=1e-2)  # it did change them
+    # nor did it poison the plain prompt's entries: a plain request after it reuses them and gets the first result
+    again = gen(s_plain)
+    assert again[2].get("cached_tokens", 1) > 0 and again[0] == plain[0]
+    np.testing.assert_allclose(again[1], plain[1], rtol=1e-4)
+    # in one batch with a plain request: each gets its own result
+    both = server.generate({"input_ids": [ids, ids], "sampling_params": [sp(s_plain), sp(s_abl)]})
+    for out, want in zip(both, (plain, abl), strict=True):
+        assert out["output_ids"] == want[0]
+        np.testing.assert_allclose([r["n"] for r in out["meta_info"][TOKEN_KEY]], want[1], rtol=1e-4)
+    # a bad SAE is the request's error; the server keeps serving
+    for bad_spec, msg in bad_sae_specs(spec, sae_dir, tmp_path / "outside.safetensors"):
+        out = server.generate({"input_ids": ids, "sampling_params": sp(EngineSettings(interventions=[bad_spec]), 2)})
+        assert re.search(msg, out["meta_info"][TOKEN_KEY][0]["e"])
+    with pytest.raises(ValueError, match="relative name"):  # a path is not even valid settings
+        EngineSettings(interventions=[{**spec, "sae": str(tmp_path / "outside.safetensors")}])
+    assert gen(s_plain)[0] == plain[0]
+
+
+def test_probe_returns_what_the_plugin_runs(server):
+    from l2reason.serving.capabilities import caps
+
+    [out] = raw(server, [PROMPTS[0]], 3, EngineSettings(layers=[0], probe=True))
+    recs = out["meta_info"][TOKEN_KEY]
+    assert recs[0]["caps"] == caps() and all("caps" not in r for r in recs[1:])
+    assert "sae_ablate" in recs[0]["caps"]["interventions"]
 
 
 def test_error_paths(server, backend):

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 import pytest
-from engine_e2e import LOGS, NOOPS, PROMPTS, Q, serving
+from engine_e2e import ABLATED, LOGS, NOOPS, PROMPTS, Q, bad_sae_specs, random_topk_sae, serving
 
 from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams, SelectionSpec
 from l2reason.errors import BackendError, CapabilityError, ConfigError
@@ -27,14 +27,21 @@ SERVER = dict(dtype="float32", max_model_len=1024, max_num_seqs=16)
 
 
 @pytest.fixture(scope="module")
-def servers(monkeypatch_module):
+def sae_dir(tmp_path_factory):
+    """The plugin server's SAE folder (``--sae-dir``): the tests write SAE files into it and send their names."""
+    return tmp_path_factory.mktemp("saes")
+
+
+@pytest.fixture(scope="module")
+def servers(monkeypatch_module, sae_dir):
     """The plugin server and a stock one, started at the same time (start-up is mostly compilation)."""
     from l2reason.backends.vllm.server import VLLMServer, free_port
 
     monkeypatch_module.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     p1, p2 = free_port(), free_port()
-    ours = VLLMServer("default", port=p1, log_path=LOGS / f"vllm-{p1}.log", **SERVER)
-    stock = VLLMServer("default", port=p2, plugin=False, log_path=LOGS / f"stock-{p2}.log", **SERVER)
+    sae = ["--sae-dir", str(sae_dir)]  # the stock server's launcher drops it
+    ours = VLLMServer("default", port=p1, log_path=LOGS / f"vllm-{p1}.log", extra_args=sae, **SERVER)
+    stock = VLLMServer("default", port=p2, plugin=False, log_path=LOGS / f"stock-{p2}.log", extra_args=sae, **SERVER)
     with serving(ours, stock, timeout=900):
         yield ours, stock
 
@@ -221,7 +228,7 @@ def test_langchain_chat_model_over_the_server(server, backend):
     ℓ2 selection returns one message scoring every candidate; streaming joins to the same text and norms."""
     from langchain_core.messages import HumanMessage
 
-    from l2reason.integrations.langchain import ChatL2Reason
+    from l2reason.langchain import ChatL2Reason
 
     spec = "vllm://" + server.url.split("://", 1)[1]
     direct = backend.generate(chat(max_new=24, norms=NormSpec(layers=[20, 22]))).candidates[0]
@@ -245,26 +252,17 @@ def test_langchain_chat_model_over_the_server(server, backend):
     assert len(streamed) == direct.completion_tokens
 
 
-def test_sae_ablation_in_the_plugin_equals_the_embedded_hook(backend, hf, tmp_path):
-    import torch
-
+def test_sae_ablation_in_the_plugin_equals_the_embedded_hook(server, backend, hf, sae_dir, tmp_path):
     from l2reason.sae.ablate import ablate_features
-    from l2reason.techniques.sae_ablate import SAEWeights
 
-    # a TopK SAE of 64 random unit directions over the 896-dim states (encoder = decoder transposed)
-    g = torch.Generator().manual_seed(0)
-    d_dec = torch.randn(64, hf.hidden_size, generator=g)
-    d_dec = d_dec / d_dec.norm(dim=-1, keepdim=True)
-    zeros = torch.zeros(hf.hidden_size)
-    sae = SAEWeights(W_enc=d_dec.T.clone(), b_enc=torch.zeros(64), b_dec=zeros, W_dec=d_dec, activation="topk", k=16)
-    path = sae.save(tmp_path / "sae.safetensors")
-    feats = list(range(0, 64, 2))
-    spec = {"kind": "sae_ablate", "sae": str(path), "layer": 12, "features": feats}
+    sae = random_topk_sae(hf.hidden_size)
+    sae.save(sae_dir / "sae.safetensors")  # the server reads it by name from its --sae-dir
+    spec = {"kind": "sae_ablate", "sae": "sae.safetensors", "layer": 12, "features": ABLATED}
     norms = NormSpec(layers=[12, 20], mask_massive=False)
     plain_req, abl_req = chat(max_new=12, norms=norms), chat(max_new=12, norms=norms, interventions=[spec])
     plain = backend.generate(plain_req).candidates[0]  # first: its prompt blocks are in the prefix cache
     abl = backend.generate(abl_req).candidates[0]
-    with ablate_features(hf, sae, 12, feats):
+    with ablate_features(hf, sae, 12, ABLATED):
         ref = hf.generate(plain_req).candidates[0]
     # the same states as the embedded hook (prompt included: a reused plain prompt block would differ)
     assert abl.text == ref.text
@@ -274,18 +272,32 @@ def test_sae_ablation_in_the_plugin_equals_the_embedded_hook(backend, hf, tmp_pa
     both = backend.generate_many([plain_req, abl_req])
     assert both[0].candidates[0].text == plain.text and both[1].candidates[0].text == abl.text
     np.testing.assert_allclose(both[0].candidates[0].norms.array(), plain.norms.array(), rtol=1e-5, atol=1e-5)
-    # the plugin reports a bad SAE as the request's error; the client refuses a layer the model lacks
-    small = SAEWeights(W_enc=torch.eye(8), b_enc=torch.zeros(8), b_dec=torch.zeros(8), W_dec=torch.eye(8))
-    for bad_spec, msg in (
-        ({**spec, "sae": str(tmp_path / "missing.safetensors")}, "does not exist"),
-        ({**spec, "sae": str(small.save(tmp_path / "small.safetensors")), "features": [1]}, "reads 8-dim states"),
-        ({**spec, "features": [64]}, r"feature indices must be in \[0, 64\)"),
-    ):
+    # the server keeps ablated prompts apart in its prefix cache whatever the client sends (raw, unsalted)
+    ids = backend.tokenizer(PROMPTS[0] * 12)["input_ids"]  # several KV blocks long
+    s_plain, s_abl = EngineSettings(layers=[12]), EngineSettings(layers=[12], interventions=[spec])
+    first = raw(server, ids, 6, s_plain)
+    unsalted = raw(server, ids, 6, s_abl)  # after a plain run of the same prompt
+    fresh = raw(server, ids, 6, s_abl, cache_salt="fresh")
+    again = raw(server, ids, 6, s_plain)  # after the ablated runs
+    for x, ref_ in ((unsalted, fresh), (again, first)):
+        assert x["ids"] == ref_["ids"]
+        np.testing.assert_allclose([r["n"] for r in x["recs"]], [r["n"] for r in ref_["recs"]], rtol=1e-4)
+    assert not np.allclose(unsalted["recs"][0]["n"], first["recs"][0]["n"], rtol=1e-3)  # ablated (~0.7% here)
+    # the plugin reports a bad SAE as the request's error (the client refuses a layer the model lacks, and a path)
+    for bad_spec, msg in bad_sae_specs(spec, sae_dir, tmp_path / "outside.safetensors"):
         with pytest.raises(ConfigError, match=msg):
             backend.generate(chat(max_new=2, interventions=[bad_spec]))
-    with pytest.raises(ConfigError, match="layer 24 does not exist"):
-        backend.generate(chat(max_new=2, interventions=[{**spec, "layer": 24}]))
+    with pytest.raises(ValueError, match="relative name"):  # a path is refused before anything is sent
+        backend.generate(chat(max_new=2, interventions=[{**spec, "sae": str(tmp_path / "outside.safetensors")}]))
     assert backend.generate(plain_req).candidates[0].text == plain.text  # and it keeps serving
+
+
+def test_probe_returns_what_the_plugin_runs(server):
+    from l2reason.serving.capabilities import caps
+
+    out = raw(server, PROMPTS[0], 3, EngineSettings(layers=[0], probe=True))
+    assert out["recs"][0]["caps"] == caps() and all("caps" not in r for r in out["recs"][1:])
+    assert "sae_ablate" in out["recs"][0]["caps"]["interventions"]
 
 
 def test_error_paths(server, backend):
@@ -375,6 +387,10 @@ def test_serve_command_starts_a_usable_server_and_ctrl_c_stops_it():
         be = VLLMBackend(f"vllm://127.0.0.1:{port}", model="default")
         c = be.generate(chat(max_new=6)).candidates[0]
         assert c.completion_tokens == 6 and c.norms is not None and c.norms.array().shape == (6, 5)
+        # started without --sae-dir: SAE ablation is refused, and the message says how to enable it
+        spec = {"kind": "sae_ablate", "sae": "sae.safetensors", "layer": 12, "features": [1]}
+        with pytest.raises(ConfigError, match="serves no SAE files; start it with `--sae-dir DIR`"):
+            be.generate(chat(max_new=2, interventions=[spec]))
         argv = log.read_text(errors="replace")
         assert "enforce_eager=True" in argv or "enforce-eager" in argv or "'enforce_eager': True" in argv
         proc.send_signal(signal.SIGINT)

@@ -94,7 +94,7 @@ def test_file_round_trip_and_bad_files(tmp_path) -> None:
 
 
 def test_spec_validation_names_the_field() -> None:
-    [spec] = parse_interventions([{"kind": "sae_ablate", "sae": "/x.safetensors", "layer": 3, "features": [1, 2]}])
+    [spec] = parse_interventions([{"kind": "sae_ablate", "sae": "x.safetensors", "layer": 3, "features": [1, 2]}])
     assert isinstance(spec, SAEAblateSpec) and spec.features == [1, 2]
     for bad, msg in [
         ({"features": []}, "features"),
@@ -102,8 +102,11 @@ def test_spec_validation_names_the_field() -> None:
         ({"features": [-1]}, ">= 0"),
         ({"layer": -1}, "layer"),
         ({"sae": ""}, "sae"),
+        ({"sae": "/abs/x.safetensors"}, "relative name"),  # a server reads SAE files by name only
+        ({"sae": "a/../../x"}, "relative name"),
+        ({"sae": ".x"}, "relative name"),
     ]:
-        item = {"kind": "sae_ablate", "sae": "/x.safetensors", "layer": 3, "features": [1], **bad}
+        item = {"kind": "sae_ablate", "sae": "x.safetensors", "layer": 3, "features": [1], **bad}
         with pytest.raises(ConfigError, match=msg):
             parse_interventions([item])
 
@@ -114,7 +117,7 @@ def test_embedded_backend_refuses_the_spec_and_points_to_the_hook(tiny_backend) 
     req = GenerationRequest(
         prompt="hello",
         sampling=SamplingParams(max_new_tokens=2),
-        interventions=[{"kind": "sae_ablate", "sae": "/x.safetensors", "layer": 1, "features": [0]}],
+        interventions=[{"kind": "sae_ablate", "sae": "x.safetensors", "layer": 1, "features": [0]}],
     )
     with pytest.raises(CapabilityError, match="ablate_features"):
         tiny_backend.generate(req)

@@ -13,7 +13,10 @@ What it adds to SGLang's own ``sglang.launch_server``:
   unless ``--no-cpu-standin`` is given, the pure-torch stand-in for SGLang's
   kernel package (``l2reason_sglang/standin``): the package registry has no
   CPU build of it. The stand-in is test infrastructure for CPU machines; it
-  is never put on the path for a GPU server.
+  is never put on the path for a GPU server;
+- ``--sae-dir DIR``: the folder the server reads SAE files from, by name
+  (``sae_ablate``); without it the plugin refuses SAE ablation. See
+  :mod:`l2reason.serving.launch` for l2reason's own flags.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ import os
 import sys
 from pathlib import Path
 
-from l2reason.backends.engine_server import NO_PLUGIN_FLAG, exec_launch, flag_value
+from l2reason.serving.launch import (
+    flag_value,
+    l2reason_flags,
+    launch_main,
+    refuse_above_one,
+    refuse_flags,
+    required_flag,
+)
 
 PACKAGE = "l2reason_sglang.models"
 STANDIN_DIR = Path(__file__).resolve().parent / "standin"
@@ -42,17 +52,10 @@ _PP_FLAGS = ("--pp-size", "--pipeline-parallel-size", "--pp")
 
 def check_args(argv: list[str]) -> None:
     """Raise ``SystemExit`` with a clear message for a mode the plugin does not support."""
-    for flag, what in _UNSUPPORTED_FLAGS.items():
-        if any(a == flag or a.startswith(flag + "=") for a in argv):
-            raise SystemExit(f"l2reason plugin: {what} ({flag}) is not supported yet; start without it")
-    pp = flag_value(argv, _PP_FLAGS)
-    if pp is not None and pp != "1":
-        raise SystemExit("l2reason plugin: pipeline parallelism is not supported; use --tp-size / --dp-size")
-    cp = flag_value(argv, ("--attn-cp-size",))
-    if cp is not None and cp != "1":
-        raise SystemExit("l2reason plugin: context-parallel attention (--attn-cp-size) is not supported yet")
-    if flag_value(argv, ("--model-path", "--model")) is None:
-        raise SystemExit("l2reason plugin: give --model-path <folder or hub id>")
+    refuse_flags(argv, _UNSUPPORTED_FLAGS)
+    refuse_above_one(argv, _PP_FLAGS, "pipeline parallelism is not supported; use --tp-size / --dp-size")
+    refuse_above_one(argv, ("--attn-cp-size",), "context-parallel attention (--attn-cp-size) is not supported yet")
+    required_flag(argv, ("--model-path", "--model"), "give --model-path <folder or hub id>")
 
 
 def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
@@ -60,12 +63,9 @@ def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str]
 
     ``--no-l2reason-plugin`` starts stock SGLang with the same CPU set-up (for A/B comparisons).
     """
-    plugin = NO_PLUGIN_FLAG not in argv
+    plugin, args, env = l2reason_flags(argv, env, own=("--no-cpu-standin",))
     if plugin:
-        check_args(argv)
-    args = [a for a in argv if a not in ("--no-cpu-standin", NO_PLUGIN_FLAG)]
-    env = dict(os.environ if env is None else env)
-    if plugin:
+        check_args(args)
         env["SGLANG_EXTERNAL_MODEL_PACKAGE"] = PACKAGE
     else:
         env.pop("SGLANG_EXTERNAL_MODEL_PACKAGE", None)
@@ -80,8 +80,7 @@ def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    cmd, env = build(list(sys.argv[1:] if argv is None else argv))
-    exec_launch(cmd, env)
+    launch_main(build, argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,17 @@ too); this file holds only what is SGLang's (0.5.23):
   first and puts them back after, so later tokens see pass-0 keys/values
   only (and the re-run attends to its own new ones, as in the embedded
   backend).
+- **SAE ablation** (``sae_ablate``) is not a controller: it changes every
+  position of its request, prompt included. Its tokens are the request's
+  segment of an extend pass (the uncached prompt tokens) and its row of a
+  decode pass; which SAE file (by name, from the ``--sae-dir`` folder only),
+  the checks and the grouping are :mod:`l2reason.serving.ablation`'s.
+  Because the ablated prompt's keys/values differ from a plain run's, the
+  plugin wraps ``Req.__init__`` and gives such a request a radix-cache
+  namespace of its own (``req.cache_salt``, extended with a hash of its
+  ablations) before the scheduler matches its prompt, whatever the client
+  sent: it never reuses a plain request's cached prompt and never leaves its
+  own for plain requests.
 - **Norms out.** The causal-LM wrapper sets
   ``LogitsProcessorOutput.customized_info["l2r"]`` to one record per request
   row; SGLang appends it to the request and returns it as
@@ -39,7 +50,6 @@ themselves are fixed-shape tensor code, see ``docs/sglang.md``).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -47,36 +57,51 @@ from typing import Any
 import torch
 
 from l2reason.errors import ConfigError
-from l2reason.serving import TOKEN_KEY, EngineSettings, SlotRuntime, StepPlan
+from l2reason.serving.ablation import AblationRows, SAEAblations, SAEStore, ablation_cache_salt, apply_ablations
+from l2reason.serving.capabilities import read_settings
+from l2reason.serving.info import EngineModelInfo
+from l2reason.serving.settings import SETTINGS_KEY, TOKEN_KEY, EngineSettings
+from l2reason.serving.slots import SlotRuntime, StepPlan
+from l2reason.signal.certainty import self_certainty
 
 log = logging.getLogger("l2reason_sglang")
 
-#: request id -> (raw settings string, decoded settings or the decoding error)
+#: request id -> (raw settings string, decoded settings or the decoding error); least recently used first
 _SETTINGS: OrderedDict[str, tuple[Any, EngineSettings | Exception]] = OrderedDict()
 _SETTINGS_LOCK = threading.Lock()
 _SETTINGS_CAP = 16384  # far more than any server's running requests; old entries age out
+#: characters of raw settings kept (each is at most MAX_SETTINGS_CHARS): a finished request's entry stays until
+#: newer ones push it out, so the table is bounded by size too; a running request pushed out is decoded again
+#: at its next step (every step records its batch's settings)
+_SETTINGS_MAX_CHARS = 256 * 1024**2
+_SETTINGS_CHARS = 0
 _HOOKED = False
 
 
 def _record(rid: str, params: dict[str, Any] | None) -> None:
-    from l2reason.serving import SETTINGS_KEY
-
+    global _SETTINGS_CHARS
     raw = (params or {}).get(SETTINGS_KEY)
     with _SETTINGS_LOCK:
-        if raw is None:
-            _SETTINGS.pop(rid, None)
-            return
         old = _SETTINGS.get(rid)
-        if old is not None and old[0] == raw:
+        if old is not None and raw is not None and (old[0] is raw or old[0] == raw):
             _SETTINGS.move_to_end(rid)
             return
-        try:
-            value: EngineSettings | Exception = EngineSettings.decode(params)  # type: ignore[assignment]
-        except ConfigError as e:
-            value = e
+        if old is not None:
+            del _SETTINGS[rid]
+            _SETTINGS_CHARS -= _chars(old[0])
+        if raw is None:
+            return
+        value = read_settings(params, "SGLang")
+        assert value is not None  # the entry is there
         _SETTINGS[rid] = (raw, value)
-        while len(_SETTINGS) > _SETTINGS_CAP:
-            _SETTINGS.popitem(last=False)
+        _SETTINGS_CHARS += _chars(raw)
+        while len(_SETTINGS) > _SETTINGS_CAP or (_SETTINGS_CHARS > _SETTINGS_MAX_CHARS and len(_SETTINGS) > 1):
+            _, (gone, _) = _SETTINGS.popitem(last=False)
+            _SETTINGS_CHARS -= _chars(gone)
+
+
+def _chars(raw: Any) -> int:
+    return len(raw) if isinstance(raw, str) else 0
 
 
 def settings_for(rid: str | None) -> EngineSettings | Exception | None:
@@ -89,10 +114,12 @@ def settings_for(rid: str | None) -> EngineSettings | Exception | None:
 
 
 def install_settings_hook() -> None:
-    """Wrap ``ForwardBatch.init_new`` so each request's settings are recorded by request id (once per process)."""
+    """Wrap ``ForwardBatch.init_new`` so each request's settings are recorded by request id, and ``Req.__init__``
+    so a request with SAE ablations gets a radix-cache namespace of its own (once per process)."""
     global _HOOKED
     if _HOOKED:
         return
+    from sglang.srt.managers.schedule_batch import Req
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 
     original = ForwardBatch.init_new.__func__  # type: ignore[attr-defined]
@@ -103,20 +130,18 @@ def install_settings_hook() -> None:
             _record(req.rid, getattr(sp, "custom_params", None))
         return original(cls, batch, model_runner, **kwargs)
 
+    req_init = Req.__init__
+
+    def req_init_salted(self: Any, *args: Any, **kwargs: Any) -> None:
+        req_init(self, *args, **kwargs)
+        params = getattr(getattr(self, "sampling_params", None), "custom_params", None)
+        if params and SETTINGS_KEY in params:  # before the scheduler matches the prompt in the radix cache
+            _record(self.rid, params)
+            self.cache_salt = ablation_cache_salt(settings_for(self.rid), self.cache_salt)
+
     ForwardBatch.init_new = classmethod(init_new)  # type: ignore[method-assign]
+    Req.__init__ = req_init_salted  # type: ignore[method-assign]
     _HOOKED = True
-
-
-class _Info:
-    """The model as the controllers see it."""
-
-    def __init__(self, model: torch.nn.Module, num_layers: int, hidden_size: int) -> None:
-        self.num_layers = num_layers
-        self.hidden_size = hidden_size
-        self.dtype = next(model.parameters()).dtype
-
-    def calibrated_tau(self, layers: list[int], what: str, alternative: str) -> torch.Tensor:
-        raise ConfigError(f"{what}: calibrated thresholds are not available in the SGLang plugin yet; {alternative}")
 
 
 def _runtime(model: Any, forward_batch: Any) -> SlotRuntime:
@@ -126,15 +151,23 @@ def _runtime(model: Any, forward_batch: Any) -> SlotRuntime:
 
         pool = get_attn_backend().req_to_token_pool
         num_slots = int(pool.req_to_token.shape[0])  # slot 0 is SGLang's padding row
-        info = _Info(model, len(model.layers), int(model.config.hidden_size))
-        rt = SlotRuntime(info, num_slots=num_slots, device=forward_batch.input_ids.device)
+        info = EngineModelInfo(
+            "SGLang",
+            num_layers=len(model.layers),
+            hidden_size=int(model.config.hidden_size),
+            dtype=next(model.parameters()).dtype,
+        )
+        device = forward_batch.input_ids.device
+        rt = SlotRuntime(info, num_slots=num_slots, device=device)
         model._l2r_runtime = rt
+        model._l2r_ablations = SAEAblations(SAEStore.from_env(device), info)
         log.info("l2reason: per-slot runtime for %d slots, %d layers", num_slots, info.num_layers)
     return rt
 
 
-def _plan(model: Any, forward_batch: Any) -> tuple[StepPlan, torch.Tensor] | None:
-    """This pass's plan and each request row's newest token position; None when no row asked for anything."""
+def _plan(model: Any, forward_batch: Any) -> tuple[StepPlan, torch.Tensor, dict[int, AblationRows]] | None:
+    """This pass's plan, each request row's newest token position, and the SAE ablations (layer -> rows);
+    None when no row asked for anything."""
     rids = forward_batch.rids
     mode = forward_batch.forward_mode
     if not rids or mode.is_idle():
@@ -148,12 +181,19 @@ def _plan(model: Any, forward_batch: Any) -> tuple[StepPlan, torch.Tensor] | Non
     if not decode and not mode.is_extend():
         raise ConfigError(f"l2reason: forward mode {mode} is not supported (speculative decoding?)")
     slots = forward_batch.req_pool_indices[: len(rids)].tolist()
+    device = forward_batch.input_ids.device
+    rows = torch.arange(len(rids))
     if decode:
-        last = torch.arange(len(rids), device=forward_batch.input_ids.device)
-    else:
-        lens = torch.as_tensor(forward_batch.extend_seq_lens_cpu, device=forward_batch.input_ids.device)
-        last = lens.cumsum(0) - 1
-    return _runtime(model, forward_batch).plan(slots, list(rids), settings, decode=decode), last
+        last, owner = rows.to(device), rows  # one token per request
+    else:  # the requests' new tokens, one segment each, in order
+        lens = torch.as_tensor(forward_batch.extend_seq_lens_cpu, dtype=torch.long)
+        last, owner = (lens.cumsum(0) - 1).to(device), torch.repeat_interleave(rows, lens)
+    rt = _runtime(model, forward_batch)
+    checked, bad = model._l2r_ablations.for_rows(list(rids), settings)
+    for i, e in bad.items():
+        settings[i] = e
+    ablate = SAEAblations.plan(checked, owner)
+    return rt.plan(slots, list(rids), settings, decode=decode), last, ablate
 
 
 def _rerun(layer: Any, positions: torch.Tensor, forward_batch: Any, x: torch.Tensor) -> torch.Tensor:
@@ -197,9 +237,9 @@ def l2_model_forward(
     self._l2r_plan = planned[0] if planned is not None else None
     if planned is None:
         return self._l2r_stock_forward(input_ids, positions, forward_batch, input_embeds, pp_proxy_tensors)
-    plan, last = planned
+    plan, last, ablate = planned
     rt: SlotRuntime = self._l2r_runtime
-    touched = plan.touched_layers
+    touched = plan.touched_layers | set(ablate)
     hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
     residual_batch.start(forward_batch)
     for i in range(self.start_layer, self.end_layer):
@@ -211,6 +251,9 @@ def l2_model_forward(
         out, res = stream.export(hidden)  # completes any owed reduction; the pending add stays
         if stream.pending is not None:
             hidden = out
+        apply_ablations(ablate.get(i, []), out, res)  # every token of the ablating requests, in place
+        if i not in plan.touched_layers:
+            continue
         x = out[last] + res[last] if res is not None else out[last]  # [B, d] newest positions
         rerun = None
         if plan.decode:
@@ -238,11 +281,11 @@ def attach_records(model: Any, output: Any) -> Any:
     logits = getattr(output, "next_token_logits", None)
     want = [i for i, s in enumerate(plan.settings) if s is not None and s.sc]
     if want and logits is not None and logits.shape[0] == len(records):
-        # SC_t = -(1/V) Σ_j log(V p_j) = -log V - mean_j log p_j   (Kang et al. 2025), temperature 1
-        logp = torch.log_softmax(logits[want].float(), -1)
-        sc = (-math.log(logp.shape[-1]) - logp.mean(-1)).tolist()
-        for i, v in zip(want, sc, strict=True):
+        for i, v in zip(want, self_certainty(logits[want]).tolist(), strict=True):
             records[i] = {**(records[i] or {}), "sc": v}
+    elif want:  # asked for and not computable: say so, never leave it out
+        for i in want:
+            records[i] = {**(records[i] or {}), "e": "l2reason: no logits row for self-certainty"}
     info[TOKEN_KEY] = records
     output.customized_info = info
     model._l2r_plan = None

@@ -26,6 +26,13 @@ output leaves the engine core). Requests that stop in the front end (stop
 strings) are aborted there and return nothing: the l2reason client applies
 stop strings itself.
 
+SAE ablation changes a request's prompt states, so the scheduler side also
+wraps ``Request.__init__`` (in the engine-core process, before the request's
+prefix-cache block hashes are computed) to give a request with ablations a
+prefix-cache namespace of its own: its ``cache_salt`` extended with a hash of
+its ablations (:func:`l2reason.serving.ablation.ablation_cache_salt`),
+whatever the client sent.
+
 Limits: records arrive when the request finishes (no per-token streaming);
 the connector takes the one KV-connector slot (combine with another through
 vLLM's ``MultiConnector``); vLLM logs the interface as experimental.
@@ -51,7 +58,9 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorWorkerMetadata,
 )
 
-from l2reason.serving import SETTINGS_KEY, TOKEN_KEY
+from l2reason.serving.ablation import ablation_cache_salt
+from l2reason.serving.capabilities import read_settings
+from l2reason.serving.settings import SETTINGS_KEY, TOKEN_KEY
 from l2reason_vllm.runtime import CHUNK, DECODE, PREFILL, STATE, RowInfo
 
 log = logging.getLogger("l2reason_vllm")
@@ -92,6 +101,7 @@ class L2ReasonConnector(KVConnectorBase_V1):
         self._closing: dict[str, list[dict[str, Any]]] = {}  # finished; the last records may still come
         if role == KVConnectorRole.SCHEDULER:
             _warn_cpu_binding()
+            _salt_ablating_requests()
 
     @property
     def requires_kv_delivery(self) -> bool:
@@ -183,6 +193,27 @@ class L2ReasonConnector(KVConnectorBase_V1):
             return False, None
         self._closing[rid] = lst  # the live list: this step's record is appended right after
         return False, {TOKEN_KEY: lst}
+
+
+def _salt_ablating_requests() -> None:
+    """Wrap ``Request.__init__`` so a request with SAE ablations hashes its prompt blocks in a namespace of its
+    own (vLLM computes the block hashes in the constructor, from ``cache_salt``). Once per process."""
+    from vllm.v1.request import Request
+
+    original = Request.__init__
+    if getattr(original, "_l2reason", False):
+        return
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        sp = kwargs.get("sampling_params")  # the engine core passes keywords (Request.from_engine_core_request)
+        raw = (getattr(sp, "extra_args", None) or {}).get(SETTINGS_KEY)
+        if raw is not None:
+            settings = read_settings({SETTINGS_KEY: raw}, "vLLM")
+            kwargs["cache_salt"] = ablation_cache_salt(settings, kwargs.get("cache_salt"))
+        original(self, *args, **kwargs)
+
+    __init__._l2reason = True  # type: ignore[attr-defined]
+    Request.__init__ = __init__  # type: ignore[method-assign]
 
 
 def _warn_cpu_binding() -> None:

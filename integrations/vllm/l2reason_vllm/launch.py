@@ -19,20 +19,22 @@ What it adds to ``python -m vllm.entrypoints.openai.api_server``:
   (``docs/vllm.md``, "Measured").
 
 ``--no-l2reason-plugin`` starts stock vLLM with the same arguments (for A/B
-comparisons). Everything else goes to vLLM unchanged.
+comparisons); ``--sae-dir DIR`` names the folder the server reads SAE files
+from, by name (``sae_ablate``; without it the plugin refuses SAE ablation). See
+:mod:`l2reason.serving.launch` for l2reason's own flags. Everything else goes
+to vLLM unchanged.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from l2reason.backends.engine_server import NO_PLUGIN_FLAG, exec_launch, flag_value
+from l2reason.serving import launch as shared
 from l2reason_vllm import ARCHITECTURES
 
 #: the plugin's KV connector (the only way it returns per-token data; see l2reason_vllm.connector)
@@ -82,16 +84,9 @@ def plugin_args(model: str) -> list[str]:
 
 def check_args(argv: list[str]) -> str:
     """The model argument; ``SystemExit`` with a clear message for a mode the plugin does not support."""
-    for flag, what in _UNSUPPORTED.items():
-        if any(a == flag or a.startswith(flag + "=") for a in argv):
-            raise SystemExit(f"l2reason plugin: {what} ({flag}) is not supported; start without it")
-    pp = flag_value(argv, _PP)
-    if pp is not None and pp != "1":
-        raise SystemExit("l2reason plugin: pipeline parallelism is not supported; use --tensor-parallel-size")
-    model = flag_value(argv, ("--model",))
-    if model is None:
-        raise SystemExit("l2reason plugin: give --model <folder or hub id>")
-    return model
+    shared.refuse_flags(argv, _UNSUPPORTED)
+    shared.refuse_above_one(argv, _PP, "pipeline parallelism is not supported; use --tensor-parallel-size")
+    return shared.required_flag(argv, ("--model",), "give --model <folder or hub id>")
 
 
 def stock_reserved_cpus(local_world_size: int = 1, machine: str | None = None) -> int:
@@ -122,12 +117,10 @@ def cpu_binding_env(env: Mapping[str, str], tensor_parallel_size: int = 1) -> di
 def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start vLLM's server with (or, with ``--no-l2reason-plugin``,
     without) the plugin."""
-    plugin = NO_PLUGIN_FLAG not in argv
-    args = [a for a in argv if a != NO_PLUGIN_FLAG]
-    env = dict(os.environ if env is None else env)
+    plugin, args, env = shared.l2reason_flags(argv, env)
     if plugin:
         args += plugin_args(check_args(args))
-        tp = flag_value(args, _TP)
+        tp = shared.flag_value(args, _TP)
         try:
             tp_size = int(tp) if tp is not None else 1
         except ValueError:
@@ -137,8 +130,7 @@ def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    cmd, env = build(list(sys.argv[1:] if argv is None else argv))
-    exec_launch(cmd, env)
+    shared.launch_main(build, argv)
 
 
 if __name__ == "__main__":

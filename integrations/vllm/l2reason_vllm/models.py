@@ -120,34 +120,26 @@ def _with_inner(module: Any, name: str, cls: type, build: Any) -> None:
             setattr(module, name, saved)
 
 
-class L2Qwen2ForCausalLM(_L2Mixin, qwen2.Qwen2ForCausalLM):
-    """vLLM's Qwen2ForCausalLM (Qwen2, Qwen2.5); the inner model's layer loop is l2reason's."""
+def _qwen(module: Any, parent: type, inner: type) -> type:
+    """``L2<parent>``: vLLM's Qwen causal-LM class ``parent`` whose constructor builds ``inner`` (the parent looks
+    its inner class up by the module-global name ``inner``'s base has, see the module docstring)."""
 
-    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+    def __init__(self: Any, *, vllm_config: Any, prefix: str = "") -> None:
         _check(vllm_config)
-        _with_inner(
-            qwen2,
-            "Qwen2Model",
-            L2Qwen2Model,
-            lambda: super(L2Qwen2ForCausalLM, self).__init__(vllm_config=vllm_config, prefix=prefix),
-        )
-        assert isinstance(self.model, L2Qwen2Model)
+        name = inner.__mro__[1].__name__  # Qwen2Model / Qwen3Model
+        _with_inner(module, name, inner, lambda: parent.__init__(self, vllm_config=vllm_config, prefix=prefix))  # type: ignore[misc]
+        assert isinstance(self.model, inner)
         self._l2_setup(vllm_config)
 
+    doc = f"vLLM's {parent.__name__}; the inner model's layer loop is l2reason's."
+    return type(
+        f"L2{parent.__name__}", (_L2Mixin, parent), {"__init__": __init__, "__doc__": doc, "__module__": __name__}
+    )
 
-class L2Qwen3ForCausalLM(_L2Mixin, qwen3.Qwen3ForCausalLM):
-    """vLLM's Qwen3ForCausalLM; the inner model's layer loop is l2reason's."""
 
-    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
-        _check(vllm_config)
-        _with_inner(
-            qwen3,
-            "Qwen3Model",
-            L2Qwen3Model,
-            lambda: super(L2Qwen3ForCausalLM, self).__init__(vllm_config=vllm_config, prefix=prefix),
-        )
-        assert isinstance(self.model, L2Qwen3Model)
-        self._l2_setup(vllm_config)
+#: vLLM's Qwen2ForCausalLM (Qwen2, Qwen2.5) and Qwen3ForCausalLM with l2reason's layer loop
+L2Qwen2ForCausalLM = _qwen(qwen2, qwen2.Qwen2ForCausalLM, L2Qwen2Model)
+L2Qwen3ForCausalLM = _qwen(qwen3, qwen3.Qwen3ForCausalLM, L2Qwen3Model)
 
 
 class L2LlamaForCausalLM(_L2Mixin, llama.LlamaForCausalLM):

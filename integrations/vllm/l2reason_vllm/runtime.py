@@ -6,7 +6,7 @@ too); this file holds only what is vLLM's (0.32):
 
 - **Inside the compiled graph.** vLLM compiles the inner model's ``forward``
   (torch.compile, full graph). The plugin's layer loop calls
-  ``torch.ops.l2reason.after_layer(hidden, residual, layer)`` after every
+  ``torch.ops.l2reason.after_layer(hidden, residual, positions, layer)`` after every
   decoder layer: a ``torch.library`` custom op is opaque to the compiler (like
   vLLM's own attention op) and runs this module's Python at run time, so the
   per-request work can look at the current batch. It changes its inputs in
@@ -28,8 +28,9 @@ too); this file holds only what is vLLM's (0.32):
   needs.
 - **SAE ablation** (``sae_ablate``) is not a controller: it changes every
   position of its request (prompt included), not only the newest token. Its
-  tokens are the flattened rows whose KV block the request owns; the SAE file
-  is read once per path and kept on the model's device. The client salts the
+  tokens are the flattened rows whose KV block the request owns; which SAE
+  file (only by name, from the ``--sae-dir`` folder), the checks and the
+  grouping are :mod:`l2reason.serving.ablation`'s. The client salts the
   prefix cache of such requests, so no plain request reuses ablated prompt
   blocks or the other way round.
 - **Per-request state** lives in :class:`~l2reason.serving.SlotRuntime` rows;
@@ -37,13 +38,14 @@ too); this file holds only what is vLLM's (0.32):
   scheduler says it finished), so continuous batching never mixes state.
 
 Records (``{"n": [...], "r": {...}, "sc": ...}`` per token) are collected per
-step and handed to the connector, which returns them with the request.
+step and handed to the connector, which returns them with the request. Every
+token a request with settings produces gets a record: one the step could not
+fill is an error record (``"e"``), never a gap.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,15 +53,15 @@ from typing import Any
 import torch
 
 from l2reason.errors import ConfigError
-from l2reason.serving import EngineSettings, SlotRuntime, StepPlan
-from l2reason.techniques.sae_ablate import SAEWeights, load_sae_weights
+from l2reason.serving.ablation import AblationRows, SAEAblations, SAEStore, apply_ablations
+from l2reason.serving.capabilities import read_settings
+from l2reason.serving.info import EngineModelInfo
+from l2reason.serving.settings import SETTINGS_KEY, EngineSettings
+from l2reason.serving.slots import SlotRuntime, StepPlan
+from l2reason.signal.certainty import self_certainty
 
 log = logging.getLogger("l2reason_vllm")
 
-#: the interventions this plugin runs
-SUPPORTED = frozenset({"alrr", "erss", "static_steer", "suppress", "sae_ablate"})
-#: loaded SAE files kept per worker (an ablation study uses one SAE; a few spare)
-MAX_SAES = 4
 #: row kinds the scheduler sends: a decode step, a prefill that ends this step (emits a token), a prefill chunk
 DECODE, PREFILL, CHUNK = "d", "p", "c"
 
@@ -84,17 +86,7 @@ class _Step:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     sc_rows: list[int] = field(default_factory=list)  # indices into `rids` that asked for self-certainty
     # layer -> [(SAE, features, flattened token rows)]: SAE ablation, every token of the requests asking
-    ablate: dict[int, list[tuple[SAEWeights, torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
-
-
-class _Info:
-    """The model as the controllers see it."""
-
-    def __init__(self, num_layers: int, hidden_size: int, dtype: torch.dtype) -> None:
-        self.num_layers, self.hidden_size, self.dtype = num_layers, hidden_size, dtype
-
-    def calibrated_tau(self, layers: list[int], what: str, alternative: str) -> torch.Tensor:
-        raise ConfigError(f"{what}: calibrated thresholds are not available in the vLLM plugin yet; {alternative}")
+    ablate: dict[int, AblationRows] = field(default_factory=dict)
 
 
 class WorkerState:
@@ -113,48 +105,41 @@ class WorkerState:
         self.free: list[int] = []
         self.step: _Step | None = None
         self.step_seq = -1
-        self.ablations: dict[str, list[dict[str, Any]]] = {}  # rid -> its sae_ablate specs, not yet checked
-        # rid -> its checked ablations: (group key, layer, SAE, feature indices on the model's device)
-        self.ablating: dict[str, list[tuple[tuple[str, int, tuple[int, ...]], int, SAEWeights, torch.Tensor]]] = {}
-        self.saes: dict[str, SAEWeights] = {}  # "path@mtime" -> the loaded SAE (on the model's device)
+        self.ablations: SAEAblations | None = None  # SAE files from $L2REASON_SAE_DIR; checked once per request
 
     # ---- from the connector ----------------------------------------------
     def bind(self, rows: dict[str, RowInfo], finished: set[str]) -> None:
         for rid in finished:
             self.settings.pop(rid, None)
-            self.ablations.pop(rid, None)
-            self.ablating.pop(rid, None)
+            if self.ablations is not None:
+                self.ablations.forget(rid)
             slot = self.slot_of.pop(rid, None)
             if slot is not None:
                 self.free.append(slot)
         for rid, row in rows.items():
             if row.settings is not None:
-                try:
-                    s = EngineSettings.decode({"l2reason": row.settings})
-                    bad = sorted({i["kind"] for i in s.interventions} - SUPPORTED) if s is not None else []
-                    if bad:
-                        raise ConfigError(
-                            f"interventions {bad} are not supported by the vLLM plugin yet (it runs {sorted(SUPPORTED)})"
-                        )
-                    if s is not None and any(i["kind"] == "sae_ablate" for i in s.interventions):
-                        # checked against the model (and the SAE file read) when the step is built
-                        self.ablations[rid] = [i for i in s.interventions if i["kind"] == "sae_ablate"]
-                        rest = [i for i in s.interventions if i["kind"] != "sae_ablate"]
-                        s = s.model_copy(update={"interventions": rest})
-                    self.settings[rid] = s
-                except ConfigError as e:
-                    self.settings[rid] = e
+                self.settings[rid] = read_settings({SETTINGS_KEY: row.settings}, "vLLM")
         self.rows = rows or None
         self.seq += 1
         self.step = None
 
     def take_records(self) -> dict[str, dict[str, Any]]:
-        """This step's records by request id (the dict stays live: self-certainty is added after the forward)."""
-        step, self.rows = self.step, None
-        if step is None:
-            return {}
-        self._finish(step)
-        return step.records
+        """This step's records by request id (the dict stays live: self-certainty is added after the forward).
+
+        Every request with settings that this step gives a token (decode, or the prefill's last chunk) has one;
+        one the step did not fill is an error record, so the client never sees a short list.
+        """
+        step, rows, self.rows = self.step, self.rows, None
+        records: dict[str, dict[str, Any]] = {}
+        if step is not None:
+            self._finish(step)
+            records = step.records
+        for rid, row in (rows or {}).items():
+            s = self.settings.get(rid)
+            if row.kind != CHUNK and s is not None and rid not in records:
+                why = str(s) if isinstance(s, Exception) else "the vLLM plugin could not place this token in the step"
+                records[rid] = {"e": why if why.startswith("l2reason") else f"l2reason: {why}"}
+        return records
 
     # ---- inside the forward ------------------------------------------------
     def setup(self, model: torch.nn.Module, num_layers: int, hidden_size: int, max_seqs: int, block_size: int) -> None:
@@ -162,8 +147,10 @@ class WorkerState:
         self.layers = model.layers
         dtype = next(model.parameters()).dtype
         device = next(model.parameters()).device
+        info = EngineModelInfo("vLLM", num_layers=num_layers, hidden_size=hidden_size, dtype=dtype)
         # slot 0 stays unused (a padding row, as in SGLang); one slot per running request
-        self.runtime = SlotRuntime(_Info(num_layers, hidden_size, dtype), num_slots=max_seqs + 1, device=device)
+        self.runtime = SlotRuntime(info, num_slots=max_seqs + 1, device=device)
+        self.ablations = SAEAblations(SAEStore.from_env(device), info)
         self.free = list(range(max_seqs, 0, -1))
         log.info("l2reason: per-slot runtime for %d requests, %d layers", max_seqs, num_layers)
 
@@ -237,67 +224,22 @@ class WorkerState:
     def _plan_ablations(
         self, step: _Step, owned: list[tuple[str, RowInfo]], owner: torch.Tensor, device: torch.device
     ) -> None:
-        """Which flattened rows each SAE ablation of this step changes. A request's specs are checked (and its
-        SAE read) the first step it runs; a bad spec becomes the request's error."""
-        groups: dict[tuple[str, int, tuple[int, ...]], tuple[int, SAEWeights, torch.Tensor, list[int]]] = {}
-        for j, (rid, _) in enumerate(owned):
-            if not isinstance(self.settings.get(rid), EngineSettings):
-                continue
-            checked = self.ablating.get(rid)
-            if checked is None:
-                specs = self.ablations.pop(rid, None)
-                if not specs:
-                    continue
-                try:
-                    checked = self.ablating[rid] = [self._check_ablation(spec, device) for spec in specs]
-                except (ConfigError, OSError) as e:
-                    self.settings[rid] = ConfigError(str(e))
-                    continue
-            for key, layer, w, feats in checked:
-                groups.setdefault(key, (layer, w, feats, []))[3].append(j)
-        for layer, w, feats, js in groups.values():
-            tok = torch.isin(owner, torch.tensor(js, dtype=torch.long)).nonzero().flatten()
-            if tok.numel():
-                step.ablate.setdefault(layer, []).append((w, feats, tok.to(device)))
-                step.touched.add(layer)
-
-    def _check_ablation(
-        self, spec: dict[str, Any], device: torch.device
-    ) -> tuple[tuple[str, int, tuple[int, ...]], int, SAEWeights, torch.Tensor]:
-        """One spec checked against the model: (group key, layer, SAE, features). The SAE file is read once per
-        version (a rewritten file is read again)."""
-        import os
-
-        assert self.runtime is not None
-        info = self.runtime.info
-        layer = int(spec["layer"])
-        if layer >= info.num_layers:
-            raise ConfigError(f"sae_ablate: layer {layer} does not exist (the model has {info.num_layers})")
-        path = spec["sae"]
-        version = f"{path}@{os.stat(path).st_mtime_ns}" if os.path.isfile(path) else path
-        w = self.saes.get(version)
-        if w is None:
-            w = load_sae_weights(path)
-            if w.d_in != info.hidden_size:
-                raise ConfigError(
-                    f"sae_ablate: the SAE at {path} reads {w.d_in}-dim states; the model's are {info.hidden_size}"
-                )
-            if len(self.saes) >= MAX_SAES:
-                self.saes.pop(next(iter(self.saes)))
-            w = self.saes[version] = w.to(self.runtime.device)
-            log.info("l2reason: loaded SAE %s (%d features, %s)", path, w.d_sae, w.activation)
-        feats = w.check_features(spec["features"])
-        return (version, layer, tuple(feats.tolist())), layer, w, feats.to(device)
+        """Which flattened rows each SAE ablation of this step changes (:mod:`l2reason.serving.ablation`). A
+        request's specs are checked (and its SAE read) the first step it runs; a bad spec is the request's error."""
+        assert self.ablations is not None
+        rids = [rid for rid, _ in owned]
+        checked, bad = self.ablations.for_rows(rids, [self.settings.get(rid) for rid in rids])
+        for j, e in bad.items():
+            self.settings[rids[j]] = e
+        step.ablate = SAEAblations.plan(checked, owner)
+        step.touched |= set(step.ablate)
 
     def after_layer(self, hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, layer: int) -> None:
         step = self.current(hidden.device)
         if step is None or layer not in step.touched:
             return
         assert self.runtime is not None
-        for w, feats, tok in step.ablate.get(layer, []):
-            o = hidden[tok]
-            new = w.remove(o.float() + residual[tok].float(), feats)
-            residual[tok] = (new - o.float()).to(residual.dtype)  # o + r = the ablated stream; o (the MLP output) kept
+        apply_ablations(step.ablate.get(layer, []), hidden, residual)  # o + r = the ablated stream; o kept
         for plan, rows, _ in step.plans:
             if layer not in plan.touched_layers:
                 continue
@@ -359,11 +301,13 @@ class WorkerState:
     def add_self_certainty(self, logits: torch.Tensor) -> None:
         """``logits [R, V]``, one row per request of the step in batch order: add ``sc`` to the records."""
         step = self.step
-        if step is None or not step.sc_rows or logits.shape[0] != len(step.rids):
+        if step is None or not step.sc_rows:
             return
-        # SC_t = -(1/V) Σ_j log(V p_j) = -log V - mean_j log p_j   (Kang et al. 2025), temperature 1
-        logp = torch.log_softmax(logits[step.sc_rows].float(), -1)
-        sc = (-math.log(logp.shape[-1]) - logp.mean(-1)).tolist()
+        if logits.shape[0] != len(step.rids):  # asked for and not computable: say so, never leave it out
+            for i in step.sc_rows:
+                step.records.setdefault(step.rids[i], {})["e"] = "l2reason: no logits row for self-certainty"
+            return
+        sc = self_certainty(logits[step.sc_rows]).tolist()
         for i, v in zip(step.sc_rows, sc, strict=True):
             step.records.setdefault(step.rids[i], {})["sc"] = v
 
