@@ -73,6 +73,7 @@ VLLM_SPEC_OPTIONS: dict[str, type] = {
     "eager": bool,
     "tp": int,
     "start_timeout": int,  # seconds to wait for the server to be ready (VLLMBackend.launch's timeout)
+    "sae_dir": str,  # the folder the server reads SAE files from, by name (sae_ablate)
 }
 VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -81,7 +82,8 @@ def parse_vllm_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split ``vllm:<model>[?key=value&…]`` into the model and the server's options.
 
     Options: ``dtype`` (``auto``, ``bfloat16`` — the default —, ``float16``, ``float32``), ``max_model_len``,
-    ``max_num_seqs``, ``tp``, ``start_timeout`` (seconds; default 900) (integers) and ``eager``
+    ``max_num_seqs``, ``tp``, ``start_timeout`` (seconds; default 900) (integers), ``sae_dir`` (the folder the
+    server reads SAE files from, by name) and ``eager``
     (``true``/``false``/``1``/``0``: skip torch.compile, which starts in ~2 minutes instead of 5–15 on a CPU).
 
     Raises:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from l2reason.backends.shared import is_server_spec, is_vllm_spec
 from l2reason.cli._common import app, err, load_backend, parse_layers, set_threads
 from l2reason.errors import ConfigError
 
@@ -259,7 +260,9 @@ def export_cmd(
     sae: Annotated[Path, typer.Argument(help="a SAELens SAE folder (standard or TopK)")],
     out: Annotated[Path, typer.Argument(help="the file to write (.safetensors)")],
 ) -> None:
-    """Write an SAE as the plain file the engine plugins read (the ``sae_ablate`` intervention's ``sae``)."""
+    """Write an SAE as the plain file the engine plugins read: put it in the folder a server was started with
+    (``l2reason serve --sae-dir DIR``); requests name it (the ``sae_ablate`` intervention's ``sae``) by its
+    name inside that folder, never by a path."""
     from l2reason.files import check_output_file
     from l2reason.sae.ablate import export_sae
     from l2reason.sae.train import load_sae
@@ -288,12 +291,18 @@ def ablate_cmd(
     only: Annotated[
         str, typer.Option(help="run only these conditions (none,top,random_matched), e.g. one per process")
     ] = "",
+    sae_name: Annotated[
+        str | None,
+        typer.Option(help="with a running server (vllm://, sglang://): the SAE's name in the server's --sae-dir"),
+    ] = None,
 ) -> None:
     """Greedy accuracy with the top high-norm features ablated vs random features of matched activation mass.
 
     With the embedded backend the ablation is a forward hook; with an engine whose plugin runs the
-    ``sae_ablate`` intervention (vLLM), each request carries it (the SAE is exported to
-    ``OUT/sae.safetensors``, which the engine reads: run it on this machine). Every finished batch is
+    ``sae_ablate`` intervention, each request carries it by name. A ``vllm:<model>`` engine this command
+    starts serves ``OUT/sae.safetensors`` (the SAE, exported there) from ``--sae-dir OUT``; a running server
+    must have been started with ``--sae-dir`` holding the SAE (``l2reason sae export``) and gets
+    ``--sae-name``. Every finished batch is
     saved (``ablation_<condition>.json``, ``"complete": false`` until the condition is done) and a rerun
     continues from there; with all three conditions complete, ``ablation.json`` gets the paired comparisons.
     """
@@ -334,10 +343,21 @@ def ablate_cmd(
     mass = acts.mean(0)
     control = matched_random_features(mass, chosen, seed=seed)
     conditions = {"none": [], "top": chosen, "random_matched": control}
-    be = load_backend(model)
-    in_engine = "sae_ablate" in be.capabilities.interventions
     plain = sae_weights(s)  # converted once: the engine reads its file, the hook uses it directly
-    sae_file = plain.save(out.resolve() / "sae.safetensors") if in_engine else None
+    spec, name = model, "sae.safetensors"
+    if is_vllm_spec(model) and not is_server_spec(model):  # a server started here serves OUT by name
+        out.mkdir(parents=True, exist_ok=True)
+        plain.save(out.resolve() / name)
+        spec = f"{model}{'&' if '?' in model else '?'}sae_dir={out.resolve()}"
+    be = load_backend(spec)
+    in_engine = "sae_ablate" in be.capabilities.interventions
+    if in_engine and is_server_spec(model):
+        if sae_name is None:
+            raise ConfigError(
+                f"{model} is a running server: start it with --sae-dir DIR holding the SAE "
+                "(`l2reason sae export SAE DIR/NAME`) and pass --sae-name NAME"
+            )
+        name = sae_name
     engine = {"model": model, "backend": be.name, "ablation": "engine plugin" if in_engine else "forward hook"}
     correct: dict[str, list[bool]] = {}
     texts: dict[str, list[str]] = {}
@@ -351,11 +371,7 @@ def ablate_cmd(
         if name not in wanted:
             continue
         t0 = time.perf_counter()
-        specs = (
-            [{"kind": "sae_ablate", "sae": str(sae_file), "layer": layer, "features": feats}]
-            if in_engine and feats
-            else []
-        )
+        specs = [{"kind": "sae_ablate", "sae": name, "layer": layer, "features": feats}] if in_engine and feats else []
         for i in range(len(got), len(prompts), batch):  # in-process: the hook is on only while a batch runs
             with contextlib.nullcontext() if in_engine else ablate_features(be, plain, layer, feats):
                 got += _greedy_texts(be, prompts[i : i + batch], max_new_tokens, specs)

@@ -26,6 +26,13 @@ def serve(
     python: Annotated[str | None, typer.Option(help="the engine environment's Python (default .venv-<engine>)")] = None,
     log: Annotated[Path | None, typer.Option(help="server log file (default <engine>-server.log)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the server to be ready")] = 900.0,
+    sae_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--sae-dir",
+            help="the one folder the server reads SAE files from, by name (sae_ablate requests; none: refused)",
+        ),
+    ] = None,
 ) -> None:
     """Start SGLang or vLLM with the l2reason plugin; extra arguments go to the engine's server.
 
@@ -38,6 +45,10 @@ def serve(
         raise fail(f"--engine must be 'sglang' or 'vllm' (got {engine!r})")
     extra = [a for a in ctx.args if a != "--"]
     log = log or Path(f"{engine}-server.log")
+    if sae_dir is not None:
+        if not sae_dir.is_dir():
+            raise typer.BadParameter(f"--sae-dir {sae_dir}: not a folder")
+        extra = ["--sae-dir", str(sae_dir.resolve()), *extra]
     server: Any
     Client: Any
     try:

@@ -44,6 +44,7 @@ class VLLMServer(PluginServer):
         tp: tensor-parallel size.
         extra_args: more ``vllm serve`` flags, passed through.
         python: the vLLM environment's Python (:func:`vllm_python`).
+        sae_dir: the one folder the server reads SAE files from, by name (``sae_ablate``); None: it reads none.
         model, port, host, log_path, plugin: as in
             :class:`~l2reason.backends.engine_server.PluginServer` (``plugin=False``: stock vLLM).
 
@@ -74,7 +75,10 @@ class VLLMServer(PluginServer):
         python: str | os.PathLike[str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
         plugin: bool = True,
+        sae_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        if sae_dir is not None:  # the plugin's launcher takes it (and serves SAE files from it by name only)
+            extra_args = ["--sae-dir", os.fspath(sae_dir), *(extra_args or [])]
         args = ["--dtype", dtype, "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs)]
         if eager:
             args.append("--enforce-eager")
