@@ -190,7 +190,7 @@ def test_events_from_result_fallback(tiny_backend):
 
 def test_langchain_stream(tiny_backend):
     pytest.importorskip("langchain_core")
-    from l2reason.integrations.langchain import ChatL2Reason
+    from l2reason.langchain import ChatL2Reason
 
     llm = ChatL2Reason(backend=tiny_backend, max_tokens=12)
     chunks = list(llm.stream("hello w1 w2"))
@@ -216,7 +216,7 @@ def test_langchain_stream(tiny_backend):
 
 def test_langchain_stream_tools_fall_back_to_one_chunk(tiny_backend):
     pytest.importorskip("langchain_core")
-    from l2reason.integrations.langchain import ChatL2Reason
+    from l2reason.langchain import ChatL2Reason
 
     def add(a: int, b: int) -> int:
         """Add two integers."""
@@ -248,9 +248,9 @@ def test_ask_stream(tiny_cli, tiny_backend):
 
     res = CliRunner().invoke(app, ["ask", "hello w1 w2", "--model", tiny_cli, "--max-new-tokens", "10", "--stream"])
     assert res.exit_code == 0, res.output
-    from l2reason.cli import _request
+    from l2reason.cli._common import chat_request
 
-    text = tiny_backend.generate(_request("hello w1 w2", 10, 0.0, 0)).text
+    text = tiny_backend.generate(chat_request("hello w1 w2", 10, 0.0, 0)).text
     assert text in res.output
     assert "Traceback" not in res.output
     assert "layer" in res.output  # the summary table follows
