@@ -52,16 +52,17 @@ def main() -> None:
             t0 = time.perf_counter()
             try:
                 pred = prog(question=it.question)
-                ans, score = str(pred.answer), pred.l2.score
+                ans, score, parsed = str(pred.answer), pred.l2.score, pred.l2.parsed
             except Exception as e:  # a parse failure counts as wrong
-                ans, score = f"<{type(e).__name__}>", None
+                ans, score, parsed = f"<{type(e).__name__}>", None, None
             times[name] += time.perf_counter() - t0
-            out[name] = (ans, score, data.score(ans, it))
+            out[name] = (ans, score, data.score(ans, it), parsed)
         rows.append((it, out))
         p, s = out["plain"], out["select"]
         print(f"Q: {it.question[:90]}")
         print(f"   gold={it.answer:>8} | plain={p[0][:12]:>12} ({_f(p[1])}) {'✓' if p[2] else '✗'}", end="")
-        print(f" | L2SelectBest(n={args.n})={s[0][:12]:>12} ({_f(s[1])}) {'✓' if s[2] else '✗'}")
+        print(f" | L2SelectBest(n={args.n})={s[0][:12]:>12} ({_f(s[1])}) {'✓' if s[2] else '✗'}", end="")
+        print(" parsed=False (no candidate parsed)" if s[3] is False else "")
 
     n = len(rows)
     acc = {k: sum(o[k][2] for _, o in rows) for k in ("plain", "select")}

@@ -2,8 +2,9 @@
 
 Each test takes its block's text from ``README.md`` (``tests/unit/test_doc_snippets.py`` extracts it) and
 ``exec``s it unchanged, then checks what the snippet claims to print. The README says how long each took on
-2 CPU cores; none is marked ``ci`` (together they take minutes, more than the CI subset's budget). DSPy's
-cache is switched off for the DSPy snippet, so a second run generates again instead of replaying the first.
+2 CPU cores shared with other jobs: Quick start 5 minutes, DSPy 2-5, LangChain 2-3.5. Only the DSPy snippet,
+the one most likely to break (DSPy's adapters parse real text here), is in the ``ci`` subset. DSPy's cache is
+switched off for it, so a second run generates again instead of replaying the first.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def test_readme_quick_start(capsys):
     assert result.text and result.text in capsys.readouterr().out
 
 
+@pytest.mark.ci
 def test_readme_dspy():
     dspy = pytest.importorskip("dspy")
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
