@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,6 +21,9 @@ from l2reason.cli._common import (
     table,
     text,
 )
+
+if TYPE_CHECKING:
+    from l2reason.signal.calibration import Calibration
 
 
 @app.command()
@@ -79,18 +82,12 @@ def calibrate(
         )
         return
     from l2reason.calibrate import calibrate as run_calibration
-    from l2reason.data import PROBLEMS
-    from l2reason.files import check_output_file, read_text_file
+    from l2reason.files import check_output_file
     from l2reason.signal.calibration import default_calibration_path
 
-    texts = [p for p, _ in PROBLEMS]
     if out is not None:
         check_output_file(out, "--out")  # before the model loads
-    if prompts is not None:
-        raw = read_text_file(prompts, "--prompts file")  # ConfigError: missing, a directory, not UTF-8
-        texts = [line.strip() for line in raw.splitlines() if line.strip()]
-        if not texts:
-            raise fail(f"{prompts} holds no prompts (one per line)")
+    texts = _prompt_texts(prompts)
     set_threads(threads)
     be = load_backend(model)
     with progress() as prog:
@@ -107,6 +104,25 @@ def calibrate(
     if as_json:
         print_json({"file": str(path), **cal.model_dump(mode="json")})
         return
+    _print_calibration(cal, q, path)
+
+
+def _prompt_texts(prompts: Path | None) -> list[str]:
+    """The calibration prompts: one per non-empty line of ``prompts``, or the built-in problems."""
+    from l2reason.data import PROBLEMS
+    from l2reason.files import read_text_file
+
+    if prompts is None:
+        return [p for p, _ in PROBLEMS]
+    raw = read_text_file(prompts, "--prompts file")  # ConfigError: missing, a directory, not UTF-8
+    texts = [line.strip() for line in raw.splitlines() if line.strip()]
+    if not texts:
+        raise fail(f"{prompts} holds no prompts (one per line)")
+    return texts
+
+
+def _print_calibration(cal: Calibration, q: float, path: Path) -> None:
+    """The per-layer quartiles and τ_l of ``cal`` as a table, and the file it was written to."""
     cols = ("layer", "q1", "median", "q3", f"τ (q{q})", "tokens")
     t = table(f"τ_l = q{q:.2f} of decode-token norms", cols, right=cols)
     for i, layer in enumerate(cal.layers):

@@ -116,6 +116,9 @@ def eval_cmd(
 
     Resumes a killed run: finished items are kept in RUN/samples.jsonl and RUN/gen/*.jsonl.
     --json prints what was stored and the report's data (report.json) as one JSON object.
+
+    Long because: 38 of its lines declare its options (typer reads them from the signature); the body is one
+    straight sequence (check the settings, load the model, run, report). ``--help`` shows the ``help=`` above.
     """
     from l2reason.eval.datasets import load_dataset
     from l2reason.eval.harness import RunConfig, run_eval

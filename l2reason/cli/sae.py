@@ -7,6 +7,7 @@ evaluation's datasets, with the system prompt the evaluation would use (an item'
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -272,6 +273,128 @@ def export_cmd(
     typer.echo(f"{out}: {w.d_sae} features x {w.d_in} ({w.activation}{f', k={w.k}' if w.activation == 'topk' else ''})")
 
 
+@dataclass(frozen=True)
+class _AblationRun:
+    """What every condition of one ``sae ablate`` run shares: the backend, the SAE, the items and the settings.
+
+    ``sae_file`` is the name requests give the engine's ``sae_ablate`` intervention (``in_engine``); otherwise
+    ``plain`` is ablated by a forward hook.
+    """
+
+    be: Any
+    plain: Any
+    sae_file: str
+    in_engine: bool
+    engine: dict[str, Any]
+    prompts: list[Any]
+    ds: Any
+    layer: int
+    out: Path
+    batch: int
+    max_new_tokens: int
+
+    def run(self, cond: str, feats: list[int], got: list[str]) -> tuple[list[str], list[bool]]:
+        """Generate condition ``cond`` (ablating ``feats``) after its ``got`` saved texts, saving every batch;
+        all its texts and their scores (saved too)."""
+        import contextlib
+        import time
+
+        from l2reason.sae.ablate import ablate_features, condition_file, save_condition
+
+        part = condition_file(self.out, cond)  # one file per condition, saved after every batch
+        ids = [p.id for p in self.prompts]
+        n = len(self.prompts)
+        t0 = time.perf_counter()
+        specs = (
+            [{"kind": "sae_ablate", "sae": self.sae_file, "layer": self.layer, "features": feats}]
+            if self.in_engine and feats
+            else []
+        )
+        for i in range(len(got), n, self.batch):  # in-process: the hook is on only while a batch runs
+            with (
+                contextlib.nullcontext() if self.in_engine else ablate_features(self.be, self.plain, self.layer, feats)
+            ):
+                got += _greedy_texts(self.be, self.prompts[i : i + self.batch], self.max_new_tokens, specs)
+            save_condition(part, _condition_data(self.layer, ids[: len(got)], feats, got, self.engine))
+            err.print(f"[dim]{cond}: {len(got)}/{n} items, {time.perf_counter() - t0:.0f}s[/dim]")
+        correct = [bool(self.ds.score(t, p.meta["item"])) for t, p in zip(got, self.prompts, strict=True)]
+        save_condition(part, _condition_data(self.layer, ids, feats, got, self.engine, correct=correct))
+        err.print(f"[dim]{cond}: {sum(correct)}/{len(got)} in {time.perf_counter() - t0:.0f}s[/dim]")
+        return got, correct
+
+
+_ABLATION_CONDITIONS = ("none", "top", "random_matched")
+
+
+def _wanted_conditions(only: str) -> list[str]:
+    """The conditions ``--only`` names (all of them when empty)."""
+    wanted = [c.strip() for c in only.split(",") if c.strip()] or list(_ABLATION_CONDITIONS)
+    bad = sorted(set(wanted) - set(_ABLATION_CONDITIONS))
+    if bad:
+        raise ConfigError(f"--only: unknown condition(s) {bad}; valid: {', '.join(_ABLATION_CONDITIONS)}")
+    return wanted
+
+
+def _ablation_features(
+    s: Any, store: Path, features: Path, layer: int, top: int, seed: int
+) -> tuple[dict[str, list[int]], Any]:
+    """Each condition's features (none, the ``top`` ranked in ``features``, random ones of matched mass) and
+    every feature's mean activation on ``store``."""
+    from l2reason.sae.ablate import matched_random_features, read_ranked_features
+    from l2reason.sae.features import encode_store
+    from l2reason.sae.store import ActivationStore
+
+    chosen = read_ranked_features(features, top, d_sae=int(s.W_enc.shape[1]))
+    acts = encode_store(s, ActivationStore(store), layer)
+    mass = acts.mean(0)
+    control = matched_random_features(mass, chosen, seed=seed)
+    return {"none": [], "top": chosen, "random_matched": control}, mass
+
+
+def _ablation_backend(model: str, out: Path, plain: Any, sae_name: str | None) -> tuple[Any, bool, str]:
+    """The backend for ``--model``, whether its plugin runs ``sae_ablate``, and the SAE's name for requests.
+
+    A ``vllm:<model>`` engine started here serves ``OUT/sae.safetensors`` (``plain``, saved there) from
+    ``--sae-dir OUT``; a running server with the plugin needs ``--sae-name``.
+    """
+    spec, name = model, "sae.safetensors"
+    if is_vllm_spec(model) and not is_server_spec(model):  # a server started here serves OUT by name
+        out.mkdir(parents=True, exist_ok=True)
+        plain.save(out.resolve() / name)
+        spec = f"{model}{'&' if '?' in model else '?'}sae_dir={out.resolve()}"
+    be = load_backend(spec)
+    in_engine = "sae_ablate" in be.capabilities.interventions
+    if in_engine and is_server_spec(model):
+        if sae_name is None:
+            raise ConfigError(
+                f"{model} is a running server: start it with --sae-dir DIR holding the SAE "
+                "(`l2reason sae export SAE DIR/NAME`) and pass --sae-name NAME"
+            )
+        name = sae_name
+    return be, in_engine, name
+
+
+def _ablation_summary(correct: dict[str, list[bool]], conditions: dict[str, list[int]], mass: Any) -> dict[str, Any]:
+    """``ablation.json``'s results: the features, their activation mass, each accuracy and the paired comparisons."""
+    from l2reason.eval.stats import paired_bootstrap
+
+    def cmp(a: str, b: str) -> dict[str, float]:
+        d, lo, hi, p = paired_bootstrap(correct[a], correct[b])
+        return {"diff": d, "ci_lo": lo, "ci_hi": hi, "p": p}
+
+    chosen, control = conditions["top"], conditions["random_matched"]
+    return {
+        "top_features": chosen,
+        "random_features": control,
+        "mass_top": float(mass[chosen].sum()),
+        "mass_random": float(mass[control].sum()),
+        "accuracy": {k: sum(v) / len(v) for k, v in correct.items()},
+        "top_minus_none": cmp("top", "none"),
+        "random_minus_none": cmp("random_matched", "none"),
+        "top_minus_random": cmp("top", "random_matched"),
+    }
+
+
 @sae_app.command("ablate")
 def ablate_cmd(
     sae: SaeArg,
@@ -306,104 +429,45 @@ def ablate_cmd(
     saved (``ablation_<condition>.json``, ``"complete": false`` until the condition is done) and a rerun
     continues from there; with all three conditions complete, ``ablation.json`` gets the paired comparisons.
     """
-    import contextlib
-    import time
-
-    from l2reason.eval.stats import paired_bootstrap
     from l2reason.files import check_output_dir
-    from l2reason.sae.ablate import (
-        ablate_features,
-        condition_file,
-        matched_random_features,
-        read_condition,
-        read_ranked_features,
-        sae_weights,
-        save_condition,
-    )
-    from l2reason.sae.features import encode_store
-    from l2reason.sae.store import ActivationStore
+    from l2reason.sae.ablate import condition_file, read_condition, sae_weights
     from l2reason.sae.train import load_sae
 
-    names = ("none", "top", "random_matched")
-    wanted = [c.strip() for c in only.split(",") if c.strip()] or list(names)
-    bad = sorted(set(wanted) - set(names))
-    if bad:
-        raise ConfigError(f"--only: unknown condition(s) {bad}; valid: {', '.join(names)}")
+    wanted = _wanted_conditions(only)
     prompts, ds = _prompts(dataset, limit, offset)
     if ds is None:
         raise ConfigError(f"--dataset {dataset}: ablation scores answers; give a dataset with gold answers")
     if not prompts:
         raise ConfigError(f"--dataset {dataset} has no items at --offset {offset}: nothing to score")
     check_output_dir(out, "--out")
-    saved = {name: read_condition(condition_file(out, name)) for name in names}  # a torn file fails now
+    saved = {c: read_condition(condition_file(out, c)) for c in _ABLATION_CONDITIONS}  # a torn file fails now
     set_threads(threads)
     s = load_sae(sae)
-    chosen = read_ranked_features(features, top, d_sae=int(s.W_enc.shape[1]))
-    acts = encode_store(s, ActivationStore(store), layer)
-    mass = acts.mean(0)
-    control = matched_random_features(mass, chosen, seed=seed)
-    conditions = {"none": [], "top": chosen, "random_matched": control}
+    conditions, mass = _ablation_features(s, store, features, layer, top, seed)
     plain = sae_weights(s)  # converted once: the engine reads its file, the hook uses it directly
-    spec, name = model, "sae.safetensors"
-    if is_vllm_spec(model) and not is_server_spec(model):  # a server started here serves OUT by name
-        out.mkdir(parents=True, exist_ok=True)
-        plain.save(out.resolve() / name)
-        spec = f"{model}{'&' if '?' in model else '?'}sae_dir={out.resolve()}"
-    be = load_backend(spec)
-    in_engine = "sae_ablate" in be.capabilities.interventions
-    if in_engine and is_server_spec(model):
-        if sae_name is None:
-            raise ConfigError(
-                f"{model} is a running server: start it with --sae-dir DIR holding the SAE "
-                "(`l2reason sae export SAE DIR/NAME`) and pass --sae-name NAME"
-            )
-        name = sae_name
+    be, in_engine, sae_file = _ablation_backend(model, out, plain, sae_name)
     engine = {"model": model, "backend": be.name, "ablation": "engine plugin" if in_engine else "forward hook"}
+    run = _AblationRun(be, plain, sae_file, in_engine, engine, prompts, ds, layer, out, batch, max_new_tokens)
     correct: dict[str, list[bool]] = {}
     texts: dict[str, list[str]] = {}
     ids = [p.id for p in prompts]
-    for name, feats in conditions.items():
-        part = condition_file(out, name)  # one file per condition, saved after every batch
-        got, scored = _stored_condition(saved[name], name, feats, layer, ids, resume=name in wanted)
+    for cond, feats in conditions.items():
+        got, scored = _stored_condition(saved[cond], cond, feats, layer, ids, resume=cond in wanted)
+        if scored is None and cond in wanted:
+            got, scored = run.run(cond, feats, got)
         if scored is not None:
-            texts[name], correct[name] = got, scored
-            continue
-        if name not in wanted:
-            continue
-        t0 = time.perf_counter()
-        specs = [{"kind": "sae_ablate", "sae": name, "layer": layer, "features": feats}] if in_engine and feats else []
-        for i in range(len(got), len(prompts), batch):  # in-process: the hook is on only while a batch runs
-            with contextlib.nullcontext() if in_engine else ablate_features(be, plain, layer, feats):
-                got += _greedy_texts(be, prompts[i : i + batch], max_new_tokens, specs)
-            save_condition(part, _condition_data(layer, ids[: len(got)], feats, got, engine))
-            err.print(f"[dim]{name}: {len(got)}/{len(prompts)} items, {time.perf_counter() - t0:.0f}s[/dim]")
-        texts[name] = got
-        correct[name] = [bool(ds.score(t, p.meta["item"])) for t, p in zip(got, prompts, strict=True)]
-        save_condition(part, _condition_data(layer, ids, feats, got, engine, correct=correct[name]))
-        err.print(f"[dim]{name}: {sum(correct[name])}/{len(got)} in {time.perf_counter() - t0:.0f}s[/dim]")
+            texts[cond], correct[cond] = got, scored
 
     if set(correct) != set(conditions):
         typer.echo(f"conditions done: {sorted(correct)}; run the rest (or rerun without --only) for the comparison")
         return
-
-    def cmp(a: str, b: str) -> dict[str, float]:
-        d, lo, hi, p = paired_bootstrap(correct[a], correct[b])
-        return {"diff": d, "ci_lo": lo, "ci_hi": hi, "p": p}
-
     data = {
         "layer": layer,
         "dataset": dataset,
         "max_new_tokens": max_new_tokens,
         **engine,
-        "items": [p.id for p in prompts],
-        "top_features": chosen,
-        "random_features": control,
-        "mass_top": float(mass[chosen].sum()),
-        "mass_random": float(mass[control].sum()),
-        "accuracy": {k: sum(v) / len(v) for k, v in correct.items()},
-        "top_minus_none": cmp("top", "none"),
-        "random_minus_none": cmp("random_matched", "none"),
-        "top_minus_random": cmp("top", "random_matched"),
+        "items": ids,
+        **_ablation_summary(correct, conditions, mass),
         "correct": correct,
         "texts": texts,
     }

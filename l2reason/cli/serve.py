@@ -71,7 +71,21 @@ def serve(
             be = Client(server.url)  # the plugin self-check: per-token norms must come back
     except L2ReasonError as e:
         raise fail(e) from e
-    spec = f"{engine}://{host}:{port}"
+    _print_ready(server, be, f"{engine}://{host}:{port}")
+    try:
+        while server.proc is not None and server.proc.poll() is None:
+            time.sleep(1.0)
+        code = server.proc.returncode if server.proc else "?"
+        err.print(text(f"the server exited (code {code})", "red"), text(f"; log: {log}"), sep="")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+def _print_ready(server: Any, be: Any, spec: str) -> None:
+    """Say the server is up, and how the CLI, DSPy and Python reach it (``spec``: ``<engine>://host:port``)."""
     console.print(
         text(f"l2reason + {server.engine} ready", "green"),
         text(f" at {server.url} ({be.model_id}, {be.num_layers} layers)"),
@@ -84,13 +98,3 @@ def serve(
         "Ctrl-C stops the server.",
     ):
         console.print(text(line))
-    try:
-        while server.proc is not None and server.proc.poll() is None:
-            time.sleep(1.0)
-        code = server.proc.returncode if server.proc else "?"
-        err.print(text(f"the server exited (code {code})", "red"), text(f"; log: {log}"), sep="")
-        raise typer.Exit(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()

@@ -29,13 +29,16 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from l2reason.errors import CalibrationError, ConfigError
 from l2reason.eval.harness import RunConfig, StoredItem, run_eval
 from l2reason.eval.stats import within_item_auc
+
+if TYPE_CHECKING:
+    from l2reason.signal.calibration import Calibration
 
 __all__ = ["BAND_WIDTHS", "calibrate_select", "candidate_bands", "choose_selection"]
 
@@ -100,11 +103,30 @@ def choose_selection(
     Raises:
         ConfigError: no item has both right and wrong candidates (nothing to learn from).
     """
-    from dataclasses import replace
-
-    from l2reason.techniques.selection import SCORE_NAMES, l2_scores
+    from l2reason.techniques.selection import SCORE_NAMES
 
     scores = list(scores or SCORE_NAMES)
+    prepared = _labelled_items(samples)
+    rows = [
+        row
+        for band in candidate_bands(num_layers, widths)
+        for score in scores
+        for row in _band_rows(prepared, band, score, directions)
+    ]
+    if not rows:
+        raise ConfigError("the calibration samples carry no per-layer norms; re-run with norms over all layers")
+    return _ranked_choice(rows)
+
+
+_Prepared = tuple[list[Any], list[int], np.ndarray, np.ndarray]  # selector inputs, their layers, τ per layer, labels
+
+
+def _labelled_items(samples: Sequence[StoredItem]) -> list[_Prepared]:
+    """Each item with N > 1 candidates as :func:`_item_arrays` plus its labels.
+
+    Raises:
+        ConfigError: no item has both right and wrong candidates.
+    """
     prepared = []
     for r in samples:
         if len(r.result.candidates) < 2:
@@ -117,39 +139,57 @@ def choose_selection(
             "no calibration item has both right and wrong candidates, so no band can be chosen; "
             "use more items, a larger N or a higher temperature"
         )
-    rows: list[dict[str, Any]] = []
-    for band in candidate_bands(num_layers, widths):
-        for score in scores:
-            per_item: list[tuple[np.ndarray, np.ndarray]] = []
-            for cands, used, tau, y in prepared:
-                if not all(layer in used for layer in band):
-                    break
-                cols = [used.index(layer) for layer in band]
-                sub = [replace(c, band_norms=c.band_norms[:, cols]) for c in cands]
-                s = l2_scores(sub, tau[cols], score)
-                keep = np.isfinite(s)
-                if keep.any():
-                    per_item.append((s[keep], y[keep]))
-            if not per_item:
-                continue
-            for direction in directions:
-                sign = 1.0 if direction == "high" else -1.0
-                s_in = [sign * s for s, _ in per_item]
-                y_in = [y for _, y in per_item]
-                hits = [bool(y[int(np.argmax(s))]) for s, y in zip(s_in, y_in, strict=True)]
-                auc, pairs = within_item_auc(s_in, y_in)
-                rows.append(
-                    {
-                        "layers": band,
-                        "score": score,
-                        "direction": direction,
-                        "value": auc,
-                        "pairs": pairs,
-                        "accuracy": float(np.mean(hits)),
-                    }
-                )
-    if not rows:
-        raise ConfigError("the calibration samples carry no per-layer norms; re-run with norms over all layers")
+    return prepared
+
+
+def _band_rows(
+    prepared: list[_Prepared], band: list[int], score: str, directions: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One table row per direction for ``score`` on ``band``: within-item AUC, its pairs, argmax accuracy.
+
+    Items are used up to the first one whose norms lack a layer of ``band``; none at all gives no rows.
+    """
+    from dataclasses import replace
+
+    from l2reason.techniques.selection import l2_scores
+
+    per_item: list[tuple[np.ndarray, np.ndarray]] = []
+    for cands, used, tau, y in prepared:
+        if not all(layer in used for layer in band):
+            break
+        cols = [used.index(layer) for layer in band]
+        sub = [replace(c, band_norms=c.band_norms[:, cols]) for c in cands]
+        s = l2_scores(sub, tau[cols], score)
+        keep = np.isfinite(s)
+        if keep.any():
+            per_item.append((s[keep], y[keep]))
+    if not per_item:
+        return []
+    rows = []
+    for direction in directions:
+        sign = 1.0 if direction == "high" else -1.0
+        s_in = [sign * s for s, _ in per_item]
+        y_in = [y for _, y in per_item]
+        hits = [bool(y[int(np.argmax(s))]) for s, y in zip(s_in, y_in, strict=True)]
+        auc, pairs = within_item_auc(s_in, y_in)
+        rows.append(
+            {
+                "layers": band,
+                "score": score,
+                "direction": direction,
+                "value": auc,
+                "pairs": pairs,
+                "accuracy": float(np.mean(hits)),
+            }
+        )
+    return rows
+
+
+def _ranked_choice(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`choose_selection`'s result from its table (the first row's band is the default band).
+
+    Rows rank by AUC, then accuracy, then the default band, then direction ``"high"``; ``rows`` is sorted so.
+    """
     default = rows[0]["layers"]
     rows.sort(
         key=lambda r: (
@@ -217,26 +257,14 @@ def calibrate_select(
     Returns:
         ``(calibration file, chosen selection dict)``.
     """
-    import torch
-
-    from l2reason.signal.calibration import Calibration, default_calibration_path, fit_calibration
+    from l2reason.signal.calibration import Calibration, default_calibration_path
 
     run_dir = Path(run_dir or "runs/calibrate-select")
     cfg = RunConfig(
-        dataset=dataset,
-        model=model,
-        model_id=backend.model_id,
-        num_layers=backend.num_layers,
-        limit=limit,
-        offset=offset,
-        n=n,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        methods=[],
-        gen_methods=[],
-        batch_items=batch_items,
-    )
+        dataset=dataset, model=model, model_id=backend.model_id, num_layers=backend.num_layers, limit=limit,
+        offset=offset, n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, methods=[],
+        gen_methods=[], batch_items=batch_items,
+    )  # fmt: skip
     sizes = {
         "expected_model_id": backend.model_id,
         "expected_num_layers": backend.num_layers,
@@ -259,34 +287,48 @@ def calibrate_select(
     except CalibrationError:
         if path.exists():
             raise
-        per_layer: dict[int, list[np.ndarray]] = {}
-        for r in run.samples:
-            for c in r.result.candidates:
-                if c.norms is None or c.norms.per_token is None:
-                    continue
-                arr = c.norms.array()
-                keep = ~np.asarray(c.norms.masked or [False] * arr.shape[0], dtype=bool)
-                for j, layer in enumerate(c.norms.layers):
-                    per_layer.setdefault(layer, []).append(arr[keep, j])
-        cal = fit_calibration(
-            {k: torch.from_numpy(np.concatenate(v)) for k, v in per_layer.items()},
-            model_id=backend.model_id,
-            num_layers=backend.num_layers,
-            hidden_size=backend.hidden_size,
-            n_prompts=len(run.samples),
-        )
+        cal = _fit_from_samples(backend, run.samples)
         logger.info("no calibration file at %s: fitted one from the calibration samples", path)
-    cal = cal.with_selection(choice)
-    try:
-        from l2reason.eval.probe import fit_on_items
-
-        probe = fit_on_items(
-            run.samples,
-            "both",
-            info={"split": choice["split"], "model_id": backend.model_id, "logprobs": cfg.logprobs},
-        )
-        cal = cal.with_probe(probe.to_dict())
-    except ConfigError as e:
-        logger.warning("no probe fitted on the calibration split: %s", e)
+    cal = _with_probe(cal.with_selection(choice), run.samples, choice, backend.model_id, cfg.logprobs)
     cal.save(path)
     return path, choice
+
+
+def _fit_from_samples(backend: Any, samples: Sequence[StoredItem]) -> Calibration:
+    """A calibration fitted from the samples' decode-token norms (every layer, massive activations excluded)."""
+    import torch
+
+    from l2reason.signal.calibration import fit_calibration
+
+    per_layer: dict[int, list[np.ndarray]] = {}
+    for r in samples:
+        for c in r.result.candidates:
+            if c.norms is None or c.norms.per_token is None:
+                continue
+            arr = c.norms.array()
+            keep = ~np.asarray(c.norms.masked or [False] * arr.shape[0], dtype=bool)
+            for j, layer in enumerate(c.norms.layers):
+                per_layer.setdefault(layer, []).append(arr[keep, j])
+    return fit_calibration(
+        {k: torch.from_numpy(np.concatenate(v)) for k, v in per_layer.items()},
+        model_id=backend.model_id,
+        num_layers=backend.num_layers,
+        hidden_size=backend.hidden_size,
+        n_prompts=len(samples),
+    )
+
+
+def _with_probe(
+    cal: Calibration, samples: Sequence[StoredItem], choice: dict[str, Any], model_id: str, logprobs: Any
+) -> Calibration:
+    """``cal`` with the ``l2-probe`` fitted on the samples (every feature), or ``cal`` (logged) if none can be."""
+    from l2reason.eval.probe import fit_on_items
+
+    try:
+        probe = fit_on_items(
+            samples, "both", info={"split": choice["split"], "model_id": model_id, "logprobs": logprobs}
+        )
+        return cal.with_probe(probe.to_dict())
+    except ConfigError as e:
+        logger.warning("no probe fitted on the calibration split: %s", e)
+        return cal

@@ -629,6 +629,35 @@ def run_eval(
     """
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
+    cfg, rate_source = _checked_methods(backend, cfg)
+    ds = dataset if dataset is not None else load_dataset(cfg.dataset)
+    if backend.model_id != cfg.model_id:
+        raise ConfigError(f"config is for model {cfg.model_id!r} but the backend runs {backend.model_id!r}")
+    items = ds.items(cfg.limit, cfg.offset)
+    if not items:
+        raise ConfigError(f"dataset {cfg.dataset!r} has no items at offset {cfg.offset}")
+    indexed = [(cfg.offset + i, it) for i, it in enumerate(items)]
+    names = ([SAMPLES] if cfg.n > 0 else []) + list(cfg.gen_methods)
+    _check_against_backend(backend, cfg, indexed[0], names)
+    cfg = _open_config(run_dir, cfg, ds, items)
+    passes = _plan_passes(run_dir, cfg, ds, items, indexed, names)
+
+    with _progress(show_progress, passes) as advance:
+        for p in passes:
+            overrides = None
+            if p.name in rate_source and p.todo:
+                overrides = {"rate": matched_rate(run_dir, p.name, rate_source[p.name])["rate"]}
+            _run_pass(backend, cfg, ds, run_dir, p, overrides, advance, on_batch)
+    return load_run(run_dir)
+
+
+def _checked_methods(backend: Any, cfg: RunConfig) -> tuple[RunConfig, dict[str, str]]:
+    """``cfg`` with its method lists expanded and checked, and each matched pass's source pass.
+
+    Raises:
+        ConfigError: an unknown method or option, or a matched pass listed before the pass it matches.
+        CapabilityError: the backend lacks an intervention a generation method needs.
+    """
     cfg = cfg.model_copy(
         update={
             "methods": parse_method_list(cfg.methods, "selection"),
@@ -647,16 +676,22 @@ def run_eval(
         if not earlier:
             raise ConfigError(f"{g!r} matches its random rate to the {base!r} pass: list {base!r} before it")
         rate_source[g] = earlier[-1]
-    ds = dataset if dataset is not None else load_dataset(cfg.dataset)
-    if backend.model_id != cfg.model_id:
-        raise ConfigError(f"config is for model {cfg.model_id!r} but the backend runs {backend.model_id!r}")
-    items = ds.items(cfg.limit, cfg.offset)
-    if not items:
-        raise ConfigError(f"dataset {cfg.dataset!r} has no items at offset {cfg.offset}")
-    indexed = [(cfg.offset + i, it) for i, it in enumerate(items)]
-    names = ([SAMPLES] if cfg.n > 0 else []) + list(cfg.gen_methods)
-    _check_against_backend(backend, cfg, indexed[0], names)
-    cfg = _open_config(run_dir, cfg, ds, items)
+    return cfg, rate_source
+
+
+def _plan_passes(
+    run_dir: Path,
+    cfg: RunConfig,
+    ds: Dataset,
+    items: Sequence[Item],
+    indexed: list[tuple[int, Item]],
+    names: list[str],
+) -> list[_Pass]:
+    """Each pass's ``(index, item)`` pairs still to generate, after checking what its file already holds.
+
+    Raises:
+        ConfigError: a pass file with a line this run did not write, or items stored with other settings.
+    """
     stored_ids = {it.id: cfg.offset + i for i, it in enumerate(_hashed_items(ds, cfg, items))}
     passes: list[_Pass] = []
     for name in names:
@@ -668,30 +703,37 @@ def run_eval(
         passes.append(_Pass(name, todo, len(wanted) - len(todo), len(wanted)))
         if len(todo) < len(wanted):
             logger.info("%s: resuming, %d of %d items already stored", name, len(wanted) - len(todo), len(wanted))
+    return passes
 
-    with _progress(show_progress, passes) as advance:
-        for p in passes:
-            path = pass_path(run_dir, p.name)
-            # Generation passes have one row per item: batch N x as many items, same rows per forward.
-            k = cfg.batch_items if p.name == SAMPLES else cfg.batch_items * max(cfg.n, 1)
-            overrides = None
-            if p.name in rate_source and p.todo:
-                overrides = {"rate": matched_rate(run_dir, p.name, rate_source[p.name])["rate"]}
-            for start in range(0, len(p.todo), k):
-                batch = p.todo[start : start + k]
-                reqs = [_request(cfg, it, i, p.name, overrides) for i, it in batch]
-                t0 = time.perf_counter()
-                results = backend.generate_many(reqs)
-                secs = time.perf_counter() - t0
-                tokens = 0
-                for (i, it), res in zip(batch, results, strict=True):
-                    rec = _stored(it, i, res, ds, secs / len(batch), p.name)
-                    _append(path, rec.model_dump_json())
-                    tokens += res.completion_tokens
-                advance(p.name, len(batch), tokens, secs)
-                if on_batch is not None:
-                    on_batch(p.name, len(batch), tokens, secs)
-    return load_run(run_dir)
+
+def _run_pass(
+    backend: Any,
+    cfg: RunConfig,
+    ds: Dataset,
+    run_dir: Path,
+    p: _Pass,
+    overrides: dict[str, Any] | None,
+    advance: ProgressHook,
+    on_batch: ProgressHook | None,
+) -> None:
+    """Generate pass ``p``'s items still to do, in batches; each batch's lines are appended as it finishes."""
+    path = pass_path(run_dir, p.name)
+    # Generation passes have one row per item: batch N x as many items, same rows per forward.
+    k = cfg.batch_items if p.name == SAMPLES else cfg.batch_items * max(cfg.n, 1)
+    for start in range(0, len(p.todo), k):
+        batch = p.todo[start : start + k]
+        reqs = [_request(cfg, it, i, p.name, overrides) for i, it in batch]
+        t0 = time.perf_counter()
+        results = backend.generate_many(reqs)
+        secs = time.perf_counter() - t0
+        tokens = 0
+        for (i, it), res in zip(batch, results, strict=True):
+            rec = _stored(it, i, res, ds, secs / len(batch), p.name)
+            _append(path, rec.model_dump_json())
+            tokens += res.completion_tokens
+        advance(p.name, len(batch), tokens, secs)
+        if on_batch is not None:
+            on_batch(p.name, len(batch), tokens, secs)
 
 
 @contextmanager

@@ -272,7 +272,6 @@ def online_check(
 
     from l2reason.eval.datasets import load_dataset
     from l2reason.eval.harness import SAMPLES, _request
-    from l2reason.select import select_result
 
     cfg = run.config
     recs = list(run.samples[: limit or len(run.samples)])
@@ -283,7 +282,7 @@ def online_check(
     k = batch_items or cfg.batch_items
     rows: list[dict[str, Any]] = []
     tot = {"candidates": 0, "same_tokens": 0, "same_pruned": 0, "prefix_ok": 0, "items": 0, "same_vote": 0}
-    online_tokens = replay_tokens = 0
+    tot |= {"online_tokens": 0, "replay_tokens": 0}
     seconds = 0.0
     for start in range(0, len(recs), k):
         batch = recs[start : start + k]
@@ -295,48 +294,57 @@ def online_check(
         results = backend.generate_many(reqs)
         seconds += time.perf_counter() - t0
         for rec, res in zip(batch, results, strict=True):
-            sim = simulate_item(rec, spec, num_layers=cfg.num_layers)
-            on_tok = [c.completion_tokens for c in res.candidates]
-            on_step = [c.prune["step"] if c.prune and c.prune["pruned"] else -1 for c in res.candidates]
-            prefix = [
-                (c.text == s.text) if c.finish_reason != "pruned" else s.text.startswith(c.text)
-                for c, s in zip(res.candidates, rec.result.candidates, strict=True)
-            ]
-            online_vote = select_result(res, "majority").answer
-            _, chosen = survivor_majority(rec, sim.outcome.survivors)
-            replay_vote = rec.answers[chosen]
-            n = len(on_tok)
-            same_tok = sum(a == b for a, b in zip(on_tok, sim.outcome.tokens.tolist(), strict=True))
-            same_pr = sum(a == b for a, b in zip(on_step, sim.outcome.pruned_step.tolist(), strict=True))
-            tot["candidates"] += n
-            tot["same_tokens"] += same_tok
-            tot["same_pruned"] += same_pr
-            tot["prefix_ok"] += sum(prefix)
-            tot["items"] += 1
-            tot["same_vote"] += int(online_vote == replay_vote)
-            online_tokens += sum(on_tok)
-            replay_tokens += int(sim.outcome.tokens.sum())
-            rows.append(
-                {
-                    "item_id": rec.item_id,
-                    "online_tokens": on_tok,
-                    "replay_tokens": sim.outcome.tokens.tolist(),
-                    "online_pruned_step": on_step,
-                    "replay_pruned_step": sim.outcome.pruned_step.tolist(),
-                    "online_threshold": (res.prune or {}).get("threshold"),
-                    "replay_threshold": sim.outcome.threshold,
-                    "prefix_ok": prefix,
-                    "online_vote": online_vote,
-                    "replay_vote": replay_vote,
-                }
-            )
+            row, counts = _online_vs_replay(rec, res, spec, cfg.num_layers)
+            rows.append(row)
+            for key, v in counts.items():
+                tot[key] += v
     return {
         "spec": spec.model_dump(),
         **tot,
-        "online_tokens": online_tokens,
-        "replay_tokens": replay_tokens,
         "stored_tokens": int(sum(c.completion_tokens for r in recs for c in r.result.candidates)),
         "seconds": seconds,
         "stored_seconds": float(sum(r.seconds for r in recs)),
         "rows": rows,
     }
+
+
+def _online_vs_replay(
+    rec: StoredItem, res: Any, spec: PruneSpec, num_layers: int
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """One item of :func:`online_check`: its row (online vs replayed tokens, pruned steps, thresholds, votes,
+    whether each online text is the stored one or a prefix of it) and its counts toward the totals."""
+    from l2reason.select import select_result
+
+    sim = simulate_item(rec, spec, num_layers=num_layers)
+    on_tok = [c.completion_tokens for c in res.candidates]
+    on_step = [c.prune["step"] if c.prune and c.prune["pruned"] else -1 for c in res.candidates]
+    prefix = [
+        (c.text == s.text) if c.finish_reason != "pruned" else s.text.startswith(c.text)
+        for c, s in zip(res.candidates, rec.result.candidates, strict=True)
+    ]
+    online_vote = select_result(res, "majority").answer
+    _, chosen = survivor_majority(rec, sim.outcome.survivors)
+    replay_vote = rec.answers[chosen]
+    counts = {
+        "candidates": len(on_tok),
+        "same_tokens": sum(a == b for a, b in zip(on_tok, sim.outcome.tokens.tolist(), strict=True)),
+        "same_pruned": sum(a == b for a, b in zip(on_step, sim.outcome.pruned_step.tolist(), strict=True)),
+        "prefix_ok": sum(prefix),
+        "items": 1,
+        "same_vote": int(online_vote == replay_vote),
+        "online_tokens": sum(on_tok),
+        "replay_tokens": int(sim.outcome.tokens.sum()),
+    }
+    row = {
+        "item_id": rec.item_id,
+        "online_tokens": on_tok,
+        "replay_tokens": sim.outcome.tokens.tolist(),
+        "online_pruned_step": on_step,
+        "replay_pruned_step": sim.outcome.pruned_step.tolist(),
+        "online_threshold": (res.prune or {}).get("threshold"),
+        "replay_threshold": sim.outcome.threshold,
+        "prefix_ok": prefix,
+        "online_vote": online_vote,
+        "replay_vote": replay_vote,
+    }
+    return row, counts

@@ -31,12 +31,15 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from l2reason.errors import ConfigError
+
+if TYPE_CHECKING:
+    from l2reason.backends.base import CollectSpec, GenerationRequest
 
 __all__ = [
     "FORMAT",
@@ -218,9 +221,7 @@ def collect_store(
     Example:
         >>> store = collect_store(be, [StorePrompt("q0", [{"role": "user", "content": "2+2?"}])], "acts")  # doctest: +SKIP
     """
-    from safetensors.torch import save_file
-
-    from l2reason.backends.base import CollectSpec, GenerationRequest, Message, NormSpec, SamplingParams
+    from l2reason.backends.base import CollectSpec
     from l2reason.backends.validate import distinct_layers
 
     root = check_collect_settings(
@@ -230,6 +231,37 @@ def collect_store(
     resolved = distinct_layers(layers, backend.num_layers, "layers")
     root.mkdir(parents=True, exist_ok=True)
     settings = {"n": n, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
+    manifest = _open_manifest(root, backend, resolved, dtype, settings)
+    done = {i for s in manifest["shards"] for i in s["items"]}
+    todo = [p for p in prompts if p.id not in done]
+    if len(todo) < len(prompts):
+        log.info("store %s: %d of %d prompts already collected; resuming", root, len(prompts) - len(todo), len(prompts))
+    spec = CollectSpec(layers=resolved, positions="decode", dtype=dtype)  # type: ignore[arg-type]
+    total, finished = len(prompts), len(prompts) - len(todo)
+    for b0 in range(0, len(todo), batch_size):
+        batch = todo[b0 : b0 + batch_size]
+        results = backend.generate_many([_collect_request(p, spec, resolved, settings) for p in batch])
+        tensors, records = _shard_contents(backend, batch, results, resolved, score)
+        name = f"shard_{len(manifest['shards']):05d}"
+        _write_shard(root, name, tensors, records)
+        manifest["shards"].append(
+            {"name": name, "tokens": int(tensors["states"].shape[0]), "items": [p.id for p in batch]}
+        )
+        _write_json_atomic(root / MANIFEST, manifest)
+        finished += len(batch)
+        if on_batch is not None:
+            on_batch(finished, total)
+    return ActivationStore(root)
+
+
+def _open_manifest(
+    root: Path, backend: Any, resolved: list[int], dtype: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """The store's manifest: the existing one if its settings match, else a new, empty one written to disk.
+
+    Raises:
+        ConfigError: a corrupt manifest, or one collected with another model, layers, dtype or settings.
+    """
     mpath = root / MANIFEST
     if mpath.is_file():
         manifest = check_manifest(read_json_file(mpath, "the store manifest", _NEW_FOLDER), mpath)
@@ -239,89 +271,99 @@ def collect_store(
             raise ConfigError(
                 f"the store {root} was collected with {theirs}, not {mine}: use another folder or the same settings"
             )
-    else:
-        manifest = {
-            "format": FORMAT,
-            "model_id": backend.model_id,
-            "layers": resolved,
-            "hidden_size": backend.hidden_size,
-            "dtype": dtype,
-            "positions": "decode",
-            "settings": settings,
-            "shards": [],
-        }
-        _write_json_atomic(mpath, manifest)
-    done = {i for s in manifest["shards"] for i in s["items"]}
-    todo = [p for p in prompts if p.id not in done]
-    if len(todo) < len(prompts):
-        log.info("store %s: %d of %d prompts already collected; resuming", root, len(prompts) - len(todo), len(prompts))
-    spec = CollectSpec(layers=resolved, positions="decode", dtype=dtype)  # type: ignore[arg-type]
-    total, finished = len(prompts), len(prompts) - len(todo)
-    for b0 in range(0, len(todo), batch_size):
-        batch = todo[b0 : b0 + batch_size]
-        reqs = [
-            GenerationRequest(
-                messages=[Message(role=m["role"], content=m["content"]) for m in p.messages],  # type: ignore[arg-type]
-                n=n,
-                sampling=SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed),
-                norms=NormSpec(layers=resolved, per_token=True, mask_massive=True),
-                collect=spec,
-                request_id=p.id,
+        return manifest
+    manifest = {
+        "format": FORMAT,
+        "model_id": backend.model_id,
+        "layers": resolved,
+        "hidden_size": backend.hidden_size,
+        "dtype": dtype,
+        "positions": "decode",
+        "settings": settings,
+        "shards": [],
+    }
+    _write_json_atomic(mpath, manifest)
+    return manifest
+
+
+def _collect_request(
+    p: StorePrompt, spec: CollectSpec, resolved: list[int], settings: dict[str, Any]
+) -> GenerationRequest:
+    """The backend request for one prompt: ``settings["n"]`` candidates, per-token norms of ``resolved``, states."""
+    from l2reason.backends.base import GenerationRequest, Message, NormSpec, SamplingParams
+
+    return GenerationRequest(
+        messages=[Message(role=m["role"], content=m["content"]) for m in p.messages],  # type: ignore[arg-type]
+        n=settings["n"],
+        sampling=SamplingParams(
+            temperature=settings["temperature"], max_new_tokens=settings["max_new_tokens"], seed=settings["seed"]
+        ),
+        norms=NormSpec(layers=resolved, per_token=True, mask_massive=True),
+        collect=spec,
+        request_id=p.id,
+    )
+
+
+def _shard_contents(
+    backend: Any,
+    batch: Sequence[StorePrompt],
+    results: Sequence[Any],
+    resolved: list[int],
+    score: Callable[[str, StorePrompt], bool | None] | None,
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """One shard's tensors (states, norms, record, step; see the module docstring) and its records.
+
+    Raises:
+        ConfigError: a candidate the backend returned without states or norms.
+    """
+    states: list[torch.Tensor] = []
+    norms: list[torch.Tensor] = []
+    rec_ix: list[torch.Tensor] = []
+    steps: list[torch.Tensor] = []
+    records: list[dict[str, Any]] = []
+    for p, res in zip(batch, results, strict=True):
+        for c in res.candidates:
+            if c.states is None or c.norms is None or c.states.array is None:
+                raise ConfigError(f"backend {backend.name!r} returned no states for {p.id!r}")
+            T = c.completion_tokens
+            r = len(records)
+            states.append(torch.from_numpy(np.ascontiguousarray(c.states.array)))
+            norms.append(torch.from_numpy(c.norms.array()))
+            rec_ix.append(torch.full((T,), r, dtype=torch.int64))
+            steps.append(torch.arange(T, dtype=torch.int64))
+            records.append(
+                {
+                    "item": p.id,
+                    "candidate": c.index,
+                    "tokens": c.tokens,
+                    "text": c.text,
+                    "finish_reason": c.finish_reason,
+                    "answer": p.answer,
+                    "correct": score(c.text, p) if score is not None else None,
+                    "masked": c.norms.masked,
+                }
             )
-            for p in batch
-        ]
-        results = backend.generate_many(reqs)
-        k = len(manifest["shards"])
-        states: list[torch.Tensor] = []
-        norms: list[torch.Tensor] = []
-        rec_ix: list[torch.Tensor] = []
-        steps: list[torch.Tensor] = []
-        records: list[dict[str, Any]] = []
-        for p, res in zip(batch, results, strict=True):
-            for c in res.candidates:
-                if c.states is None or c.norms is None or c.states.array is None:
-                    raise ConfigError(f"backend {backend.name!r} returned no states for {p.id!r}")
-                T = c.completion_tokens
-                r = len(records)
-                states.append(torch.from_numpy(np.ascontiguousarray(c.states.array)))
-                norms.append(torch.from_numpy(c.norms.array()))
-                rec_ix.append(torch.full((T,), r, dtype=torch.int64))
-                steps.append(torch.arange(T, dtype=torch.int64))
-                records.append(
-                    {
-                        "item": p.id,
-                        "candidate": c.index,
-                        "tokens": c.tokens,
-                        "text": c.text,
-                        "finish_reason": c.finish_reason,
-                        "answer": p.answer,
-                        "correct": score(c.text, p) if score is not None else None,
-                        "masked": c.norms.masked,
-                    }
-                )
-        d = backend.hidden_size
-        tensors = {
-            "states": torch.cat(states) if states else torch.zeros(0, len(resolved), d),
-            "norms": torch.cat(norms) if norms else torch.zeros(0, len(resolved)),
-            "record": torch.cat(rec_ix) if rec_ix else torch.zeros(0, dtype=torch.int64),
-            "step": torch.cat(steps) if steps else torch.zeros(0, dtype=torch.int64),
-        }
-        name = f"shard_{k:05d}"
-        tmp = root / f"{name}.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, root / f"{name}.safetensors")
-        with open(root / f"{name}.jsonl.tmp", "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec) + "\n")
-        os.replace(root / f"{name}.jsonl.tmp", root / f"{name}.jsonl")
-        manifest["shards"].append(
-            {"name": name, "tokens": int(tensors["states"].shape[0]), "items": [p.id for p in batch]}
-        )
-        _write_json_atomic(mpath, manifest)
-        finished += len(batch)
-        if on_batch is not None:
-            on_batch(finished, total)
-    return ActivationStore(root)
+    d = backend.hidden_size
+    tensors = {
+        "states": torch.cat(states) if states else torch.zeros(0, len(resolved), d),
+        "norms": torch.cat(norms) if norms else torch.zeros(0, len(resolved)),
+        "record": torch.cat(rec_ix) if rec_ix else torch.zeros(0, dtype=torch.int64),
+        "step": torch.cat(steps) if steps else torch.zeros(0, dtype=torch.int64),
+    }
+    return tensors, records
+
+
+def _write_shard(root: Path, name: str, tensors: dict[str, torch.Tensor], records: list[dict[str, Any]]) -> None:
+    """Write ``name``.safetensors and ``name``.jsonl, each under a temporary name and then renamed."""
+    from safetensors.torch import save_file
+
+    tmp = root / f"{name}.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, root / f"{name}.safetensors")
+    with open(root / f"{name}.jsonl.tmp", "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec) + "\n")
+    os.replace(root / f"{name}.jsonl.tmp", root / f"{name}.jsonl")
 
 
 class ActivationStore:

@@ -160,8 +160,6 @@ def train_sae(
         >>> rep["holdout"]["explained_variance"]  # doctest: +SKIP
     """
     sl = _sae_lens()
-    from sae_lens.config import SAETrainerConfig
-
     s = settings or SAETrainSettings()
     st = store if isinstance(store, ActivationStore) else ActivationStore(store)
     if layer not in st.layers:
@@ -173,28 +171,9 @@ def train_sae(
             f"the store has {len(train_rows)} training tokens at layer {layer}, fewer than one batch "
             f"({s.batch_size}): collect more or lower batch_size"
         )
-    d_in = st.hidden_size
     torch.manual_seed(s.seed)
-    common = dict(d_in=d_in, d_sae=s.d_sae, dtype="float32", device="cpu", normalize_activations=s.normalize)
-    if s.architecture == "topk":
-        sae = sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(k=s.k, **common))
-    elif s.architecture == "standard":
-        sae = sl.StandardTrainingSAE(sl.StandardTrainingSAEConfig(l1_coefficient=s.l1, **common))
-    else:
-        raise ConfigError(f"architecture must be 'topk' or 'standard' (got {s.architecture!r})")
-    sae.cfg.metadata.model_name = st.model_id
-    sae.cfg.metadata.hook_name = f"l2reason.layer.{layer}"  # the residual after decoder layer `layer`
-    cfg = SAETrainerConfig(
-        total_training_samples=s.total_samples,
-        train_batch_size_samples=s.batch_size,
-        lr=s.lr,
-        lr_end=s.lr / 10,
-        lr_decay_steps=max(0, s.total_samples // s.batch_size // 5),  # the last 20% of steps decay to lr/10
-        device="cpu",
-        n_batches_for_norm_estimate=min(100, max(1, len(train_rows) // s.batch_size)),
-        dead_feature_window=max(1, 20_000 // s.batch_size),
-        feature_sampling_window=max(1, 20_000 // s.batch_size),
-    )
+    sae = _training_sae(sl, s, st, layer)
+    cfg = _trainer_config(s, len(train_rows))
     data = st.batches(layer, s.batch_size, seed=s.seed, index=train_rows)
     x_held = st.states(layer)[held_rows]
     init = reconstruction_metrics(sae, x_held) if len(held_rows) else None  # SAELens's initialisation
@@ -227,6 +206,37 @@ def train_sae(
     }
     (out / "train_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     return report
+
+
+def _training_sae(sl: Any, s: SAETrainSettings, st: ActivationStore, layer: int) -> Any:
+    """A fresh SAELens training SAE of ``s.architecture`` for ``layer`` of ``st`` (seed the RNG first)."""
+    common = dict(d_in=st.hidden_size, d_sae=s.d_sae, dtype="float32", device="cpu", normalize_activations=s.normalize)
+    if s.architecture == "topk":
+        sae = sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(k=s.k, **common))
+    elif s.architecture == "standard":
+        sae = sl.StandardTrainingSAE(sl.StandardTrainingSAEConfig(l1_coefficient=s.l1, **common))
+    else:
+        raise ConfigError(f"architecture must be 'topk' or 'standard' (got {s.architecture!r})")
+    sae.cfg.metadata.model_name = st.model_id
+    sae.cfg.metadata.hook_name = f"l2reason.layer.{layer}"  # the residual after decoder layer `layer`
+    return sae
+
+
+def _trainer_config(s: SAETrainSettings, n_train: int) -> Any:
+    """SAELens's trainer settings for ``s`` on ``n_train`` training tokens (on the CPU)."""
+    from sae_lens.config import SAETrainerConfig
+
+    return SAETrainerConfig(
+        total_training_samples=s.total_samples,
+        train_batch_size_samples=s.batch_size,
+        lr=s.lr,
+        lr_end=s.lr / 10,
+        lr_decay_steps=max(0, s.total_samples // s.batch_size // 5),  # the last 20% of steps decay to lr/10
+        device="cpu",
+        n_batches_for_norm_estimate=min(100, max(1, n_train // s.batch_size)),
+        dead_feature_window=max(1, 20_000 // s.batch_size),
+        feature_sampling_window=max(1, 20_000 // s.batch_size),
+    )
 
 
 def load_sae(path: str | Path, device: str = "cpu") -> Any:

@@ -194,6 +194,75 @@ def check_selection_section(sel: Any, num_layers: int | None = None) -> list[str
     return out
 
 
+def _read_calibration_bytes(path: Path) -> bytes:
+    """The bytes of the calibration file at ``path`` (:meth:`Calibration.load`'s first step).
+
+    Raises:
+        CalibrationError: missing, not a regular file, larger than :data:`MAX_FILE_BYTES`, unreadable, or a path
+            the OS cannot take.
+    """
+    try:
+        if path.exists() and not path.is_file():
+            raise CalibrationError(
+                f"calibration path {path} is not a regular file (a directory?); pass the JSON file itself."
+            )
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise CalibrationError(
+                f"calibration file {path} is {size} bytes, more than any calibration file "
+                f"({MAX_FILE_BYTES} at most); pass the right file or {_RERUN}."
+            )
+        return path.read_bytes()
+    except CalibrationError:
+        raise
+    except FileNotFoundError as e:
+        raise CalibrationError(
+            f"no calibration file at {path}; run `l2reason calibrate` for this model "
+            "first, or pass the path of an existing file."
+        ) from e
+    except OSError as e:
+        raise CalibrationError(f"cannot read calibration file {path}: {e.strerror or e}") from e
+    except ValueError as e:  # a path the OS cannot take (an embedded NUL byte)
+        raise CalibrationError(f"{str(path)!r} is not a usable calibration file path ({e})") from e
+
+
+def _read_json_object(path: Path, data: bytes, fix: str) -> dict[str, Any]:
+    """The JSON object in a calibration file's bytes ``data`` (:meth:`Calibration.load`'s second step).
+
+    Raises:
+        CalibrationError: not UTF-8, not JSON, NaN/inf, nested too deeply, or not an object.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CalibrationError(
+            f"calibration file {path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+            f"it is not a calibration file: {fix}."
+        ) from e
+
+    def _reject_constant(name: str) -> float:
+        raise CalibrationError(f"calibration file {path} holds {name}; the calibration is unusable: {fix}.")
+
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except CalibrationError:
+        raise
+    except json.JSONDecodeError as e:
+        raise CalibrationError(f"calibration file {path} is not valid JSON ({e}); {fix}.") from e
+    except RecursionError as e:
+        raise CalibrationError(f"calibration file {path} is nested too deeply to be a calibration file; {fix}.") from e
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise CalibrationError(f"calibration file {path} is not a usable JSON file ({e}); {fix}.") from e
+    if not isinstance(obj, dict):
+        raise CalibrationError(f"calibration file {path} holds a JSON {type(obj).__name__}, not an object; {fix}.")
+    if json_depth(obj, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise CalibrationError(
+            f"calibration file {path} is nested more than {MAX_JSON_DEPTH} levels deep; "
+            f"it is not a calibration file: {fix}."
+        )
+    return obj
+
+
 class Calibration(pydantic.BaseModel):
     """Per-layer norm statistics of one model on a calibration set.
 
@@ -486,59 +555,7 @@ class Calibration(pydantic.BaseModel):
             )
         path = Path(path)
         fix = f"{_RERUN} to regenerate it"
-        try:
-            if path.exists() and not path.is_file():
-                raise CalibrationError(
-                    f"calibration path {path} is not a regular file (a directory?); pass the JSON file itself."
-                )
-            size = path.stat().st_size
-            if size > MAX_FILE_BYTES:
-                raise CalibrationError(
-                    f"calibration file {path} is {size} bytes, more than any calibration file "
-                    f"({MAX_FILE_BYTES} at most); pass the right file or {_RERUN}."
-                )
-            data = path.read_bytes()
-        except CalibrationError:
-            raise
-        except FileNotFoundError as e:
-            raise CalibrationError(
-                f"no calibration file at {path}; run `l2reason calibrate` for this model "
-                "first, or pass the path of an existing file."
-            ) from e
-        except OSError as e:
-            raise CalibrationError(f"cannot read calibration file {path}: {e.strerror or e}") from e
-        except ValueError as e:  # a path the OS cannot take (an embedded NUL byte)
-            raise CalibrationError(f"{str(path)!r} is not a usable calibration file path ({e})") from e
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise CalibrationError(
-                f"calibration file {path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
-                f"it is not a calibration file: {fix}."
-            ) from e
-
-        def _reject_constant(name: str) -> float:
-            raise CalibrationError(f"calibration file {path} holds {name}; the calibration is unusable: {fix}.")
-
-        try:
-            obj = json.loads(text, parse_constant=_reject_constant)
-        except CalibrationError:
-            raise
-        except json.JSONDecodeError as e:
-            raise CalibrationError(f"calibration file {path} is not valid JSON ({e}); {fix}.") from e
-        except RecursionError as e:
-            raise CalibrationError(
-                f"calibration file {path} is nested too deeply to be a calibration file; {fix}."
-            ) from e
-        except ValueError as e:  # e.g. an integer with more digits than Python converts
-            raise CalibrationError(f"calibration file {path} is not a usable JSON file ({e}); {fix}.") from e
-        if not isinstance(obj, dict):
-            raise CalibrationError(f"calibration file {path} holds a JSON {type(obj).__name__}, not an object; {fix}.")
-        if json_depth(obj, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-            raise CalibrationError(
-                f"calibration file {path} is nested more than {MAX_JSON_DEPTH} levels deep; "
-                f"it is not a calibration file: {fix}."
-            )
+        obj = _read_json_object(path, _read_calibration_bytes(path), fix)
         version = obj.get("schema_version")
         if version != SCHEMA_VERSION or isinstance(version, bool):
             raise CalibrationError(

@@ -131,6 +131,10 @@ def p2_update(state: P2State, x: Tensor, valid: Tensor, p: float) -> P2State:
         ...     s = p2_update(s, torch.tensor([v]), torch.tensor([True]), 0.5)
         >>> int(s.count), s.q[0].tolist()
         (6, [1.0, 2.0, 3.0, 4.0, 6.0])
+
+    Long because: the fill phase, the P² marker update and the per-row choice between them are one
+    fixed-shape tensor function that compiles with ``torch.compile(fullgraph=True)``, written to be read
+    beside the paper's algorithm.
     """
     _check_p(p)
     q, pos, desired, count = state

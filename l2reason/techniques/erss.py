@@ -213,6 +213,10 @@ def erss_step(
 
     Example:
         See the module docstring.
+
+    Long because: its five numbered stages (trigger, v*, injection, bank update, counters) share every
+    intermediate tensor and stay one fixed-shape function, traced whole inside the serving graph step
+    (``l2reason/serving/graph/step.py``); half its length is the Args block.
     """
     B, d = x.shape
     if state.bank.shape[1] != M:

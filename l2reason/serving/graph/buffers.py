@@ -251,6 +251,9 @@ def alloc_buffers(
         vectors: steering-vector rows besides the zero row 0 (V − 1).
         dtype: the model's dtype (ERSS banks and steering vectors are kept in it, as the controllers do).
         device: the model's device.
+
+    Long because: it is the one place every table's tensors are allocated, a flat list of fields and shapes
+    that reads against the table classes above; splitting it would scatter the shapes.
     """
     S, L, d, T, E, M, V = num_slots, num_layers, hidden, max_tokens, erss_rows + 1, bank, vectors + 1
     dev = torch.device(device)
