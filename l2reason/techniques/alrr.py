@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 
-
 class ALRRStep(NamedTuple):
     """Outcome of one recursion pass for every row.
 
