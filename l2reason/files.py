@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from typing import Any
 
 from l2reason.errors import ConfigError
 
-__all__ = ["MAX_TEXT_BYTES", "check_output_dir", "check_output_file", "json_depth", "read_text_file"]
+__all__ = ["MAX_TEXT_BYTES", "check_output_dir", "check_output_file", "json_depth", "parse_json", "read_text_file"]
 
 MAX_TEXT_BYTES = 256 * 2**20
 """Largest text input file read whole (prompt lists are far smaller)."""
@@ -159,3 +160,55 @@ def json_depth(obj: Any, cap: int) -> int:
             if d <= cap:
                 stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
     return deepest
+
+
+def parse_json(
+    text: str,
+    where: str,
+    fix: str,
+    *,
+    error: type[Exception] = ConfigError,
+    want_object: bool = True,
+    max_depth: int = 64,
+) -> Any:
+    """The JSON value in ``text``, read strictly: the one reader of every JSON input the library takes.
+
+    Args:
+        text: the decoded text (a file, or one line of a JSONL file).
+        where: how messages name it (``"calibration file cal.json"``, ``"mine.jsonl:3"``).
+        fix: what the user should do, appended to every message.
+        error: the library error to raise (a :class:`ConfigError` subclass).
+        want_object: refuse anything but a JSON object.
+        max_depth: refuse lists and objects nested deeper than this.
+
+    Raises:
+        error: ``NaN``/``Infinity`` (not JSON), invalid JSON (a torn write), an
+            integer too long to convert, nesting too deep, or not an object.
+
+    Example:
+        >>> parse_json('{"a": 1}', "x.json", "fix it")
+        {'a': 1}
+        >>> parse_json('{"a": NaN}', "x.json", "fix it")
+        Traceback (most recent call last):
+        ...
+        l2reason.errors.ConfigError: x.json holds NaN, which is not a JSON value; fix it
+    """
+
+    def _constant(name: str) -> Any:
+        raise error(f"{where} holds {name}, which is not a JSON value; {fix}")
+
+    try:
+        obj = json.loads(text, parse_constant=_constant)
+    except error:
+        raise
+    except json.JSONDecodeError as e:
+        raise error(f"{where} is not valid JSON ({e}); {fix}") from e
+    except RecursionError as e:
+        raise error(f"{where} is nested too deeply to read; {fix}") from e
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise error(f"{where} is not usable JSON ({str(e)[:120]}); {fix}") from e
+    if want_object and not isinstance(obj, dict):
+        raise error(f"{where} holds a JSON {type(obj).__name__}, not an object; {fix}")
+    if json_depth(obj, max_depth) > max_depth:
+        raise error(f"{where} is nested more than {max_depth} levels deep; {fix}")
+    return obj

@@ -137,7 +137,7 @@ def select_result(
         # Pruned (and non-finite) candidates take no part: select among the survivors, map back.
         sub = result.model_copy(update={"candidates": [result.candidates[i] for i in keep]})
         sel = select_result(sub, spec, calibration=calibration, num_layers=num_layers, extractor=extractor, probe=probe)
-        return _on_all(sel, keep, len(result.candidates))
+        return on_subset(sel, keep, len(result.candidates))
     layers: Sequence[int] | str = spec.layers
     if spec.method in PROBE_METHODS:
         probe = resolve_probe(probe, calibration, spec.method)
@@ -161,8 +161,12 @@ def survivors(result: GenerationResult) -> list[int]:
     return keep or list(range(len(result.candidates)))
 
 
-def _on_all(sel: Selection, keep: list[int], n: int) -> Selection:
-    """A selection made on the survivors ``keep``, expressed on all ``n`` candidates (NaN scores for the others)."""
+def on_subset(sel: Selection, keep: list[int], n: int) -> Selection:
+    """A selection made on the subset ``keep`` of ``n`` candidates, expressed on all of them.
+
+    The chosen index and any ``kept`` detail are mapped back to the full list; the candidates left out
+    score NaN, and ``details["survivors"]`` lists ``keep``.
+    """
     scores = [float("nan")] * n
     for k, s in zip(keep, sel.scores, strict=True):
         scores[k] = s

@@ -153,13 +153,9 @@ class L2CallSettings(BaseModel):
     @field_validator("interventions", mode="before")
     @classmethod
     def _interventions(cls, v: Any) -> Any:
-        from l2reason.techniques.specs import parse_interventions
+        from l2reason.backends.base import intervention_list
 
-        if v is None:
-            return []
-        if not isinstance(v, list | tuple):
-            raise ValueError(f"interventions must be a list of intervention specs or dicts (got {type(v).__name__})")
-        return parse_interventions(list(v))  # specs pass through; dicts are parsed, with the spec's message
+        return intervention_list(v)  # specs pass through; dicts are parsed, with the spec's message
 
     @classmethod
     def parse(cls, data: Any, *, base: L2CallSettings | None = None) -> L2CallSettings:
@@ -547,7 +543,7 @@ class L2Engine:
                 chosen,
             )
             return ok
-        from l2reason.select import _on_all, apply_selection, select_result
+        from l2reason.select import apply_selection, on_subset, select_result
 
         be = self.backend
         needs_cal = spec.tau == "calibrated" or spec.method.startswith("l2-probe")
@@ -555,7 +551,7 @@ class L2Engine:
         sel = select_result(
             sub, spec, calibration=be.calibration if needs_cal else None, num_layers=getattr(be, "num_layers", None)
         )
-        sel = _on_all(sel, keep, len(ok))  # back to every candidate's index; the others score NaN
+        sel = on_subset(sel, keep, len(ok))  # back to every candidate's index; the others score NaN
         sel.details["parsed"] = sel.details.pop("survivors")
         apply_selection(result, sel)
         log.info("candidate %d did not parse; %s chose candidate %d among %s", chosen, spec.method, sel.index, keep)

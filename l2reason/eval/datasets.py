@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import inspect
-import json
 import logging
 import math
 import re
@@ -45,7 +44,7 @@ from l2reason.eval.answers import (
     normalize_answer,
     parse_number,
 )
-from l2reason.files import json_depth
+from l2reason.files import parse_json
 
 __all__ = [
     "DATASETS",
@@ -445,23 +444,8 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
 
-        def _constant(name: str, n: int = n) -> Any:
-            raise ConfigError(f"{path}:{n}: {name} is not a JSON value; write numbers as finite numbers or strings")
-
-        try:
-            row = json.loads(line, parse_constant=_constant)
-        except ConfigError:
-            raise
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from e
-        except RecursionError as e:
-            raise ConfigError(f"{path}:{n}: JSON nested too deeply; each line must be one flat JSON object") from e
-        except ValueError as e:  # e.g. an integer with more digits than Python converts
-            raise ConfigError(f"{path}:{n}: unusable JSON ({e})") from e
-        if not isinstance(row, dict):
-            raise ConfigError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-        if json_depth(row, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-            raise ConfigError(f"{path}:{n}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
+        fix = "each line must be one JSON object with finite numbers"
+        row = parse_json(line, f"{path}:{n}: the line", fix, max_depth=MAX_JSON_DEPTH)
         rows.append((n, row))
     return rows
 

@@ -85,17 +85,9 @@ def read_json_file(path: Path, what: str, fix: str) -> Any:
     Raises:
         ConfigError: missing, unreadable, not UTF-8, not JSON (a torn write), nested too deeply.
     """
-    from l2reason.files import read_text_file
+    from l2reason.files import parse_json, read_text_file
 
-    text = read_text_file(path, what)
-
-    def no_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    try:
-        return json.loads(text, parse_constant=no_constant)
-    except (ValueError, RecursionError) as e:
-        raise ConfigError(f"{what} {path} is not valid JSON ({str(e)[:120]}): {fix}") from e
+    return parse_json(read_text_file(path, what), f"{what} {path}", fix, want_object=False)
 
 
 def _is_int(x: Any, lo: int = 0) -> bool:

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from l2reason._paths import cache_dir, safe_name
 from l2reason.errors import CalibrationError, validation_summary
-from l2reason.files import json_depth
+from l2reason.files import parse_json
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -240,27 +240,13 @@ def _read_json_object(path: Path, data: bytes, fix: str) -> dict[str, Any]:
             f"it is not a calibration file: {fix}."
         ) from e
 
-    def _reject_constant(name: str) -> float:
-        raise CalibrationError(f"calibration file {path} holds {name}; the calibration is unusable: {fix}.")
-
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except CalibrationError:
-        raise
-    except json.JSONDecodeError as e:
-        raise CalibrationError(f"calibration file {path} is not valid JSON ({e}); {fix}.") from e
-    except RecursionError as e:
-        raise CalibrationError(f"calibration file {path} is nested too deeply to be a calibration file; {fix}.") from e
-    except ValueError as e:  # e.g. an integer with more digits than Python converts
-        raise CalibrationError(f"calibration file {path} is not a usable JSON file ({e}); {fix}.") from e
-    if not isinstance(obj, dict):
-        raise CalibrationError(f"calibration file {path} holds a JSON {type(obj).__name__}, not an object; {fix}.")
-    if json_depth(obj, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise CalibrationError(
-            f"calibration file {path} is nested more than {MAX_JSON_DEPTH} levels deep; "
-            f"it is not a calibration file: {fix}."
-        )
-    return obj
+    return parse_json(
+        text,
+        f"calibration file {path}",
+        f"it is not a usable calibration file: {fix}.",
+        error=CalibrationError,
+        max_depth=MAX_JSON_DEPTH,
+    )
 
 
 class Calibration(pydantic.BaseModel):

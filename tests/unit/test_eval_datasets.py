@@ -156,8 +156,8 @@ def test_jsonl_dataset(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('{"question": "2 + 2?", "answer": 4', "mine.jsonl:2: not valid JSON"),
-        ('["2 + 2?", 4]', "mine.jsonl:2: expected a JSON object"),
+        ('{"question": "2 + 2?", "answer": 4', "mine.jsonl:2: the line is not valid JSON"),
+        ('["2 + 2?", 4]', "mine.jsonl:2: the line holds a JSON list, not an object"),
         ('{"question": "2 + 2?"}', "mine.jsonl:2: 'answer'"),
         ('{"answer": 4}', "mine.jsonl:2: 'question'"),
         ('{"question": "2 + 2?", "answer": ""}', "mine.jsonl:2: 'answer'"),

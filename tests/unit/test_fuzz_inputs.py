@@ -55,7 +55,8 @@ def expect(cond: bool, area: str, outcome: str, what: str) -> None:
         raise AssertionError(what)
 
 
-TIME_BOUND_S = 30.0
+HANG_BOUND_S = 300.0
+"""A CLI call running longer than this is hung (a hang detector, not a speed test: no speed is asserted)."""
 
 
 def fuzz(max_examples: int) -> settings:
@@ -300,7 +301,6 @@ def test_fuzz_requests_through_the_backend(fuzz_backend, case):
     be, calls = fuzz_backend
     kw, ok, bad_names = case
     what = f"{kw!r:.400} (bad: {bad_names})"
-    t0 = time.perf_counter()
     try:
         req = GenerationRequest(**kw)
     except Exception as e:
@@ -318,7 +318,9 @@ def test_fuzz_requests_through_the_backend(fuzz_backend, case):
         return
     finally:
         assert _hook_snapshot(be) == hooks, f"{what}: hooks left on the model"
-        assert time.perf_counter() - t0 < TIME_BOUND_S, f"{what}: took {time.perf_counter() - t0:.1f}s"
+        # bounded work, not time: a prefill and one pass per new token per candidate at most
+        passes, most = calls["n"] - before, (req.sampling.max_new_tokens + 2) * req.n
+        assert passes <= most, f"{what}: {passes} forward passes (at most {most} expected)"
     expect(ok, REQ_BACKEND, "silent", f"{what}: silently accepted")
     expect(len(res.candidates) == req.n, REQ_BACKEND, "wrong", f"{what}: {len(res.candidates)} candidates")
     record(REQ_BACKEND, "ok")
@@ -562,7 +564,7 @@ def test_fuzz_cli(tiny_dir, files, data):
     res = CliRunner().invoke(app, args)
     took = time.perf_counter() - t0
     shown = f"{args}: exit {res.exit_code}, output {res.output[-600:]!r}"
-    assert took < TIME_BOUND_S * 2, f"{shown}: took {took:.1f}s"
+    assert took < HANG_BOUND_S, f"{shown}: took {took:.1f}s (hung?)"
     # CliRunner stores an uncaught exception in `exception`; exits are SystemExit
     outcome = cli_outcome(CLI, args, res, bad=not ok)
     assert outcome in ("clear", "ok"), f"{outcome}: {shown}"

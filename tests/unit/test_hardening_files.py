@@ -119,7 +119,7 @@ def test_bad_calibration_values(tmp_path: Path, mutate: dict, message: str) -> N
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         ('{"selection": ' + "[" * 40 + "]" * 40 + "}", "nested more than 32 levels"),
         ('{"selection": ' + '{"a": ' * 200 + "1" + "}" * 201, "nested more than 32 levels"),
-        ("1" + "0" * 5000, "not a usable JSON file"),
+        ("1" + "0" * 5000, "is not usable JSON"),
         ("null", "holds a JSON NoneType, not an object"),
         ('"text"', "holds a JSON str, not an object"),
         ("", "not valid JSON"),
@@ -201,10 +201,10 @@ GOOD = '{"question": "1 + 1?", "answer": 2, "id": "a"}'
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('{"question": "2 + 2?", "answer": NaN}', "NaN is not a JSON value"),
-        ('{"question": "2 + 2?", "answer": Infinity}', "Infinity is not a JSON value"),
-        ('{"question": "2 + 2?", "answer": -Infinity}', "-Infinity is not a JSON value"),
-        ('{"question": "2 + 2?", "answer": 4, "note": NaN}', "NaN is not a JSON value"),
+        ('{"question": "2 + 2?", "answer": NaN}', "holds NaN, which is not a JSON value"),
+        ('{"question": "2 + 2?", "answer": Infinity}', "holds Infinity, which is not a JSON value"),
+        ('{"question": "2 + 2?", "answer": -Infinity}', "holds -Infinity, which is not a JSON value"),
+        ('{"question": "2 + 2?", "answer": 4, "note": NaN}', "holds NaN, which is not a JSON value"),
         ('{"question": "2 + 2?", "answer": 1e999}', "'answer' must be a finite number"),
         ('{"question": "2 + 2?", "answer": 4, "id": [1]}', "'id' must be a non-empty string or an integer"),
         ('{"question": "2 + 2?", "answer": 4, "id": {"k": 1}}', "'id' must be a non-empty string or an integer"),
@@ -218,10 +218,10 @@ GOOD = '{"question": "1 + 1?", "answer": 2, "id": "a"}'
         ('{"question": "2 + 2?", "answer": [4]}', "'answer' must be a non-empty string or a number"),
         ('{"question": "2 + 2?", "answer": true}', "'answer' must be"),
         ('{"question": "2 + 2?", "answer": 4', "not valid JSON"),
-        ("[1, 2]", "expected a JSON object, got list"),
+        ("[1, 2]", "holds a JSON list, not an object"),
         ('{"question": "q", "answer": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
         ('{"question": "q", "answer": 1, "x": ' + "[" * 70 + "]" * 70 + "}", "nested more than 64 levels"),
-        ('{"question": "q", "answer": ' + "9" * 5000 + "}", "unusable JSON"),
+        ('{"question": "q", "answer": ' + "9" * 5000 + "}", "is not usable JSON"),
     ],
 )
 def test_jsonl_bad_line_names_the_line(tmp_path: Path, line: str, message: str) -> None:
