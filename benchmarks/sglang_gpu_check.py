@@ -1,4 +1,4 @@
-"""The SGLang plugin on a GPU: norms vs the transformers backend, overhead with and without CUDA graphs, tp/dp.
+"""The SGLang plugin on a GPU: norms vs the transformers backend, overhead vs stock SGLang (both with CUDA graphs), tp/dp.
 
 For a machine with NVIDIA GPUs and SGLang 0.5.23 installed next to the plugin
 (``make sglang`` there). It builds a random-weight Qwen2 model of realistic
@@ -9,8 +9,9 @@ default model's), so no hub is needed, then:
    ``--dtype``), asks for all-layer norms of a greedy continuation, and
    compares them with the transformers backend on the same tokens;
 2. measures decode tok/s of a batch: stock SGLang *with* CUDA graphs (a
-   server without the plugin), stock requests on the plugin server (graphs
-   off, as the plugin requires), and band capture / ALRR / ERSS on it;
+   server without the plugin), stock requests on the plugin server (CUDA
+   graphs on: the plugin's step is captured; passes holding an ALRR request
+   run eagerly), and band capture / ALRR / ERSS on it;
 3. repeats 2 for the plugin with ``--tp 2`` and ``--dp 2`` when there are
    at least 2 GPUs.
 
@@ -101,7 +102,7 @@ def main() -> None:
     with SGLangServer(str(folder), device="cuda", extra_args=common, plugin=False) as stock:
         measure("stock SGLang, CUDA graphs on", stock, {"stock": None})
     with SGLangServer(str(folder), device="cuda", extra_args=common) as srv:
-        measure("plugin server (graphs off)", srv, modes)
+        measure("plugin server (graphs on; ALRR passes eager)", srv, modes)
         # norms vs the transformers backend on the same tokens (fp32 reference)
         from l2reason.backends.base import GenerationRequest, NormSpec, SamplingParams
         from l2reason.backends.hf import HFBackend

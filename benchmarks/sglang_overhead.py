@@ -9,7 +9,7 @@ embedded transformers backend decodes the same batch (band norms), for the
 SGLang vs transformers comparison on this machine.
 
 Usage:
-    python benchmarks/sglang_overhead.py [--rounds 3] [--batch 8] [--max-new-tokens 32] [--device cpu]
+    python benchmarks/sglang_overhead.py [--rounds 3] [--batch 8] [--max-new-tokens 32] [--device cpu] [--out PATH]
 
 Writes ``docs/results/sglang_overhead.md`` (and ``.json``) with the machine,
 versions and command, after every round (a killed run keeps what it measured).
@@ -19,6 +19,7 @@ Not a test: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -32,7 +33,12 @@ from benchmarks import _common as common  # noqa: E402
 from l2reason.backends.sglang.server import SGLangServer  # noqa: E402
 from l2reason.serving import EngineSettings  # noqa: E402
 
-MODES: dict[str, EngineSettings | None] = {"stock": None, **common.plugin_modes()}
+#: static steering on the band (a small vector: the tokens may change, the cost is what is measured)
+STATIC = EngineSettings(
+    layers=common.BAND,
+    interventions=[{"kind": "static_steer", "vectors": {layer: [0.01] * 896 for layer in common.BAND}}],
+)
+MODES: dict[str, EngineSettings | None] = {"stock": None, **common.plugin_modes(), "static-steer": STATIC}
 
 
 def versions(python: Path) -> dict[str, str]:
@@ -76,7 +82,9 @@ def main() -> None:
         common.sglang_tok_s(srv, prompts, args.max_new_tokens, None)  # warm-up
         for r in range(args.rounds):
             order = list(MODES) if r % 2 == 0 else list(reversed(MODES))
+            load = os.getloadavg()[0]
             got = {m: common.sglang_tok_s(srv, prompts, args.max_new_tokens, MODES[m]) for m in order}
+            out.setdefault("loadavg_1min", []).append([round(load, 2), round(os.getloadavg()[0], 2)])
             for m, v in got.items():
                 out["tok_s"][m].append(round(v, 3))
                 if m != "stock":
@@ -118,7 +126,8 @@ def write(args: argparse.Namespace, out: dict) -> None:
         f"batch {out['batch']} x {out['max_new_tokens']} new tokens (greedy, ignore_eos); "
         f"{len(out['tok_s']['stock'])} interleaved rounds.  ",
         f"Machine: {out['cpu']}; versions: {out['versions']}.  ",
-        f"Server ready in {out.get('ready_seconds', '?')} s.",
+        f"Server ready in {out.get('ready_seconds', '?')} s. Load average (1 min) before / after each round: "
+        f"{out.get('loadavg_1min', [])}.",
         "",
         "Decode throughput per call (all prompts' tokens / wall time of the batched `/generate`).",
         "`stock` = requests without l2reason settings, which run SGLang's own forward on the same server.",

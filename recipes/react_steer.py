@@ -4,8 +4,14 @@ Every step of the agent's loop is one LM call; inside ``L2Steer`` each of
 them runs with Endogenous Reasoning State Steering. Prints each answer, how
 many steering injections fired, and the accuracy of both agents.
 
-    python recipes/react_steer.py                  # default model, 3 problems
+    python recipes/react_steer.py                  # default model, 1 problem, 2 steps (17 min on 2 loaded CPU cores)
     python recipes/react_steer.py --model fast --problems 2
+
+The defaults are a smoke run, not a comparison. The measured comparison (the
+plain agent vs ``L2SelectBest`` / ``L2Steer`` / ``L2Recurse`` around it:
+success with paired CIs, steps, invalid tool calls, format failures, tokens)
+is ``docs/results/used_by_agent/README.md``, made by
+``python benchmarks/agent_loop.py``.
 """
 
 from __future__ import annotations
@@ -53,9 +59,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--dataset", default="basic_arithmetic")
-    ap.add_argument("--problems", type=int, default=3)
-    ap.add_argument("--max-iters", type=int, default=3)
-    ap.add_argument("--max-tokens", type=int, default=120)
+    ap.add_argument("--problems", type=int, default=1)
+    ap.add_argument("--max-iters", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--beta", type=float, default=0.5)
     args = ap.parse_args()
 

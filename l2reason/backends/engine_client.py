@@ -23,7 +23,10 @@ into an engine-neutral :class:`Reply` (:meth:`~EngineClient._parse`).
 Wire conventions (:mod:`l2reason.serving.settings`): settings travel as ``EngineSettings.encode()`` in the
 engine's per-request parameters; records come back one per completion token. The probe is a one-token greedy
 request with ``EngineSettings(layers=[0], probe=True)``; the plugin's first record then carries
-``"caps": {"interventions": [kinds], "plugin": "<l2reason version>"}`` beside ``"n"``.
+``"caps": {"interventions": [kinds], "plugin": "<l2reason version>"}`` beside ``"n"`` (and, from plugins that
+count them, ``"active_slots": <slots held for other requests>``, read by :meth:`EngineClient.active_slots`).
+A completion that asked for norms must bring one record per token: fewer (or none) is a
+:class:`~l2reason.errors.BackendError` naming the request, never a short norm list.
 """
 
 from __future__ import annotations
@@ -166,6 +169,16 @@ def _json_kind(value: Any) -> str:
         return "null (or nothing)"
     kinds = {dict: "a JSON object", list: "a JSON list", str: "a JSON string", bool: "a JSON boolean"}
     return kinds.get(type(value), "a JSON number")
+
+
+def _request_name(req: GenerationRequest, j: int) -> str:
+    """A request as messages name it: its id (or the start of its prompt), and the candidate when it has several."""
+    if req.request_id is not None:
+        name = f"request {req.request_id!r}"
+    else:
+        text = req.prompt if req.prompt is not None else req.messages[-1].content if req.messages else ""
+        name = f"the request {text[:40]!r}"
+    return f"{name} (candidate {j} of {req.n})" if req.n > 1 else name
 
 
 def _timeouts(seconds: float) -> httpx.Timeout:
@@ -379,7 +392,7 @@ class EngineClient(CalibrationMixin):
         """Candidate ``j`` of ``req`` from the server's output ``out``."""
         with self._answer(self.generate_path):
             reply = self._parse(out, req)
-        self._check_records(reply)
+        self._check_records(reply, req, j, wants_norms=req.norms is not None and bool(p["layers"]))
         reply = self._cut(reply, req)
         T = len(reply.ids)
         records = list(reply.records[:T])
@@ -409,24 +422,33 @@ class EngineClient(CalibrationMixin):
             interventions=report,
         )
 
-    def _check_records(self, reply: Reply) -> None:
-        """The records must be there (else no plugin), error-free and one per token."""
+    def _check_records(self, reply: Reply, req: GenerationRequest, j: int, *, wants_norms: bool) -> None:
+        """The records must be there (else no plugin), error-free and one per token.
+
+        A request that asked for norms and got fewer records than tokens (or none at all) is an error naming
+        the request and the candidate, never a short or empty norm list.
+        """
         records = reply.records
+        which = _request_name(req, j)
         if records is None:
+            asked = f"norms for {len(reply.ids)} tokens of {which}" if wants_norms else f"the records of {which}"
             raise BackendError(
                 f"the {self.engine} server at {self.url} returned no l2reason records: it runs without the plugin "
-                f"(start it with `{self.serve_command}`)"
+                f"(start it with `{self.serve_command}`), or the plugin lost {asked}"
             )
-        where = f"the {self.engine} server at {self.url} answered {self.generate_path}"
+        where = f"the {self.engine} server at {self.url} answered {self.generate_path} for {which}"
         if not isinstance(records, list) or not all(r is None or isinstance(r, dict) for r in records):
             raise BackendError(f"{where} with l2reason records that are not a list of JSON objects")
         for rec in records:
             if rec and rec.get("e"):
                 raise ConfigError(f"the server's l2reason plugin rejected the request: {rec['e']}")
         if reply.error is not None:
-            raise BackendError(f"the {self.engine} server aborted the request: {reply.error}")
+            raise BackendError(f"the {self.engine} server aborted {which}: {reply.error}")
         if len(records) < len(reply.ids):
-            raise BackendError(f"the {self.engine} plugin returned {len(records)} records for {len(reply.ids)} tokens")
+            raise BackendError(
+                f"the {self.engine} plugin returned {len(records)} records for {len(reply.ids)} tokens of {which}"
+                + (" (norms were asked for every token)" if wants_norms else "")
+            )
 
     def _norm_rows(self, records: list[Any], n_layers: int) -> torch.Tensor:
         """``[T, n_layers]`` float32 norms from the records (each must hold ``n_layers`` numbers)."""
@@ -441,7 +463,24 @@ class EngineClient(CalibrationMixin):
 
     # ---- server ---------------------------------------------------------
     def _check_plugin(self) -> Capabilities:
-        """The plugin probe: a one-token request whose first record must carry the plugin's capabilities."""
+        """The plugin probe at set-up: the plugin's capabilities (and a warning if its version is not ours)."""
+        caps = self._probe()
+        self.plugin_version = caps.get("plugin")
+        mine = plugin_version()
+        if mine != "unknown" and self.plugin_version != mine:
+            log.warning(
+                "the %s server at %s runs l2reason plugin %s, this client is l2reason %s",
+                self.engine,
+                self.url,
+                self.plugin_version,
+                mine,
+            )
+        return Capabilities(
+            name=self.name, interventions=frozenset(caps["interventions"]), exact_erss=True, calibrated_thresholds=False
+        )
+
+    def _probe(self) -> dict[str, Any]:
+        """Send the plugin probe (a one-token request); the ``caps`` its first record must carry, checked."""
         req = GenerationRequest(prompt="ping", sampling=SamplingParams(max_new_tokens=1, temperature=0.0))
         item = self._item(req, encode_prompt(self.tokenizer, req), EngineSettings(layers=[0], probe=True))
         [out] = self._send([req], [item], timeout=min(self.timeout, 120.0))
@@ -454,6 +493,12 @@ class EngineClient(CalibrationMixin):
                 f"back); start it with `{self.serve_command}` (or python -m l2reason_{self.name}.launch)"
             )
         caps = first.get("caps")
+        err = str(first.get("e") or "")
+        if caps is None and err and "probe" not in err:  # a plugin that knows the probe but failed this request
+            raise BackendError(
+                f"the l2reason plugin of the {self.engine} server at {self.url} failed the plugin probe (a one-token "
+                f"request): {err[:300]}; check the server's log"
+            )
         if caps is None:
             said = f" (it answered: {str(first['e'])[:300]})" if first.get("e") else ""
             raise BackendError(
@@ -462,24 +507,31 @@ class EngineClient(CalibrationMixin):
                 f"after `make {self.name}` has installed it into the engine's environment)"
             )
         kinds = caps.get("interventions") if isinstance(caps, dict) else None
-        if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+        slots = caps.get("active_slots") if isinstance(caps, dict) else None
+        slots_ok = slots is None or (isinstance(slots, int) and not isinstance(slots, bool) and slots >= 0)
+        if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds) or not slots_ok:
             raise BackendError(
                 f"the {self.engine} server at {self.url} answered the plugin probe ({self.generate_path}) with "
                 f"malformed capabilities: {str(caps)[:300]}"
             )
-        self.plugin_version = caps.get("plugin")
-        mine = plugin_version()
-        if mine != "unknown" and self.plugin_version != mine:
-            log.warning(
-                "the %s server at %s runs l2reason plugin %s, this client is l2reason %s",
-                self.engine,
-                self.url,
-                self.plugin_version,
-                mine,
-            )
-        return Capabilities(
-            name=self.name, interventions=frozenset(kinds), exact_erss=True, calibrated_thresholds=False
-        )
+        return dict(caps)
+
+    def active_slots(self) -> int | None:
+        """How many per-request slots the server's plugin holds right now, from a fresh probe.
+
+        The count is the plugin's table of running requests, the probe's own slot not counted
+        (:func:`~l2reason.serving.capabilities.caps`): an idle server answers 0, and a slot a finished, refused or
+        cancelled request kept would show here. None: the plugin does not report the count (an older one).
+
+        Raises:
+            BackendError: the server cannot be reached, or answers the probe without a valid plugin record.
+
+        Example:
+            >>> be.active_slots()  # after every request has finished  # doctest: +SKIP
+            0
+        """
+        slots = self._probe().get("active_slots")
+        return int(slots) if slots is not None else None
 
     def _info(self, what: str) -> dict[str, Any]:
         """The JSON object :attr:`info_path` answers (``what`` it should be, for the message if it is not)."""

@@ -21,8 +21,10 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 30000,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     device: Annotated[str, typer.Option(help="SGLang: 'cuda' (GPU) or 'cpu' (slow; for trying it out)")] = "cuda",
-    tp: Annotated[int, typer.Option(min=1, help="tensor-parallel size (GPUs per replica)")] = 1,
-    dp: Annotated[int, typer.Option(min=1, help="data-parallel replicas")] = 1,
+    tp: Annotated[
+        int, typer.Option(min=1, help="tensor-parallel size (GPUs per replica; on a CPU, ranks with a core list each)")
+    ] = 1,
+    dp: Annotated[int, typer.Option(min=1, help="SGLang: data-parallel replicas behind its DP controller")] = 1,
     python: Annotated[str | None, typer.Option(help="the engine environment's Python (default .venv-<engine>)")] = None,
     log: Annotated[Path | None, typer.Option(help="server log file (default <engine>-server.log)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the server to be ready")] = 900.0,
@@ -56,8 +58,11 @@ def serve(
             from l2reason.backends.vllm import VLLMBackend as Client
             from l2reason.backends.vllm.server import VLLMServer
 
-            if dp != 1:
-                raise typer.BadParameter("--dp is SGLang's; run one vLLM server per replica")
+            if dp != 1:  # docs/vllm.md, "Scale-out": vLLM's own --data-parallel-size is not verified with the plugin
+                raise typer.BadParameter(
+                    "--dp is SGLang's; for vLLM run one server per replica (or pass vLLM's --data-parallel-size "
+                    "after --, not verified with the plugin: docs/vllm.md, Scale-out)"
+                )
             server = VLLMServer(model, port=port, host=host, tp=tp, extra_args=extra, python=python, log_path=log)
         else:
             from l2reason.backends.sglang import SGLangBackend as Client

@@ -8,7 +8,9 @@
   technique. Settings are per call (:func:`l2_context`), never on ``self``.
 - :func:`l2_metric`, :func:`make_l2_metric`, :func:`l2_combined`: the ℓ2
   score of a prediction as a metric (Evaluate, BootstrapFewShot, MIPROv2,
-  GEPA's 5-argument form).
+  GEPA's 5-argument form); :func:`confidence_metric` /
+  :func:`make_confidence_metric`: the label-free confidence baseline
+  (self-certainty, DeepConf) in the same forms.
 
 Importing this package imports dspy; ``import l2reason`` does not.
 
@@ -36,7 +38,13 @@ from l2reason.dspy.engine import (
     register_backend,
 )
 from l2reason.dspy.lm import configure_dspy, l2_lm
-from l2reason.dspy.metric import l2_combined, l2_metric, make_l2_metric
+from l2reason.dspy.metric import (
+    confidence_metric,
+    l2_combined,
+    l2_metric,
+    make_confidence_metric,
+    make_l2_metric,
+)
 from l2reason.dspy.modules import (
     L2Observe,
     L2Recurse,
@@ -56,6 +64,7 @@ __all__ = [
     "L2Report",
     "L2SelectBest",
     "L2Steer",
+    "confidence_metric",
     "configure_dspy",
     "get_backend",
     "l2_combined",
@@ -63,6 +72,7 @@ __all__ = [
     "l2_lm",
     "l2_metric",
     "l2_report",
+    "make_confidence_metric",
     "make_l2_metric",
     "register_backend",
 ]

@@ -51,11 +51,12 @@ from typing import Any
 
 from l2reason.errors import ConfigError
 
-__all__ = ["l2_combined", "l2_metric", "make_l2_metric"]
+__all__ = ["confidence_metric", "l2_combined", "l2_metric", "make_confidence_metric", "make_l2_metric"]
 
 
-def _score_of(pred: Any, score: str) -> tuple[float | None, Any]:
-    from l2reason.dspy.modules import aggregate, l2_report
+def _report_of(pred: Any) -> Any:
+    """The prediction's :class:`~l2reason.dspy.modules.L2Report`; a ConfigError that says what to do without one."""
+    from l2reason.dspy.modules import l2_report
 
     rep = l2_report(pred)
     if rep is None:
@@ -63,6 +64,13 @@ def _score_of(pred: Any, score: str) -> tuple[float | None, Any]:
             "the prediction carries no ℓ2 report: wrap the program in an l2reason module "
             "(L2Observe, L2SelectBest, L2Steer or L2Recurse) and use an l2reason LM"
         )
+    return rep
+
+
+def _score_of(pred: Any, score: str) -> tuple[float | None, Any]:
+    from l2reason.dspy.modules import aggregate
+
+    rep = _report_of(pred)
     v = rep.score if rep.score_name == score else aggregate(rep.calls, score)
     return v, rep
 
@@ -89,20 +97,30 @@ def make_l2_metric(score: str = "C/T", *, missing: float = 0.0) -> Callable[...,
     if score not in SCORE_NAMES:
         raise ConfigError(f"unknown score {score!r}; valid scores: {', '.join(SCORE_NAMES)}")
 
-    def metric(example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
+    def value_of(pred: Any) -> tuple[float | None, int]:
         v, rep = _score_of(pred, score)
+        return v, len(rep.calls)
+
+    meaning = "higher = the model's late-layer residual norms exceeded τ more often"
+    return _metric(value_of, f"ℓ2 {score}", meaning, missing, f"l2_metric_{score}")
+
+
+def _metric(
+    value_of: Callable[[Any], tuple[float | None, int]], label: str, meaning: str, missing: float, name: str
+) -> Callable[..., Any]:
+    """A metric with the 3- and 5-argument forms from ``value_of(pred) -> (value or None, LM calls)``."""
+
+    def metric(example: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
+        v, n_calls = value_of(pred)
         value = missing if v is None or not math.isfinite(v) else float(v)
         if pred_name is None:
             return value
         import dspy
 
-        fb = (
-            f"ℓ2 {score} = {value:.4f} over {len(rep.calls)} LM call(s) "
-            f"(higher = the model's late-layer residual norms exceeded τ more often)."
-        )
+        fb = f"{label} = {value:.4f} over {n_calls} LM call(s) ({meaning})."
         return dspy.Prediction(score=value, feedback=fb)
 
-    metric.__name__ = f"l2_metric_{score}"
+    metric.__name__ = name
     return metric
 
 
@@ -152,3 +170,75 @@ def l2_combined(
 
     metric.__name__ = "l2_combined"
     return metric
+
+
+#: The logprob selectors whose per-candidate score a confidence metric can read (higher = more confident).
+CONFIDENCE_METHODS = ("self-certainty", "deepconf", "deepconf-tail")
+
+
+def _confidence_of(pred: Any, method: str) -> tuple[float | None, int]:
+    """Mean over the prediction's LM calls of the chosen candidate's ``method`` score (``None``: no value)."""
+    rep = _report_of(pred)
+    vals: list[float] = []
+    seen = False
+    for call in rep.calls:
+        sel = call.get("selection") or {}
+        if sel.get("method") != method:
+            continue
+        seen = True
+        scores = sel.get("scores") or []
+        i = call.get("chosen", 0)
+        v = scores[i] if i < len(scores) else None
+        if v is not None and math.isfinite(v):
+            vals.append(float(v))
+    if rep.calls and not seen:
+        raise ConfigError(
+            f"no LM call of this prediction was scored by {method!r}: configure the LM with "
+            f'selection={{"method": "{method}"}} (e.g. configure_dspy(model, selection={{"method": "{method}"}}); '
+            "with n=1 the single candidate is kept and only scored) or call inside "
+            f'l2_context(selection={{"method": "{method}"}})'
+        )
+    return (sum(vals) / len(vals) if vals else None), len(rep.calls)
+
+
+def make_confidence_metric(method: str = "self-certainty", *, missing: float = 0.0) -> Callable[..., Any]:
+    """A label-free confidence metric: the model's own token confidence, the baseline an ℓ2 metric must beat.
+
+    It reads the score that the LM's ``method`` selector gave the chosen
+    candidate of each LM call (``provider_data["l2reason"]["selection"]``) and
+    averages it over the prediction's calls, so the LM must run that selector:
+    ``configure_dspy(model, selection={"method": "self-certainty"})``. With
+    ``n=1`` the selector only scores the single candidate (the output is the
+    same as without it); the engine then asks the backend for top-5 logprobs.
+    The ℓ2 scores are still in the same summaries, so one run serves both
+    :func:`l2_metric` and this metric.
+
+    Args:
+        method: ``self-certainty`` (Kang et al. 2025: the mean over tokens of
+            the top-k distribution's KL divergence from uniform; ``>= 0``),
+            ``deepconf`` (DeepConf's lowest-group confidence, Fu et al. 2025)
+            or ``deepconf-tail`` (its tail confidence). Higher = more confident;
+            all unbounded, in nats: compare only on one model.
+        missing: the value when no call has a finite score.
+
+    Returns:
+        ``metric(example, pred, trace=None, pred_name=None, pred_trace=None)``.
+
+    Raises:
+        ConfigError: an unknown method; at call time, a prediction without an
+            ℓ2 report or whose calls were not scored by ``method``.
+
+    Example:
+        >>> m = make_confidence_metric("deepconf")
+        >>> m.__name__
+        'confidence_metric_deepconf'
+    """
+    if method not in CONFIDENCE_METHODS:
+        raise ConfigError(f"unknown confidence method {method!r}; valid: {', '.join(CONFIDENCE_METHODS)}")
+    meaning = "higher = the model was more confident in its tokens"
+    return _metric(lambda pred: _confidence_of(pred, method), method, meaning, missing, f"confidence_metric_{method}")
+
+
+#: The default confidence metric: self-certainty (needs an LM run with ``selection={"method": "self-certainty"}``).
+confidence_metric = make_confidence_metric("self-certainty")
+confidence_metric.__name__ = "confidence_metric"

@@ -176,8 +176,14 @@ class RunConfig(BaseModel):
         diff = {k: (getattr(old, k), getattr(self, k)) for k in _SAMPLE_KEYS if getattr(old, k) != getattr(self, k)}
         if diff:
             lines = ", ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            hint = ""
+            if "model_id" in diff:  # e.g. an engine server restarted with another model behind the same address
+                hint = (
+                    f" (the model {self.model!r} now runs {self.model_id!r}, not the {old.model_id!r} this run "
+                    "was generated with: start it with that model again)"
+                )
             raise ConfigError(
-                f"the run folder holds a run with other settings ({lines}); resume with the same "
+                f"the run folder holds a run with other settings ({lines}){hint}; resume with the same "
                 "settings, or pass a new --out folder"
             )
 

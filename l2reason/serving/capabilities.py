@@ -5,7 +5,8 @@
 run themselves, at every position of a request; :mod:`l2reason.serving.ablation`).
 A request whose settings ask for ``probe`` gets :func:`caps` in its first
 per-token record, so a client can ask a server what its plugin can do instead
-of assuming it from the engine's name.
+of assuming it from the engine's name, and (where the plugin passes it) how
+many per-request slots it holds right now (``"active_slots"``).
 
 Example:
     >>> sorted(SUPPORTED_INTERVENTIONS)
@@ -40,9 +41,26 @@ def plugin_version() -> str:
         return "unknown"
 
 
-def caps() -> dict[str, Any]:
-    """What a probe request gets back under ``"caps"``: the supported kinds (sorted) and the plugin's version."""
-    return {"interventions": sorted(SUPPORTED_INTERVENTIONS), "plugin": plugin_version()}
+def caps(*, active_slots: int | None = None) -> dict[str, Any]:
+    """What a probe request gets back under ``"caps"``: the supported kinds (sorted) and the plugin's version.
+
+    Args:
+        active_slots: how many per-request slots the plugin holds for *other* requests when it answers the
+            probe (its table of running requests, the probe's own slot not counted: an idle server answers 0).
+            None: the plugin does not say, and the record has no ``"active_slots"``. Load and fault tests read
+            it (:meth:`~l2reason.backends.engine_client.EngineClient.active_slots`) to check that finished,
+            refused and cancelled requests all gave their slot back.
+
+    Example:
+        >>> caps(active_slots=0)["active_slots"]
+        0
+        >>> "active_slots" in caps()
+        False
+    """
+    out: dict[str, Any] = {"interventions": sorted(SUPPORTED_INTERVENTIONS), "plugin": plugin_version()}
+    if active_slots is not None:
+        out["active_slots"] = int(active_slots)
+    return out
 
 
 def check_supported(settings: EngineSettings | None, engine: str) -> EngineSettings | None:

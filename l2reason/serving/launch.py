@@ -32,6 +32,8 @@ __all__ = [
     "flag_value",
     "launch_main",
     "l2reason_flags",
+    "numa_nodes",
+    "rank_core_lists",
     "refuse_above_one",
     "refuse_flags",
     "required_flag",
@@ -133,6 +135,38 @@ def required_flag(argv: Sequence[str], flags: Sequence[str], message: str) -> st
     if value is None:
         raise SystemExit(f"l2reason plugin: {message}")
     return value
+
+
+def numa_nodes() -> int:
+    """How many NUMA nodes Linux reports (``/sys/devices/system/node/node<i>``); 1 where it reports none."""
+    nodes = "/sys/devices/system/node"
+    found = [d for d in os.listdir(nodes) if d.startswith("node") and d[4:].isdigit()] if os.path.isdir(nodes) else []
+    return max(1, len(found))
+
+
+def rank_core_lists(ranks: int, cores: Sequence[int] | None = None, *, env_name: str = "the bind variable") -> str:
+    """A per-rank core binding (``"0|1"``, ``"0,1|2,3"``) giving each of ``ranks`` an equal share of ``cores``.
+
+    Both engines' CPU builds bind rank i to NUMA node i unless told otherwise, and refuse to start with more
+    ranks than nodes; their ``*_CPU_OMP_THREADS_BIND`` variables take this format instead. ``cores``: the
+    cores to split (default: the ones this process may run on); the lists are disjoint, contiguous in core
+    order, and leftover cores go unused.
+
+    Raises:
+        SystemExit: fewer cores than ranks (``env_name``: the variable to set by hand, for the message).
+
+    Example:
+        >>> rank_core_lists(2, [3, 0, 1, 2, 7])
+        '0,1|2,3'
+    """
+    cpus = sorted(os.sched_getaffinity(0) if cores is None else cores)
+    if len(cpus) < ranks:
+        raise SystemExit(
+            f"l2reason plugin: {ranks} ranks on a CPU need a core each; this process may use {len(cpus)} "
+            f"(set {env_name} by hand)"
+        )
+    per = len(cpus) // ranks
+    return "|".join(",".join(map(str, cpus[i * per : (i + 1) * per])) for i in range(ranks))
 
 
 def exec_launch(cmd: Sequence[str], env: Mapping[str, str]) -> None:

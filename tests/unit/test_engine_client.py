@@ -28,6 +28,7 @@ from l2reason.backends.sglang import SGLangBackend, parse_url
 from l2reason.backends.shared import check_spec, get_backend, make_backend
 from l2reason.backends.vllm import VLLMBackend, parse_vllm_url
 from l2reason.errors import BackendError, CapabilityError, ConfigError
+from l2reason.serving.capabilities import caps
 from l2reason.serving.settings import EngineSettings
 
 CAPS = {"interventions": ["alrr", "suppress"], "plugin": "0.0-test"}
@@ -262,9 +263,35 @@ def test_a_server_without_the_plugin_or_with_an_older_one(engine, serve):
     old = _records_answer(engine, [{"e": "invalid l2reason settings: probe: Extra inputs are not permitted"}])
     with pytest.raises(BackendError, match=r"older l2reason plugin.*\(it answered: invalid l2reason settings"):
         client(engine, serve(gen=old).url)
-    for caps in ({"interventions": "alrr"}, ["alrr"], {"interventions": [1]}):
+    # a current plugin that fails the probe request itself says so (not "older plugin")
+    failed = _records_answer(engine, [{"e": "l2reason: the vLLM plugin could not place this token in the step"}])
+    with pytest.raises(BackendError, match=r"plugin of the \w+ server at .* failed the plugin probe .*: l2reason: the"):
+        client(engine, serve(gen=failed).url)
+    bad_slots = [{**CAPS, "active_slots": v} for v in (-1, "2", True, 1.5)]
+    for bad in ({"interventions": "alrr"}, ["alrr"], {"interventions": [1]}, *bad_slots):
         with pytest.raises(BackendError, match=r"answered the plugin probe .* with malformed capabilities"):
-            client(engine, serve(gen=engine.gen_ok(caps=caps)).url)
+            client(engine, serve(gen=engine.gen_ok(caps=bad)).url)
+
+
+def test_caps_carry_the_slot_count_only_when_the_plugin_gives_it():
+    assert "active_slots" not in caps()
+    assert caps(active_slots=0)["active_slots"] == 0 and caps(active_slots=5)["active_slots"] == 5
+    assert {k: v for k, v in caps(active_slots=3).items() if k != "active_slots"} == caps()
+
+
+def test_active_slots_is_read_from_a_fresh_probe(engine, serve):
+    held = {"n": 0}
+
+    def gen(body: Any) -> tuple[int, bytes]:  # a plugin whose slot table changes between probes
+        return engine.gen_ok(caps={**CAPS, "active_slots": held["n"]})(body)
+
+    fake = serve(gen=gen)
+    be = client(engine, fake.url)
+    assert be.active_slots() == 0
+    held["n"] = 3
+    assert be.active_slots() == 3
+    assert sum("probe" in json.dumps(body) for _, _, body, _ in fake.seen) == 3  # set-up's probe, then one each
+    assert client(engine, serve().url).active_slots() is None  # a plugin that does not count
 
 
 def _records_answer(engine: Engine, records: Any) -> Callable[[Any], tuple[int, bytes]]:
@@ -373,6 +400,51 @@ def test_a_broken_answer_while_generating_names_the_server_and_route(engine, ser
         be.generate(req())
     fake.routes[engine.gen] = engine.gen_ok()
     assert be.generate(two).candidates[1].norms.T == 4  # and it keeps working
+
+
+def _short_records(engine: Engine, keep: Callable[[list[Any]], Any]) -> Callable[[Any], tuple[int, bytes]]:
+    """The plugin's good answer with each completion's record list replaced by ``keep(records)``."""
+    good = engine.gen_ok()
+
+    def answer(body: Any) -> tuple[int, bytes]:
+        out = json.loads(good(body)[1])
+        for o in out if isinstance(out, list) else [out]:
+            box = o["meta_info"] if engine.cls is SGLangBackend else o["kv_transfer_params"]
+            box["l2r"] = keep(box["l2r"])
+        return js(out)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("keep", "got"),
+    [
+        (lambda recs: recs[:2], r"returned 2 records for 4 tokens of {who} \(norms were asked for every token\)"),
+        (lambda recs: [], r"returned 0 records for 4 tokens of {who}"),
+        (
+            lambda recs: None,
+            r"returned no l2reason records: it runs without the plugin .* or the plugin lost norms for 4 tokens of {who}$",
+        ),
+    ],
+)
+def test_a_short_record_list_is_an_error_naming_the_request(engine, serve, keep, got):
+    fake = serve()
+    be = client(engine, fake.url)
+    fake.routes[engine.gen] = _short_records(engine, keep)
+    norms = NormSpec(layers=[0, 3], mask_massive=False)
+    cases = [
+        (req(n=2, norms=norms, request_id="item-7"), r"request 'item-7' \(candidate 0 of 2\)"),
+        (req(norms=norms), r"the request 'hi'"),
+        (
+            GenerationRequest(messages=[{"role": "user", "content": "2+2?"}], norms=norms, sampling=req().sampling),
+            r"the request '2\+2\?'",
+        ),
+    ]
+    for r, who in cases:
+        with pytest.raises(BackendError, match=got.format(who=who)):
+            be.generate(r)
+    fake.routes[engine.gen] = engine.gen_ok()
+    assert be.generate(cases[0][0]).candidates[1].norms.T == 4  # and the next request is served whole
 
 
 # ---- a dead server, and retries ------------------------------------------------------------------------------------

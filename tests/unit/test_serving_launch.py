@@ -61,3 +61,48 @@ def test_importing_the_launch_helpers_loads_neither_torch_nor_pydantic():
     code = "import sys, l2reason.serving.launch; print('torch' in sys.modules or 'pydantic' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+# ---- scale-out (issue 26) ---------------------------------------------------------------------------------------
+
+
+def test_vllm_tensor_parallel_gets_a_core_list_per_rank_where_numa_nodes_are_too_few(tmp_path, monkeypatch):
+    from l2reason_vllm import launch as vllm_launch
+
+    from l2reason.serving import launch as shared
+
+    assert shared.rank_core_lists(2, [0, 1]) == "0|1"  # one core per rank (these 2-core machines)
+    assert shared.rank_core_lists(2, [3, 0, 1, 2, 7]) == "0,1|2,3"  # sorted, equal shares, leftover unused
+    with pytest.raises(SystemExit, match="4 ranks on a CPU need a core each"):
+        shared.rank_core_lists(4, [0, 1], env_name="X")
+    assert shared.numa_nodes() >= 1
+    env = vllm_launch.rank_binding_env({}, 2, nodes=1)
+    assert env[vllm_launch.THREADS_BIND_ENV].count("|") == 1
+    assert vllm_launch.rank_binding_env({}, 2, nodes=2) == {}  # vLLM's auto binding: a node per rank
+    assert vllm_launch.rank_binding_env({}, 1, nodes=1) == {}
+    kept = {vllm_launch.THREADS_BIND_ENV: "0-3|4-7"}
+    assert vllm_launch.rank_binding_env(kept, 2, nodes=1) == kept  # the caller's lists win
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": ["Qwen2ForCausalLM"]}')
+    monkeypatch.setattr(shared, "numa_nodes", lambda: 1)
+    monkeypatch.setattr(shared.os, "sched_getaffinity", lambda pid: {0, 1})
+    for extra in ([], ["--no-l2reason-plugin"]):  # the stock server gets the same binding (for comparisons)
+        cmd, env = vllm_launch.build(["--model", str(model), "--tensor-parallel-size", "2", *extra], env={})
+        assert env[vllm_launch.THREADS_BIND_ENV] == "0|1" and "--tensor-parallel-size" in cmd
+    cmd, env = vllm_launch.build(["--model", str(model), "--data-parallel-size", "2"], env={})
+    assert env[vllm_launch.THREADS_BIND_ENV] == "0|1"  # data-parallel rank d gets the d-th list
+    cmd, env = vllm_launch.build(["--model", str(model)], env={})
+    assert vllm_launch.THREADS_BIND_ENV not in env
+    with pytest.raises(SystemExit, match="is not a number"):
+        vllm_launch.build(["--model", str(model), "-tp", "two"], env={})
+
+
+def test_serve_refuses_dp_for_vllm_and_names_the_engines_own_flag():
+    from typer.testing import CliRunner
+
+    from l2reason.cli import app
+
+    out = CliRunner().invoke(app, ["serve", "--engine", "vllm", "--dp", "2"])
+    assert out.exit_code != 0 and "--data-parallel-size" in out.output

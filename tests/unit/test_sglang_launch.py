@@ -53,7 +53,7 @@ def test_cpu_gets_the_cpu_engine_and_the_standin_gpu_gets_neither():
     assert "PYTHONPATH" not in env and "--no-cpu-standin" not in cmd
     cmd, env = launch.build([*BASE, "--device", "cuda"], env={})
     assert "SGLANG_USE_CPU_ENGINE" not in env and "PYTHONPATH" not in env
-    assert cmd.count("--disable-cuda-graph") == 1  # the plugin's loop is eager (see docs/sglang.md)
+    assert "--disable-cuda-graph" not in cmd  # the plugin's step is graph-safe (see docs/sglang.md)
 
 
 def test_stock_mode_keeps_the_cpu_setup_without_the_plugin():
@@ -99,3 +99,21 @@ def test_serve_needs_the_sglang_environment(tmp_path):
 
     with pytest.raises(ConfigError, match="make sglang"):
         sglang_python(tmp_path / "nope" / "python")
+
+
+def test_cpu_ranks_beyond_the_numa_nodes_get_a_core_list_each(monkeypatch):
+    # scale-out (issue 26): SGLang's CPU path asserts a NUMA node per rank unless SGLANG_CPU_OMP_THREADS_BIND is set
+    from l2reason.serving import launch as shared
+
+    monkeypatch.setattr(launch, "numa_nodes", lambda: 1)
+    monkeypatch.setattr(shared.os, "sched_getaffinity", lambda pid: {0, 1})
+    cpu = [*BASE, "--device", "cpu"]
+    for sizes in (["--dp-size", "2"], ["--tp-size=2"], ["--tensor-parallel-size", "2", "--no-l2reason-plugin"]):
+        assert launch.build([*cpu, *sizes], env={})[1][launch.THREADS_BIND_ENV] == "0|1"
+    assert launch.THREADS_BIND_ENV not in launch.build(cpu, env={})[1]  # one rank: SGLang's own binding
+    assert launch.THREADS_BIND_ENV not in launch.build([*BASE, "--device", "cuda", "--dp-size", "2"], env={})[1]
+    kept = {launch.THREADS_BIND_ENV: "0|1|0|1"}
+    assert launch.build([*cpu, "--tp-size", "2", "--dp-size", "2"], env=kept)[1][launch.THREADS_BIND_ENV] == "0|1|0|1"
+    with pytest.raises(SystemExit, match="4 ranks on a CPU need a core each"):
+        launch.build([*cpu, "--tp-size", "2", "--dp-size", "2"], env={})
+    assert launch.cpu_rank_binding(["--dp-size", "2"], {}, nodes=2) == {}  # a node per rank: SGLang's own

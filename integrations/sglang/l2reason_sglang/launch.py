@@ -7,13 +7,16 @@ What it adds to SGLang's own ``sglang.launch_server``:
 - a clear error, before anything loads, for modes the plugin does not support
   yet: pipeline parallelism, DP attention, speculative decoding, mixed chunked
   prefill, context parallelism, torch.compile capture;
-- on a GPU, ``--disable-cuda-graph``: the plugin's layer loop is eager Python
-  (the decode graph would replay without it and return no norms);
+- nothing about CUDA graphs: the plugin's per-layer step is graph-safe (SGLang
+  captures it with the decode graph; passes holding an ALRR or ``sae_ablate``
+  request run eagerly, see ``docs/sglang.md``);
 - with ``--device cpu``, SGLang's CPU engine (``SGLANG_USE_CPU_ENGINE=1``) and,
   unless ``--no-cpu-standin`` is given, the pure-torch stand-in for SGLang's
   kernel package (``l2reason_sglang/standin``): the package registry has no
   CPU build of it. The stand-in is test infrastructure for CPU machines; it
-  is never put on the path for a GPU server;
+  is never put on the path for a GPU server; with more ranks
+  (``--tp-size`` x ``--dp-size``) than NUMA nodes, a core list per rank
+  (``SGLANG_CPU_OMP_THREADS_BIND``, unless set; :func:`cpu_rank_binding`);
 - ``--sae-dir DIR``: the folder the server reads SAE files from, by name
   (``sae_ablate``); without it the plugin refuses SAE ablation. See
   :mod:`l2reason.serving.launch` for l2reason's own flags.
@@ -29,6 +32,8 @@ from l2reason.serving.launch import (
     flag_value,
     l2reason_flags,
     launch_main,
+    numa_nodes,
+    rank_core_lists,
     refuse_above_one,
     refuse_flags,
     required_flag,
@@ -43,11 +48,15 @@ _UNSUPPORTED_FLAGS = {
     "--speculative-algorithm": "speculative decoding",
     "--enable-mixed-chunk": "mixed chunked prefill",
     "--enable-prefill-cp": "context-parallel prefill",
-    # captures the decode step (CUDA graphs / CPU graph runner): the plugin's loop is eager Python
-    # (and SGLang 0.5.23's CPU graph runner does not start with the torch-native attention backend)
+    # torch.compile of the whole forward (and the CPU graph runner): not tried with the plugin's loop, whose
+    # eager path branches in Python (SGLang 0.5.23's CPU graph runner does not start here anyway: docs/sglang.md)
     "--enable-torch-compile": "torch.compile graph capture",
 }
 _PP_FLAGS = ("--pp-size", "--pipeline-parallel-size", "--pp")
+_TP_FLAGS = ("--tp-size", "--tensor-parallel-size")
+_DP_FLAGS = ("--dp-size", "--data-parallel-size")
+#: SGLang's CPU path: each rank's cores ("all" = a NUMA node per rank, or lists joined by "|")
+THREADS_BIND_ENV = "SGLANG_CPU_OMP_THREADS_BIND"
 
 
 def check_args(argv: list[str]) -> None:
@@ -56,6 +65,27 @@ def check_args(argv: list[str]) -> None:
     refuse_above_one(argv, _PP_FLAGS, "pipeline parallelism is not supported; use --tp-size / --dp-size")
     refuse_above_one(argv, ("--attn-cp-size",), "context-parallel attention (--attn-cp-size) is not supported yet")
     required_flag(argv, ("--model-path", "--model"), "give --model-path <folder or hub id>")
+
+
+def cpu_rank_binding(args: list[str], env: dict[str, str], nodes: int | None = None) -> dict[str, str]:
+    """``env`` with a core list per rank for a CPU server whose ranks (``--tp-size`` x ``--dp-size``) outnumber
+    the NUMA nodes.
+
+    SGLang 0.5.23's CPU path gives rank i NUMA node i and asserts there are enough nodes unless
+    :data:`THREADS_BIND_ENV` lists cores per rank; on a one-node machine ``--dp-size 2`` or ``--tp-size 2``
+    then does not start. This sets the variable to an equal split of the cores this process may use
+    (:func:`l2reason.serving.launch.rank_core_lists`) unless the caller set it. (SGLang applies the binding
+    only with its real CPU kernels; with the stand-in the list is checked, not used.)
+    """
+    sizes = [flag_value(args, flags) or "1" for flags in (_TP_FLAGS, _DP_FLAGS)]
+    try:
+        ranks = int(sizes[0]) * int(sizes[1])
+    except ValueError:
+        raise SystemExit(f"l2reason plugin: --tp-size / --dp-size {sizes} are not numbers") from None
+    out = dict(env)
+    if ranks > (numa_nodes() if nodes is None else nodes) and THREADS_BIND_ENV not in out:
+        out[THREADS_BIND_ENV] = rank_core_lists(ranks, env_name=THREADS_BIND_ENV)
+    return out
 
 
 def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
@@ -74,8 +104,7 @@ def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str]
         env["SGLANG_USE_CPU_ENGINE"] = "1"
         if "--no-cpu-standin" not in argv:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(STANDIN_DIR), env.get("PYTHONPATH", "")) if p)
-    elif plugin and "--disable-cuda-graph" not in args:
-        args.append("--disable-cuda-graph")
+        env = cpu_rank_binding(args, env)
     return [sys.executable, "-m", "sglang.launch_server", *args], env
 
 

@@ -1,68 +1,90 @@
-"""SGLang glue for the l2reason controllers: settings in, the layer loop, norms out.
+"""SGLang glue for the l2reason step: settings in, the layer loop, records out, the graph runners.
 
-Everything ℓ2 is :mod:`l2reason.serving` (per-slot state, the per-layer step)
-and :mod:`l2reason.techniques` (the controllers the embedded backend runs
-too); this file holds only what is SGLang's (0.5.23):
+Everything ℓ2 is :mod:`l2reason.serving` (the graph-safe tables and step,
+the reference per-slot runtime) and :mod:`l2reason.techniques`; the
+per-request slots are :mod:`l2reason_sglang.slots`; this file holds only what
+is SGLang's (0.5.23), as hooks on its classes (installed once per process by
+:func:`install_hooks` when the plugin's model is built):
 
 - **Settings in.** A request's settings travel as one JSON string in
   ``sampling_params["custom_params"]["l2reason"]``. Attributes set on a
   ``ForwardBatch`` do not reach the model (the runner rebuilds it keeping
-  declared fields only), so :func:`install_settings_hook` wraps
-  ``ForwardBatch.init_new``, which sees the scheduler's requests, and records
-  each request's decoded settings by request id; the model looks its rows up
-  through ``forward_batch.rids``. Entries age out of a bounded LRU table.
+  declared fields only), so ``ForwardBatch.init_new``, which sees the
+  scheduler's requests, records each request's decoded settings by request
+  id; rows are looked up through ``forward_batch.rids``. Entries age out of
+  a bounded LRU table.
+- **Before each forward** (``model.prepare_for_forward``, which SGLang's
+  ``ModelRunner._forward_raw`` calls eagerly before every forward, decode
+  graph replays included, and before each prefill-graph capture): the
+  slots SGLang freed are released, requests seen for the first time are
+  admitted to their ``req_pool_indices`` slot, and the pass's token → slot
+  map is bound into the tables' persistent buffer.
 - **The layer loop** (:func:`l2_model_forward`) replaces the inner model's
-  ``forward``: the same layers in the same order; after a layer the plugin
-  needs, it reads the residual stream of each request's newest position.
-  SGLang carries the stream as a pending pair (layer output ``o`` + residual
-  ``r``; the next layer's fused add+norm forms ``o + r``), so the stream is
-  ``o + r`` and a changed row is written back as ``r ← x'``, ``o ← 0`` (the
-  next add gives exactly ``x'``; other rows are untouched, bit for bit).
-  With no request asking for anything, the stock forward runs unchanged.
-- **Recursion without touching the KV cache.** A re-run of layer ``l`` writes
-  this step's keys/values again; the plugin saves the rows' pass-0 entries
-  first and puts them back after, so later tokens see pass-0 keys/values
-  only (and the re-run attends to its own new ones, as in the embedded
-  backend).
-- **SAE ablation** (``sae_ablate``) is not a controller: it changes every
-  position of its request, prompt included. Its tokens are the request's
+  ``forward``: the same layers in the same order, and after every layer
+  :meth:`~l2reason_sglang.slots.SGLangSlots.after_layer`: the graph step
+  (fixed-shape tensor code, captured once in a decode graph and replayed for
+  any mix of requests), plus, in an eager pass only, SAE ablations and the
+  reference runtime for the requests that use ALRR or ``sae_ablate``.
+  SGLang carries the stream as a pending pair (layer output ``o`` +
+  residual ``r``; the next layer's fused add+norm forms ``o + r``); a changed
+  row is written back as ``r ← x'``, ``o ← 0`` (the next add gives exactly
+  ``x'``; other rows are untouched, bit for bit). A pass in which no row
+  asked for anything runs the stock forward (never in a capture).
+- **Graph runners.** The decode CUDA-graph runner, the prefill graph runner
+  and the CPU graph runner decline (``can_run_graph`` is False) a pass that
+  holds an eager request, so it runs through the eager runner: a captured
+  graph holds the graph step only.
+- **Records out, after the forward.** An AFTER hook on ``ModelRunner.forward``
+  builds this pass's records from the tables' persistent buffers (one copy)
+  and the eager plan, and sets ``LogitsProcessorOutput.customized_info["l2r"]``
+  (one record per request row); SGLang appends it to the request and returns
+  it as ``meta_info["l2r"]``, one entry per completion token. Never inside
+  the forward: a decode replay returns the ``customized_info`` of its
+  capture. Prefill records the request's last prompt position, decode each
+  row's new token. A row with settings that got no record of the plugin's
+  gets an error record (``"e"``), never a gap.
+- **Release.** ``ReqToTokenPool.free_rows`` (a request finished, was aborted
+  or retracted) marks its slot; the next ``prepare_for_forward`` releases it
+  (``active_slots`` in the probe's capabilities counts the slots held).
+- **Recursion without touching the KV cache** (ALRR, eager): a re-run of
+  layer ``l`` writes this step's keys/values again; the plugin saves the
+  rows' pass-0 entries first and puts them back after, so later tokens see
+  pass-0 keys/values only (and the re-run attends to its own new ones, as in
+  the embedded backend).
+- **SAE ablation** (``sae_ablate``, eager): its tokens are the request's
   segment of an extend pass (the uncached prompt tokens) and its row of a
   decode pass; which SAE file (by name, from the ``--sae-dir`` folder only),
   the checks and the grouping are :mod:`l2reason.serving.ablation`'s.
   Because the ablated prompt's keys/values differ from a plain run's, the
   plugin wraps ``Req.__init__`` and gives such a request a radix-cache
   namespace of its own (``req.cache_salt``, extended with a hash of its
-  ablations) before the scheduler matches its prompt, whatever the client
-  sent: it never reuses a plain request's cached prompt and never leaves its
-  own for plain requests.
-- **Norms out.** The causal-LM wrapper sets
-  ``LogitsProcessorOutput.customized_info["l2r"]`` to one record per request
-  row; SGLang appends it to the request and returns it as
-  ``meta_info["l2r"]``, one entry per completion token. Prefill records the
-  request's last prompt position, decode each row's new token.
+  ablations) before the scheduler matches its prompt.
 
 Not supported (the launcher refuses them): pipeline parallelism, DP
-attention, speculative decoding, mixed chunked prefill. CUDA graphs: this
-loop is eager Python (it runs under ``--disable-cuda-graph``; the controllers
-themselves are fixed-shape tensor code, see ``docs/sglang.md``).
+attention, speculative decoding, mixed chunked prefill, ``--enable-torch-compile``.
+The records are read with a blocking copy after each forward, which costs
+SGLang's overlap scheduling its overlap on a GPU (not measured; CPU runs
+have no overlap to lose). ``docs/sglang.md`` and ``docs/graph_step.md`` have
+the rest.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any
 
 import torch
 
 from l2reason.errors import ConfigError
-from l2reason.serving.ablation import AblationRows, SAEAblations, SAEStore, ablation_cache_salt, apply_ablations
+from l2reason.serving.ablation import ablation_cache_salt
 from l2reason.serving.capabilities import read_settings
 from l2reason.serving.info import EngineModelInfo
 from l2reason.serving.settings import SETTINGS_KEY, TOKEN_KEY, EngineSettings
-from l2reason.serving.slots import SlotRuntime, StepPlan
-from l2reason.signal.certainty import self_certainty
+from l2reason_sglang.slots import GRAPH_KINDS, SGLangSlots, Step
 
 log = logging.getLogger("l2reason_sglang")
 
@@ -76,6 +98,8 @@ _SETTINGS_CAP = 16384  # far more than any server's running requests; old entrie
 _SETTINGS_MAX_CHARS = 256 * 1024**2
 _SETTINGS_CHARS = 0
 _HOOKED = False
+#: every model replica's slots in this process (SGLang's freed request-pool rows are passed to each)
+_REPLICAS: weakref.WeakSet[SGLangSlots] = weakref.WeakSet()
 
 
 def _record(rid: str, params: dict[str, Any] | None) -> None:
@@ -113,14 +137,15 @@ def settings_for(rid: str | None) -> EngineSettings | Exception | None:
     return None if hit is None else hit[1]
 
 
-def install_settings_hook() -> None:
-    """Wrap ``ForwardBatch.init_new`` so each request's settings are recorded by request id, and ``Req.__init__``
-    so a request with SAE ablations gets a radix-cache namespace of its own (once per process)."""
+def install_hooks() -> None:
+    """Install the plugin's hooks on SGLang's classes (once per process; see the module docstring)."""
     global _HOOKED
     if _HOOKED:
         return
     from sglang.srt.managers.schedule_batch import Req
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+    from sglang.srt.model_executor.model_runner import ModelRunner
 
     original = ForwardBatch.init_new.__func__  # type: ignore[attr-defined]
 
@@ -139,61 +164,130 @@ def install_settings_hook() -> None:
             _record(self.rid, params)
             self.cache_salt = ablation_cache_salt(settings_for(self.rid), self.cache_salt)
 
+    free_rows = ReqToTokenPool.free_rows
+
+    def free_rows_released(self: Any, indices: Any) -> None:
+        for replica in list(_REPLICAS):
+            replica.free(indices)
+        free_rows(self, indices)
+
+    forward = ModelRunner.forward
+
+    def forward_with_records(self: Any, forward_batch: Any, *args: Any, **kwargs: Any) -> Any:
+        setup = getattr(self.model, "l2reason_setup", None)
+        if setup is not None:
+            setup(self)
+        out = forward(self, forward_batch, *args, **kwargs)
+        fill = getattr(self.model, "l2reason_records", None)
+        if fill is not None:
+            fill(forward_batch, getattr(out, "logits_output", None))
+        return out
+
+    init_graphs = ModelRunner.init_cuda_graphs
+
+    def init_graphs_after_setup(self: Any, *args: Any, **kwargs: Any) -> Any:
+        setup = getattr(self.model, "l2reason_setup", None)
+        if setup is not None:
+            setup(self)  # the tables exist before any capture (no allocation inside a graph)
+        return init_graphs(self, *args, **kwargs)
+
     ForwardBatch.init_new = classmethod(init_new)  # type: ignore[method-assign]
     Req.__init__ = req_init_salted  # type: ignore[method-assign]
+    ReqToTokenPool.free_rows = free_rows_released  # type: ignore[method-assign]
+    ModelRunner.forward = forward_with_records  # type: ignore[method-assign]
+    ModelRunner.init_cuda_graphs = init_graphs_after_setup  # type: ignore[method-assign]
+    _decline_eager_passes()
     _HOOKED = True
 
 
-def _runtime(model: Any, forward_batch: Any) -> SlotRuntime:
-    rt = getattr(model, "_l2r_runtime", None)
-    if rt is None:
-        from sglang.srt.model_executor.forward_context import get_attn_backend
+def _decline_eager_passes() -> None:
+    """Make SGLang's graph runners decline a pass that holds an eager request (ALRR, ``sae_ablate``)."""
+    import importlib
 
-        pool = get_attn_backend().req_to_token_pool
+    for module, name in (
+        ("sglang.srt.model_executor.runner.decode_cuda_graph_runner", "DecodeCudaGraphRunner"),
+        ("sglang.srt.model_executor.runner.prefill_cuda_graph_runner", "PrefillCudaGraphRunner"),
+        ("sglang.srt.model_executor.cpu_graph_runner", "CPUGraphRunner"),
+    ):
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:  # a runner this build lacks cannot replay anything
+            log.debug("l2reason: no %s.%s to hook (%s)", module, name, e)
+            continue
+        _wrap_can_run(cls)
+
+
+def _wrap_can_run(cls: type) -> None:
+    can_run = cls.can_run_graph  # type: ignore[attr-defined]
+
+    def can_run_graph(self: Any, forward_batch: Any) -> bool:
+        declines = getattr(self.model_runner.model, "l2reason_declines_graph", None)
+        if declines is not None and declines():
+            return False
+        return bool(can_run(self, forward_batch))
+
+    cls.can_run_graph = can_run_graph  # type: ignore[attr-defined]
+
+
+def _capturing() -> bool:
+    """Whether this forward is being captured (a CUDA graph, or torch.compile tracing it)."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def setup_slots(model: Any, model_runner: Any) -> SGLangSlots:
+    """The replica's :class:`~l2reason_sglang.slots.SGLangSlots` (built on first use, before any capture)."""
+    inner = model.model
+    slots = getattr(inner, "_l2r_slots", None)
+    if slots is None:
+        pool = model_runner.req_to_token_pool
         num_slots = int(pool.req_to_token.shape[0])  # slot 0 is SGLang's padding row
+        param = next(inner.parameters())
         info = EngineModelInfo(
-            "SGLang",
-            num_layers=len(model.layers),
-            hidden_size=int(model.config.hidden_size),
-            dtype=next(model.parameters()).dtype,
+            "SGLang", num_layers=len(inner.layers), hidden_size=int(inner.config.hidden_size), dtype=param.dtype
         )
-        device = forward_batch.input_ids.device
-        rt = SlotRuntime(info, num_slots=num_slots, device=device)
-        model._l2r_runtime = rt
-        model._l2r_ablations = SAEAblations(SAEStore.from_env(device), info)
-        log.info("l2reason: per-slot runtime for %d slots, %d layers", num_slots, info.num_layers)
-    return rt
+        slots = inner._l2r_slots = SGLangSlots(info, num_slots, device=param.device, kinds=graph_kinds())
+        _REPLICAS.add(slots)
+    return slots
 
 
-def _plan(model: Any, forward_batch: Any) -> tuple[StepPlan, torch.Tensor, dict[int, AblationRows]] | None:
-    """This pass's plan, each request row's newest token position, and the SAE ablations (layer -> rows);
-    None when no row asked for anything."""
-    rids = forward_batch.rids
+def graph_kinds() -> tuple[str, ...]:
+    """The kinds compiled into the captured step: ``$L2REASON_SGLANG_GRAPH_KINDS`` (comma-separated, ``none`` for
+    norm capture only), default :data:`~l2reason_sglang.slots.GRAPH_KINDS`. Each kind costs every replayed step;
+    a request using a kind left out is served on the eager path (its passes are not replayed)."""
+    raw = os.environ.get("L2REASON_SGLANG_GRAPH_KINDS")
+    if raw is None:
+        return GRAPH_KINDS
+    kinds = tuple(k.strip() for k in raw.split(",") if k.strip() and k.strip() != "none")
+    bad = sorted(set(kinds) - set(GRAPH_KINDS))
+    if bad:
+        raise ConfigError(f"L2REASON_SGLANG_GRAPH_KINDS: {bad} cannot run in the graph step; choose from {GRAPH_KINDS}")
+    return kinds
+
+
+def prepare_step(slots: SGLangSlots, forward_batch: Any) -> Step:
+    """This pass's :class:`~l2reason_sglang.slots.Step`, from SGLang's ``ForwardBatch`` (before the forward)."""
+    rids = list(forward_batch.rids or [])
     mode = forward_batch.forward_mode
+    ids = forward_batch.input_ids
+    n = int(ids.shape[0]) if ids is not None else 0
     if not rids or mode.is_idle():
-        return None
+        return slots.prepare([], [], [], decode=mode.is_decode(), num_tokens=n)
     settings = [settings_for(r) for r in rids]
-    if all(s is None for s in settings):
-        return None
-    if mode.is_mixed():
-        raise ConfigError("l2reason: mixed chunked prefill is not supported; start SGLang without --enable-mixed-chunk")
     decode = mode.is_decode()
-    if not decode and not mode.is_extend():
-        raise ConfigError(f"l2reason: forward mode {mode} is not supported (speculative decoding?)")
-    slots = forward_batch.req_pool_indices[: len(rids)].tolist()
-    device = forward_batch.input_ids.device
-    rows = torch.arange(len(rids))
-    if decode:
-        last, owner = rows.to(device), rows  # one token per request
-    else:  # the requests' new tokens, one segment each, in order
-        lens = torch.as_tensor(forward_batch.extend_seq_lens_cpu, dtype=torch.long)
-        last, owner = (lens.cumsum(0) - 1).to(device), torch.repeat_interleave(rows, lens)
-    rt = _runtime(model, forward_batch)
-    checked, bad = model._l2r_ablations.for_rows(list(rids), settings)
-    for i, e in bad.items():
-        settings[i] = e
-    ablate = SAEAblations.plan(checked, owner)
-    return rt.plan(slots, list(rids), settings, decode=decode), last, ablate
+    if any(s is not None for s in settings):
+        if mode.is_mixed():
+            raise ConfigError(
+                "l2reason: mixed chunked prefill is not supported; start SGLang without --enable-mixed-chunk"
+            )
+        if not decode and not mode.is_extend():
+            raise ConfigError(f"l2reason: forward mode {mode} is not supported (speculative decoding?)")
+    pool = forward_batch.req_pool_indices_cpu
+    pool = forward_batch.req_pool_indices if pool is None else pool
+    slot_ids = [int(s) for s in pool[: len(rids)].tolist()]
+    lens = None if decode else list(forward_batch.extend_seq_lens_cpu or [])
+    return slots.prepare(rids, slot_ids, settings, decode=decode, num_tokens=n, extend_lens=lens)
 
 
 def _rerun(layer: Any, positions: torch.Tensor, forward_batch: Any, x: torch.Tensor) -> torch.Tensor:
@@ -230,66 +324,64 @@ def l2_model_forward(
     input_embeds: torch.Tensor | None = None,
     pp_proxy_tensors: Any = None,
 ) -> Any:
-    """The inner model's forward with the l2reason step after each layer it needs (see the module docstring)."""
+    """The inner model's forward with the l2reason step after every layer (see the module docstring)."""
     from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
 
-    planned = _plan(self, forward_batch)
-    self._l2r_plan = planned[0] if planned is not None else None
-    if planned is None:
+    step: Step | None = self._l2r_step  # prepared for this pass (None: a capture, or a warm-up before one)
+    self._l2r_step = None
+    if _capturing():
+        step = None  # a captured graph holds the graph step only
+    if (step is not None and step.plain) or self._l2r_slots is None:  # (no slots: nothing was admitted)
         return self._l2r_stock_forward(input_ids, positions, forward_batch, input_embeds, pp_proxy_tensors)
-    plan, last, ablate = planned
-    rt: SlotRuntime = self._l2r_runtime
-    touched = plan.touched_layers | set(ablate)
+    slots: SGLangSlots = self._l2r_slots
     hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
     residual_batch.start(forward_batch)
+    eager_recursion = step is not None and step.decode and step.eager_plan is not None
     for i in range(self.start_layer, self.end_layer):
         layer = self.layers[i]
         hidden = layer(positions, hidden, forward_batch)
-        if i not in touched:
-            continue
         stream = residual_batch.stream_of(forward_batch)
         out, res = stream.export(hidden)  # completes any owed reduction; the pending add stays
         if stream.pending is not None:
             hidden = out
-        apply_ablations(ablate.get(i, []), out, res)  # every token of the ablating requests, in place
-        if i not in plan.touched_layers:
-            continue
-        x = out[last] + res[last] if res is not None else out[last]  # [B, d] newest positions
         rerun = None
-        if plan.decode:
+        if eager_recursion:
 
             def rerun(xs: torch.Tensor, _layer: Any = layer) -> torch.Tensor:
                 return _rerun(_layer, positions, forward_batch, xs)
 
-        new = rt.step_layer(plan, i, x, mlp_out=out[last] if res is not None else None, rerun=rerun)
-        if new is not x:
-            if res is not None:
-                res[last] = new.to(res.dtype)
-                out[last] = 0
-            else:  # a written stream: `hidden` is the stream itself
-                hidden[last] = new.to(hidden.dtype)
+        slots.after_layer(step, i, out, res, rerun)
     return residual_batch.final_norm(hidden, forward_batch, self.norm, skip_empty=True)
 
 
-def attach_records(model: Any, output: Any) -> Any:
-    """Put this pass's per-row records into the logits output's ``customized_info``."""
-    plan = getattr(model, "_l2r_plan", None)
-    if plan is None or output is None or not hasattr(output, "customized_info"):
-        return output
-    info = dict(output.customized_info or {})
-    records = model._l2r_runtime.records(plan)
-    logits = getattr(output, "next_token_logits", None)
-    want = [i for i, s in enumerate(plan.settings) if s is not None and s.sc]
-    if want and logits is not None and logits.shape[0] == len(records):
-        for i, v in zip(want, self_certainty(logits[want]).tolist(), strict=True):
-            records[i] = {**(records[i] or {}), "sc": v}
-    elif want:  # asked for and not computable: say so, never leave it out
-        for i in want:
-            records[i] = {**(records[i] or {}), "e": "l2reason: no logits row for self-certainty"}
+def _no_records(forward_batch: Any, why: str) -> list[dict[str, Any] | None] | None:
+    """Error records for the rows with settings of a pass the plugin has no step for (None: no such row)."""
+    settings = [settings_for(r) for r in (forward_batch.rids or [])]
+    if all(s is None for s in settings):
+        return None
+    msg = f"l2reason: no record for this token ({why}); please report this"
+    return [None if s is None else {"e": msg} for s in settings]
+
+
+def fill_records(inner: Any, forward_batch: Any, logits_output: Any) -> None:
+    """Put this pass's records into ``logits_output.customized_info`` (after the forward, replays included)."""
+    step: Step | None = inner._l2r_done
+    inner._l2r_done = inner._l2r_step = None  # nothing of this pass is left for a later forward (a capture)
+    if logits_output is None or not hasattr(logits_output, "customized_info"):
+        return
+    if step is None:
+        records = _no_records(forward_batch, "the pass was not prepared")
+    elif step.rids != list(forward_batch.rids or []):
+        records = _no_records(forward_batch, "the pass ran other requests than the ones prepared")
+    elif step.plain:
+        records = None
+    else:
+        records = inner._l2r_slots.records(step, getattr(logits_output, "next_token_logits", None))
+    if records is None:
+        return
+    info = dict(logits_output.customized_info or {})  # a new dict: a replay's output shares its capture's
     info[TOKEN_KEY] = records
-    output.customized_info = info
-    model._l2r_plan = None
-    return output
+    logits_output.customized_info = info
 
 
 def convert_inner_model(inner: torch.nn.Module) -> None:
@@ -306,28 +398,46 @@ def convert_inner_model(inner: torch.nn.Module) -> None:
         {"forward": l2_model_forward, "_l2r_stock_forward": base.forward, "_l2r_converted": True},
     )
     inner.__class__ = cls
-    inner._l2r_plan = None
-    install_settings_hook()
+    state: Any = inner  # the plugin's per-replica attributes (set here, read by the hooks)
+    state._l2r_step = state._l2r_done = state._l2r_slots = None
+    install_hooks()
 
 
 def l2_causal_lm(base: type) -> type:
     """A subclass of SGLang's causal-LM class ``base`` (same name, so SGLang picks it for the same
-    checkpoints) whose inner model runs :func:`l2_model_forward` and whose output carries the records."""
+    checkpoints) whose inner model runs :func:`l2_model_forward`, with the hooks SGLang's model runner calls
+    (``prepare_for_forward``) or the plugin's hooks call (``l2reason_setup``, ``l2reason_records``,
+    ``l2reason_declines_graph``)."""
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        base.__init__(self, *args, **kwargs)
+        base.__init__(self, *args, **kwargs)  # type: ignore[misc]
         convert_inner_model(self.model)
         log.info("l2reason: %s serves with the l2reason layer loop", base.__name__)
 
-    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return attach_records(self.model, base.forward(self, *args, **kwargs))
+    def l2reason_setup(self: Any, model_runner: Any) -> None:
+        setup_slots(self, model_runner)
+
+    def prepare_for_forward(self: Any, forward_batch: Any) -> None:
+        inner = self.model
+        if inner._l2r_slots is not None:  # else no step: the pass's rows with settings get error records
+            inner._l2r_step = inner._l2r_done = prepare_step(inner._l2r_slots, forward_batch)
+
+    def l2reason_records(self: Any, forward_batch: Any, logits_output: Any) -> None:
+        fill_records(self.model, forward_batch, logits_output)
+
+    def l2reason_declines_graph(self: Any) -> bool:
+        step = self.model._l2r_step
+        return step is not None and step.eager
 
     return type(
         base.__name__,
         (base,),
         {
             "__init__": __init__,
-            "forward": forward,
+            "prepare_for_forward": prepare_for_forward,
+            "l2reason_setup": l2reason_setup,
+            "l2reason_records": l2reason_records,
+            "l2reason_declines_graph": l2reason_declines_graph,
             "__module__": __name__,
             "__doc__": f"SGLang's {base.__name__}; the inner model's layer loop is l2reason's.",
             "l2reason_plugin": True,

@@ -16,7 +16,14 @@ What it adds to ``python -m vllm.entrypoints.openai.api_server``:
   connector does not need. On a 2-core machine that reservation leaves none
   for the engine-core and API-server processes: the worker's 2 OpenMP threads
   then share both cores with them and decode ran at ~0.4x stock's speed
-  (``docs/vllm.md``, "Measured").
+  (``docs/vllm.md``, "Measured");
+- on vLLM's CPU build with ``--tensor-parallel-size`` x
+  ``--data-parallel-size`` = N > 1 on a machine with fewer than N NUMA nodes, an explicit per-rank core list
+  (``VLLM_CPU_OMP_THREADS_BIND``, unless set already): vLLM's ``auto`` binding
+  gives each rank a NUMA node of its own and refuses to start otherwise ("Not
+  enough allowed NUMA nodes"); the launcher splits the cores this process may
+  use into N equal, disjoint lists (2 cores, TP=2: ``0|1``, one core per rank;
+  ``docs/vllm.md``, "Scale-out").
 
 ``--no-l2reason-plugin`` starts stock vLLM with the same arguments (for A/B
 comparisons); ``--sae-dir DIR`` names the folder the server reads SAE files
@@ -51,8 +58,11 @@ _UNSUPPORTED = {
 }
 _PP = ("--pipeline-parallel-size", "-pp")
 _TP = ("--tensor-parallel-size", "-tp")
+_DP = ("--data-parallel-size", "-dp")
 #: vLLM's CPU build: OpenMP cores kept free of the workers' threads (for its scheduler and front end)
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+#: vLLM's CPU build: each local rank's OpenMP cores ("auto", "nobind", or lists joined by "|")
+THREADS_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 
 
 def architecture(model: str) -> str:
@@ -114,18 +124,41 @@ def cpu_binding_env(env: Mapping[str, str], tensor_parallel_size: int = 1) -> di
     return out
 
 
+def rank_binding_env(env: Mapping[str, str], ranks: int, nodes: int | None = None) -> dict[str, str]:
+    """``env`` with a per-rank core list for a CPU-build server whose ranks outnumber the NUMA nodes.
+
+    ``ranks``: tensor-parallel size x local data-parallel size. vLLM 0.32's ``auto`` binding
+    (``ompmultiprocessing.py``) binds rank i to NUMA node i and asserts there are enough nodes; a one-node
+    machine then cannot start ``--tensor-parallel-size 2``. With fewer nodes than ranks, this sets
+    :data:`THREADS_BIND_ENV` to :func:`l2reason.serving.launch.rank_core_lists` (vLLM hands data-parallel
+    rank d the d-th group of TP lists) unless the caller set it. No effect off the CPU build (the variable
+    is read there only), with one rank, or with enough nodes.
+    """
+    out = dict(env)
+    n = shared.numa_nodes() if nodes is None else nodes
+    if ranks > 1 and n < ranks and out.get(THREADS_BIND_ENV, "auto") == "auto":
+        out[THREADS_BIND_ENV] = shared.rank_core_lists(ranks, env_name=THREADS_BIND_ENV)
+    return out
+
+
+def _size(args: list[str], flags: tuple[str, ...]) -> int:
+    """The value of a parallel-size flag (1 when absent); ``SystemExit`` when it is not a number."""
+    value = shared.flag_value(args, flags)
+    try:
+        return int(value) if value is not None else 1
+    except ValueError:
+        raise SystemExit(f"l2reason plugin: {flags[0]} {value!r} is not a number") from None
+
+
 def build(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start vLLM's server with (or, with ``--no-l2reason-plugin``,
-    without) the plugin."""
+    without) the plugin; both get the same per-rank core binding."""
     plugin, args, env = shared.l2reason_flags(argv, env)
+    tp_size = _size(args, _TP)
     if plugin:
         args += plugin_args(check_args(args))
-        tp = shared.flag_value(args, _TP)
-        try:
-            tp_size = int(tp) if tp is not None else 1
-        except ValueError:
-            raise SystemExit(f"l2reason plugin: --tensor-parallel-size {tp!r} is not a number") from None
         env = cpu_binding_env(env, tp_size)
+    env = rank_binding_env(env, tp_size * _size(args, _DP))
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args], env
 
 

@@ -234,6 +234,21 @@ class SlotTables:
             st.kind == "alrr" and st.spec.K > 0 for s in slots if s in self._hosts for st in self._hosts[s].stages
         )
 
+    def in_use(self, slots: Sequence[int]) -> tuple[frozenset[str], frozenset[int]]:
+        """The intervention kinds and layers the requests in ``slots`` run (an uncaptured step over only these
+        slots may compile in only these: every other kind and layer is a no-op for them).
+
+        Example:
+            >>> import torch
+            >>> from l2reason.serving.info import EngineModelInfo
+            >>> t = SlotTables(EngineModelInfo("doc", num_layers=4, hidden_size=8, dtype=torch.float32), 3, 4)
+            >>> t.admit(1, EngineSettings(interventions=[{"kind": "suppress", "layers": [2]}]))
+            >>> t.in_use([1, 2])
+            (frozenset({'suppress'}), frozenset({2}))
+        """
+        stages = [st for s in slots if s in self._hosts for st in self._hosts[s].stages]
+        return frozenset(st.kind for st in stages), frozenset(layer for st in stages for layer in st.layers)
+
     # ---- around the forward ----------------------------------------------------------------------------
     def bind_step(self, token_slots: Tensor, decode: Tensor | bool) -> None:
         """Copy this step's token → slot map into the persistent buffer (before the forward).
