@@ -11,6 +11,14 @@ do), band norms, all-layer norms, ALRR (adaptive and static), ERSS, static steer
 
 Usage:
     python benchmarks/vllm_overhead.py [--rounds 3] [--batch 8] [--max-new-tokens 64] [--dtype bfloat16]
+        [--compiled-only] [--plugin-config JSON]
+
+``--compiled-only`` starts only the two compiled servers (half the memory);
+``--plugin-config`` is the plugin server's ``additional_config["l2reason"]``
+(e.g. ``'{"kinds": ["erss", "static_steer"]}'``, see ``docs/vllm.md``). The
+plugin server logs its own host time per step (``$L2REASON_VLLM_TIMING``:
+its per-step bind, record read-out and eager op, in microseconds), and the
+report quotes the last such line next to the ratios and the issue's goals.
 
 Writes ``docs/results/vllm_overhead.md`` (and ``.json``) with the machine,
 versions and command, after every round. Not a test: nothing here asserts a speed.
@@ -73,6 +81,8 @@ def main() -> None:
     ap = common.engine_args(__doc__, "vllm_overhead/vllm_overhead", max_new_tokens=64, dtype="bfloat16")
     ap.add_argument("--note", default="", help="what else ran on the machine (written into the report)")
     ap.add_argument("--render", metavar="JSON", help="only re-write the report from a stored .json")
+    ap.add_argument("--compiled-only", action="store_true", help="only the compiled servers (stock and plugin)")
+    ap.add_argument("--plugin-config", default=None, help="the plugin server's additional_config['l2reason'] (JSON)")
     args = ap.parse_args()
     if args.render:
         stored = json.loads(Path(args.render).read_text())
@@ -81,8 +91,14 @@ def main() -> None:
         write(args, stored)
         return
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ["L2REASON_VLLM_TIMING"] = "1"  # the plugin server logs its own host time per step
     prompts = common.batch_prompts(args.batch)
     logs = ROOT / "out"
+    plugin_extra = (
+        ["--additional-config", json.dumps({"l2reason": json.loads(args.plugin_config)})]
+        if args.plugin_config
+        else None
+    )
     servers = {
         (compiled, plugin): VLLMServer(
             args.model,
@@ -92,8 +108,9 @@ def main() -> None:
             eager=not compiled,
             plugin=plugin,
             log_path=logs / f"bench-vllm-{'compiled' if compiled else 'eager'}-{'plugin' if plugin else 'stock'}.log",
+            extra_args=plugin_extra if plugin else None,
         )
-        for compiled in (True, False)
+        for compiled in ((True,) if args.compiled_only else (True, False))
         for plugin in (False, True)
     }
     some = next(iter(servers.values()))
@@ -107,6 +124,8 @@ def main() -> None:
         "cores": os.cpu_count(),
         "versions": versions(some.python),
         "note": args.note,
+        "plugin_config": args.plugin_config,
+        "plugin_host_time": {},  # per plugin server: its last timing line (``$L2REASON_VLLM_TIMING``)
         "ready_seconds": {},
         "load_avg_1min": [],  # at the end of each round (the four servers' own processes count)
         "tok_s": {},
@@ -118,7 +137,8 @@ def main() -> None:
         for (compiled, plugin), srv in servers.items():
             out["ready_seconds"][_name(compiled, plugin)] = round(srv.ready_seconds, 1)
             print(f"{_name(compiled, plugin)} ready in {srv.ready_seconds:.0f} s", flush=True)
-        runs = [(c, False, "stock") for c in (True, False)] + [(c, True, m) for c in (True, False) for m in MODES]
+        modes = sorted({c for c, _ in servers}, reverse=True)  # compiled first
+        runs = [(c, False, "stock") for c in modes] + [(c, True, m) for c in modes for m in MODES]
         for key in runs:
             out["tok_s"][_key(*key)] = []
             if key[1]:
@@ -138,6 +158,9 @@ def main() -> None:
                     ratio = v / got[(compiled, False, "stock")]
                     out["ratio_vs_stock"][_key(compiled, plugin, mode)].append(round(ratio, 4))
             out["load_avg_1min"].append(round(os.getloadavg()[0], 2))
+            for (compiled, plugin), srv in servers.items():
+                if plugin:
+                    out["plugin_host_time"][_name(compiled, plugin)] = host_time(srv.log_path)
             write(args, out)
             print(
                 f"round {r + 1}/{args.rounds}: " + ", ".join(f"{_key(*k)} {v:.1f}" for k, v in got.items()), flush=True
@@ -145,6 +168,16 @@ def main() -> None:
     finally:
         for srv in servers.values():
             srv.stop()
+
+
+def host_time(log_path: Path) -> str | None:
+    """The plugin server's last ``l2reason timing`` line (its own host time per step), without the log prefix."""
+    lines = [ln for ln in Path(log_path).read_text(errors="replace").splitlines() if "l2reason timing:" in ln]
+    return lines[-1].split("l2reason timing:", 1)[1].strip() if lines else None
+
+
+#: the issue's goals for the compiled plugin server (ratio to stock, same round), issue 29
+GOALS = {"norms-band": 0.98, "norms-all": 0.97, "alrr": 0.90, "erss": 0.92, "static_steer": 0.98}
 
 
 def _name(compiled: bool, plugin: bool) -> str:
@@ -180,6 +213,13 @@ def write(args: argparse.Namespace, out: dict) -> None:
             r = f"{ratio[k]:.3f} ({100 * (1 - ratio[k]):+.1f}% cost)" if k in ratio else "-"
             each = ", ".join(f"{x:.2f}" for x in out["ratio_vs_stock"].get(k, [])) or "-"
             lines.append(f"| {k} | {med[k]:.1f} | {r} | {each} |")
+    goals = [(m, g, ratio.get(f"compiled/{m}")) for m, g in GOALS.items()]
+    if any(r is not None for _, _, r in goals):
+        lines += ["", "Goals (issue 29, compiled, median ratio to stock):", "", "| mode | goal | measured | met |"]
+        lines += ["|---|---|---|---|"]
+        lines += [f"| {m} | ≥{g:.2f} | {r:.3f} | {'yes' if r >= g else 'no'} |" for m, g, r in goals if r is not None]
+    for name, line in (out.get("plugin_host_time") or {}).items():
+        lines += ["", f"Plugin's own host time per step ({name}, all modes together): {line or 'not logged'}."]
     if "compiled/stock" in med and "eager/stock" in med:
         lines += ["", f"Stock vLLM, compiled / eager: {med['compiled/stock'] / med['eager/stock']:.2f}."]
     lines += ["", "Per-round values are in the `.json` next to this file.", ""]

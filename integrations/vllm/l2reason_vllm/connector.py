@@ -21,8 +21,11 @@ at all and uses exactly that:
 
 vLLM 0.32 calls ``request_finished`` before ``update_connector_output`` in the
 same scheduler update, so the list returned there is the live one and the
-last token's record is appended to it just after (both happen before the
-output leaves the engine core). Requests that stop in the front end (stop
+last token's record is put into it just after (both happen before the
+output leaves the engine core). The list returned holds one record per
+generated token whatever happens: a placeholder error record where the last
+one goes until it arrives, and error records throughout when records were
+lost (:func:`~l2reason_vllm.runtime.close_records`). Requests that stop in the front end (stop
 strings) are aborted there and return nothing: the l2reason client applies
 stop strings itself.
 
@@ -32,6 +35,11 @@ prefix-cache block hashes are computed) to give a request with ablations a
 prefix-cache namespace of its own: its ``cache_salt`` extended with a hash of
 its ablations (:func:`l2reason.serving.ablation.ablation_cache_salt`),
 whatever the client sent.
+
+CUDA graphs: the connector asks vLLM for PIECEWISE graphs
+(``requires_piecewise_for_cudagraph``), so the plugin's eager op never sits
+inside a FULL graph, where it would run only at capture
+(:mod:`l2reason_vllm.graphs`).
 
 Limits: records arrive when the request finishes (no per-token streaming);
 the connector takes the one KV-connector slot (combine with another through
@@ -61,9 +69,9 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from l2reason.serving.ablation import ablation_cache_salt
 from l2reason.serving.capabilities import read_settings
 from l2reason.serving.settings import SETTINGS_KEY, TOKEN_KEY
-from l2reason_vllm.runtime import CHUNK, DECODE, PREFILL, STATE, RowInfo
+from l2reason_vllm.runtime import CHUNK, DECODE, PREFILL, STATE, RowInfo, close_records
 
-log = logging.getLogger("l2reason_vllm")
+log = logging.getLogger("vllm.l2reason_vllm")  # a child of vLLM's logger: its handler prints it
 
 
 class L2Meta(KVConnectorMetadata):
@@ -81,7 +89,15 @@ class L2WorkerMeta(KVConnectorWorkerMetadata):
 
     def aggregate(self, other: KVConnectorWorkerMetadata) -> KVConnectorWorkerMetadata:
         # tensor-parallel ranks compute the same records from the same (replicated) stream
+        # --- scale-out (issue 26): keep one rank's records (once per token); say so when the ranks disagree
+        if self.records and isinstance(other, L2WorkerMeta) and other.records and other.records != self.records:
+            log.warning(TP_DISAGREE + ": %s", sorted(set(self.records) ^ set(other.records)) or "values differ")
+        # --- end scale-out
         return self if self.records else other
+
+
+#: logged (scheduler side) when two tensor-parallel ranks returned different records for one step
+TP_DISAGREE = "l2reason: tensor-parallel ranks returned different records"
 
 
 class _Req:
@@ -98,7 +114,7 @@ class L2ReasonConnector(KVConnectorBase_V1):
         super().__init__(vllm_config, role, kv_cache_config)
         self._reqs: dict[str, _Req] = {}
         self._records: dict[str, list[dict[str, Any]]] = {}
-        self._closing: dict[str, list[dict[str, Any]]] = {}  # finished; the last records may still come
+        self._closing: dict[str, tuple[list[dict[str, Any]], int]] = {}  # finished: (list, where the last goes)
         if role == KVConnectorRole.SCHEDULER:
             _warn_cpu_binding()
             _salt_ablating_requests()
@@ -106,6 +122,12 @@ class L2ReasonConnector(KVConnectorBase_V1):
     @property
     def requires_kv_delivery(self) -> bool:
         return False
+
+    @classmethod
+    def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
+        """True: the plugin's eager op must run on every step, so vLLM turns FULL CUDA graphs into PIECEWISE
+        ones (the op is a splitting op and runs between the replayed pieces; :mod:`l2reason_vllm.graphs`)."""
+        return True
 
     # ---- worker side -------------------------------------------------------
     def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
@@ -153,9 +175,10 @@ class L2ReasonConnector(KVConnectorBase_V1):
             )
         cached = so.scheduled_cached_reqs
         for i, rid in enumerate(cached.req_ids):
-            req = self._reqs.get(rid)
-            if req is None:
+            known = self._reqs.get(rid)
+            if known is None:
                 continue
+            req = known
             nb = cached.new_block_ids[i]
             if rid in cached.resumed_req_ids:
                 req.blocks = list(nb[0]) if nb else []
@@ -180,10 +203,11 @@ class L2ReasonConnector(KVConnectorBase_V1):
             return
         for rid, rec in meta.records.items():
             lst = self._records.get(rid)
-            if lst is None:
-                lst = self._closing.get(rid)
             if lst is not None:
                 lst.append(rec)
+            elif rid in self._closing:
+                closing, at = self._closing.pop(rid)
+                closing[at] = rec
 
     def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         rid = request.request_id
@@ -191,7 +215,10 @@ class L2ReasonConnector(KVConnectorBase_V1):
         lst = self._records.pop(rid, None)
         if lst is None:
             return False, None
-        self._closing[rid] = lst  # the live list: this step's record is appended right after
+        # the live list, made whole: this step's record replaces its placeholder right after (close_records)
+        at = close_records(lst, int(getattr(request, "num_output_tokens", len(lst))))
+        if at is not None:
+            self._closing[rid] = (lst, at)
         return False, {TOKEN_KEY: lst}
 
 

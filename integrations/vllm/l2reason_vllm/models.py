@@ -1,8 +1,12 @@
 """Qwen2/Qwen2.5, Qwen3 and Llama with l2reason's layer loop (vLLM's classes, same weights).
 
 Each class subclasses vLLM's causal-LM class and replaces only the inner
-model's ``forward``: the same layers in the same order, plus
-``torch.ops.l2reason.after_layer`` after each (see :mod:`l2reason_vllm.runtime`).
+model's ``forward``: the same layers in the same order, plus after each the
+traced step (:func:`~l2reason.serving.graph.graph_step`) and the eager op
+``torch.ops.l2reason.after_layer`` (see :mod:`l2reason_vllm.runtime` and
+:mod:`l2reason_vllm.graphs`). Building a model also applies the plugin's
+compilation settings (:func:`~l2reason_vllm.graphs.configure_compilation`) and
+logs them in its start-up line.
 
 vLLM compiles the inner model's ``forward`` when the inner model is *built*
 (its compile wrapper binds the method then), so patching the method or the
@@ -29,9 +33,11 @@ from vllm.distributed import get_pp_group
 from vllm.model_executor.models import llama, qwen2, qwen3
 
 from l2reason.errors import ConfigError
+from l2reason.serving.graph import graph_step
 from l2reason_vllm import runtime  # registers torch.ops.l2reason.after_layer
+from l2reason_vllm.graphs import configure_compilation, read_config
 
-log = logging.getLogger("l2reason_vllm")
+log = logging.getLogger("vllm.l2reason_vllm")  # a child of vLLM's logger: its handler prints it
 _BUILD_LOCK = threading.Lock()
 
 
@@ -42,13 +48,25 @@ def l2_model_forward(
     intermediate_tensors: Any = None,
     inputs_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The inner model's forward with the l2reason op after each decoder layer (traceable: no Python
-    branching on tensor values; the op is opaque to the compiler)."""
+    """The inner model's forward with l2reason's step after each decoder layer.
+
+    Traceable: the traced path (:func:`~l2reason.serving.graph.graph_step` on the worker's tables) is plain
+    tensor code the compiler records; the eager path's op is opaque to it. Which of the two are in the
+    forward is fixed when the worker is set up (before the first, traced, forward), as Python-level choices.
+    """
+    state = runtime.STATE
+    tables, eager = state.tables, state.config.eager
+    buffers = runtime.table_buffers(self) if tables is not None else None  # from the module: runtime.register_tables
     hidden = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
     residual = None
     for idx, layer in enumerate(islice(self.layers, self.start_layer, self.end_layer), start=self.start_layer):
         hidden, residual = layer(positions, hidden, residual)
-        torch.ops.l2reason.after_layer(hidden, residual, positions, idx)
+        if eager:  # the eager path's interventions first: the traced step records every request's norms after them
+            torch.ops.l2reason.after_layer(hidden, residual, positions, idx)
+        if tables is not None:
+            if not torch.compiler.is_compiling():  # counts Python runs; a trace records no such side effect
+                state.counts["graph_step_python"] += 1
+            hidden, residual = graph_step(tables, idx, hidden, residual, buffers=buffers)
     hidden, _ = self.norm(hidden, residual)
     return hidden
 
@@ -81,7 +99,12 @@ class _L2Mixin:
     def _l2_setup(self, vllm_config: Any) -> None:
         self._l2_config = vllm_config
         self._l2_ready = False
-        log.info("l2reason: %s serves with the l2reason layer loop", type(self).__name__)
+        self._l2_plugin = read_config(getattr(vllm_config, "additional_config", None))
+        how = configure_compilation(vllm_config.compilation_config, self._l2_plugin)
+        mode = getattr(getattr(vllm_config.compilation_config, "mode", None), "name", "?")
+        log.info(
+            "l2reason: %s serves with the l2reason layer loop (compilation %s); %s", type(self).__name__, mode, how
+        )
 
     def _l2_runtime(self) -> None:
         if self._l2_ready:
@@ -95,8 +118,11 @@ class _L2Mixin:
             hidden_size=int(hf.hidden_size),
             max_seqs=int(cfg.scheduler_config.max_num_seqs),
             block_size=int(cfg.cache_config.block_size),
+            max_tokens=int(cfg.scheduler_config.max_num_batched_tokens),
+            config=self._l2_plugin,
         )
         self._l2_ready = True
+        runtime.STATE.rebuild()  # a step the connector bound before the state existed (an eager server's first)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self._l2_runtime()
