@@ -167,24 +167,18 @@ class WorkerState:
         self.rows = rows or None
         self.seq += 1
         self._inert()
-        asked = self.rows is not None and any(self.settings.get(rid) is not None for rid in self.rows)
-        self.step = self._build(_slot_mapping()) if asked and self.runtime is not None else None
+        self.step = None
+        self.rebuild()
 
     def rebuild(self) -> None:
-        """Build the bound step now that the per-slot state exists.
+        """Build the bound step (from the connector's bind, and again once the per-slot state exists).
 
         The state is set up on the first forward (the model's parameters and device are known then). A compiled
         server runs a warm-up forward before serving; an eager one does not, so the connector binds its first
         request's step before the state exists, and the step is built here, inside that first forward.
         """
-        rows = self.rows
-        if (
-            rows is not None
-            and self.step is None
-            and self.runtime is not None
-            and any(self.settings.get(r) for r in rows)
-        ):
-            self.step = self._build(_slot_mapping())
+        if self.step is None and self.rows is not None and self.runtime is not None:
+            self.step = self._build(_slot_mapping())  # None when nobody in the step asked for anything
 
     def take_records(self) -> dict[str, dict[str, Any]]:
         """This step's records by request id (the dict stays live: self-certainty is added after the forward).
