@@ -33,7 +33,7 @@ there.
 
     python benchmarks/used_by_metric.py --model vllm:default            # starts a vLLM CPU server
     python benchmarks/used_by_metric.py --model vllm://127.0.0.1:8731  # a running one
-    python benchmarks/used_by_metric.py --train-limit 4 --eval-limit 3 --out /tmp/smoke   # a smoke run
+    python benchmarks/used_by_metric.py --train-limit 4 --eval-limit 3 --out out/smoke   # a smoke run
 """
 
 from __future__ import annotations

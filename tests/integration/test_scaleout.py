@@ -13,7 +13,7 @@
   error while the other replica's requests complete.
 
 Not in the CI subset (``L2REASON_REAL=ci``): the servers alone take 3-10 min to start on 2 shared cores.
-Run: ``flock /tmp/engine.lock env L2REASON_REAL=1 .venv/bin/python -m pytest -q
+Run: ``L2REASON_REAL=1 .venv/bin/python -m pytest -q
 tests/integration/test_scaleout.py -p no:cacheprovider`` (``docs/results/scaleout/README.md`` has the
 figures of a run). Each test writes its figures to ``out/test-logs/scaleout/<test>.json``.
 """
