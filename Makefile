@@ -50,13 +50,15 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # SGLang 0.5.23 in its own environment (≈5 min, ≈11 GB the first time), with l2reason's pure-torch core
-# (--no-deps: SGLang brings torch, transformers, pydantic, numpy) and the plugin, both editable.
+# (--no-deps: SGLang brings torch, transformers, pydantic, numpy) and the plugin, both editable; and SGLang's
+# router, the model gateway `smg` (docs/sglang.md, "Scale-out"; the older sglang-router drops custom_params).
 sglang: $(SGLANG_STAMP)
 
 $(SGLANG_STAMP): integrations/sglang/pyproject.toml
 	@$(call need_disk,$(SGLANG_VENV),13,SGLang's environment)
 	$(call new_venv,$(SGLANG_VENV))
 	$(SGLANG_PY) -m pip install -q sglang==0.5.23
+	$(SGLANG_PY) -m pip install -q smg==1.13.0
 	$(SGLANG_PY) -m pip install -q --no-deps -e . -e integrations/sglang
 	touch $(SGLANG_STAMP)
 

@@ -19,8 +19,8 @@ in flight, batched together and queued behind each other. Checked for every requ
   ``--rss-bound`` of what it was after the 100th.
 
 Kinds (greedy unless said; raw prompts, ``--max-tokens`` tokens): plain (no norms), norms only (every layer),
-ALRR, ERSS, static steering, n=8 selection (sampled with seeds, ``l2`` selection), and invalid ones: layers the
-model lacks (refused by the client before sending), an SAE the server's folder does not hold, and settings the
+ALRR, ERSS, static steering, n=8 selection (sampled with seeds, ``l2`` selection; greedy on SGLang, whose CPU
+path ignores seeds), and invalid ones: layers the model lacks (refused by the client before sending), an SAE the server's folder does not hold, and settings the
 plugin must refuse sent past the client's checks (a layer it lacks, text that is not JSON); and cancelled ones
 (a 200-token ERSS request whose client gives up after 1 s and drops the connection: its slot must come back).
 
@@ -79,13 +79,23 @@ class Kind:
     cut_after: float | None = None
 
 
-def kinds(num_layers: int, hidden: int, max_tokens: int, prompts: list[str] = PROMPTS) -> list[Kind]:
-    """The request kinds: every valid one on every prompt, and the invalid ones on the first prompt."""
+#: whether the engine's CPU build honours per-candidate sampling seeds (SGLang's needs a GPU attention backend)
+SEEDED = {"vllm": True, "sglang": False}
+
+
+def kinds(
+    num_layers: int, hidden: int, max_tokens: int, prompts: list[str] = PROMPTS, *, seeded: bool = True
+) -> list[Kind]:
+    """The request kinds: every valid one on every prompt, and the invalid ones on the first prompt.
+
+    ``seeded=False`` makes the n=8 kind greedy: for an engine that does not honour per-candidate seeds (SGLang's
+    CPU path, ``docs/sglang.md``), sampled candidates differ from call to call, so no run could equal its solo run.
+    """
     from l2reason.backends.base import GenerationRequest, NormSpec, SamplingParams, SelectionSpec
 
     band = [num_layers - 6, num_layers - 4, num_layers - 2]
     greedy = SamplingParams(max_new_tokens=max_tokens, temperature=0.0, seed=0)
-    sampled = SamplingParams(max_new_tokens=max_tokens, temperature=0.8, seed=7)
+    sampled = SamplingParams(max_new_tokens=max_tokens, temperature=0.8 if seeded else 0.0, seed=7)
     every = NormSpec(layers="all", mask_massive=False)
     erss = {"kind": "erss", "layers": [band[-1]], "S": 2, "p": 1.0, "C": 1, "c_min": -1.0, "threshold": {"warmup": 2}}
     steer = {"kind": "static_steer", "vectors": {num_layers // 2: [0.05] * hidden}, "alpha": 4.0}
@@ -446,7 +456,7 @@ def main() -> int:
             srv.start(timeout=1800)
             log(f"{args.engine} server ready in {srv.ready_seconds:.0f} s")
             be = backend_for(args.engine, srv.url, args.model, args.timeout)
-            mix = kinds(be.num_layers, be.hidden_size, args.max_tokens)
+            mix = kinds(be.num_layers, be.hidden_size, args.max_tokens, seeded=SEEDED[args.engine])
             res = measure(be, srv.proc.pid, mix, args.requests, args.concurrency, args.rss_bound, log)
             python = srv.python
         finally:

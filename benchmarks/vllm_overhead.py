@@ -200,7 +200,7 @@ def write(args: argparse.Namespace, out: dict) -> None:
         f"each round: {out.get('load_avg_1min') or 'not recorded'}. Absolute tok/s vary from call to call; compare "
         "the ratios, which come from calls made seconds apart in the same round.  ",
         f"Versions: {out['versions']}.  ",
-        f"Servers ready in (s; all four started at once): {out['ready_seconds']}.",
+        f"Servers ready in (s; all started at once): {out['ready_seconds']}.",
         "",
         "Decode throughput per call (all prompts' tokens / wall time). `stock` = vLLM without the plugin, same "
         "compile mode; `off` = the plugin server with requests that ask for nothing.",

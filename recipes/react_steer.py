@@ -55,6 +55,15 @@ def calculator(expression: str) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.6g}"
 
 
+#: the tool as the agent sees it: with a call written out, because a small model shown only DSPy's argument
+#: schema copies the schema as the argument (docs/results/used_by_agent/README.md)
+TOOL = dspy.Tool(
+    calculator,
+    desc="Evaluate an arithmetic expression and return its value. Call it with a JSON object whose "
+    '"expression" is the expression as a string, e.g. {"expression": "(12 + 7) * 3"}.',
+)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
@@ -69,10 +78,10 @@ def main() -> None:
     items = data.items(limit=args.problems)
     l2.configure_dspy(args.model, max_tokens=args.max_tokens, cache=False)
     sig = "question -> answer: str"
-    plain = l2.L2Observe(dspy.ReAct(sig, tools=[calculator], max_iters=args.max_iters))
+    plain = l2.L2Observe(dspy.ReAct(sig, tools=[TOOL], max_iters=args.max_iters))
     # warmup 8 and streak 8: answers here are short, far below the paper's defaults (W=32, S=40)
     steer = l2.L2Steer(
-        dspy.ReAct(sig, tools=[calculator], max_iters=args.max_iters),
+        dspy.ReAct(sig, tools=[TOOL], max_iters=args.max_iters),
         beta=args.beta,
         S=8,
         threshold={"warmup": 8},

@@ -40,11 +40,12 @@ import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypedDict
 
 import httpx
+import numpy as np
 import torch
 
 from l2reason.backends.base import (
@@ -60,8 +61,10 @@ from l2reason.backends.common import CalibrationMixin, encode_prompt, events_fro
 from l2reason.backends.validate import ModelLimits, check_context, validate_requests
 from l2reason.errors import BackendError, ConfigError, L2ReasonError
 from l2reason.serving.capabilities import plugin_version
-from l2reason.serving.settings import EngineSettings
+from l2reason.serving.prune import record_signal, replay
+from l2reason.serving.settings import EngineSettings, PruneSettings
 from l2reason.signal.band import resolve_layers
+from l2reason.techniques.pruning import PRUNED, PruneTracker
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +101,17 @@ class Reply:
 
 
 class Prepared(TypedDict):
-    """A request ready to send: its layers, prompt tokens and one engine payload per candidate."""
+    """A request ready to send: its layers, prompt tokens and one engine payload per candidate.
+
+    ``wire`` are the layers whose norms the records carry (``layers`` first, then the ones only ``prune``
+    reads); ``prune`` the request's pruning settings as sent (candidate 0's; None: no pruning).
+    """
 
     layers: list[int]
     ids: list[int]
     items: list[dict[str, Any]]
+    wire: list[int]
+    prune: PruneSettings | None
 
 
 def parse_server_url(spec: Any, scheme: str, server: str) -> str:
@@ -179,6 +188,11 @@ def _request_name(req: GenerationRequest, j: int) -> str:
         text = req.prompt if req.prompt is not None else req.messages[-1].content if req.messages else ""
         name = f"the request {text[:40]!r}"
     return f"{name} (candidate {j} of {req.n})" if req.n > 1 else name
+
+
+def _row(prune: PruneSettings | None, j: int) -> PruneSettings | None:
+    """Candidate ``j``'s pruning settings (its row in the group)."""
+    return None if prune is None else prune.model_copy(update={"index": j})
 
 
 def _timeouts(seconds: float) -> httpx.Timeout:
@@ -356,11 +370,17 @@ class EngineClient(CalibrationMixin):
         results: list[GenerationResult] = []
         pos = 0
         for req, p in zip(requests, prepared, strict=True):
-            cands = [self._candidate(j, req, p, outs[pos + j]) for j in range(req.n)]
+            replies = [self._reply(j, req, p, outs[pos + j]) for j in range(req.n)]
             pos += req.n
+            tracker = None
+            if p["prune"] is not None:
+                tracker, replies = self._pruned(p["prune"], replies)
+            cands = [self._candidate(j, req, p, r, tracker) for j, r in enumerate(replies)]
             res = GenerationResult(
                 request_id=req.request_id, model_id=self.model_id, backend=self.name, candidates=cands, seconds=seconds
             )
+            if tracker is not None:
+                res.prune = tracker.request_report()
             results.append(self.finish(res, req, self.num_layers))
         return results
 
@@ -383,23 +403,101 @@ class EngineClient(CalibrationMixin):
         layers = resolve_layers(req.norms.layers, self.num_layers) if req.norms is not None else []
         ids = encode_prompt(self.tokenizer, req)
         check_context(len(ids), req, self.context_length)
-        settings = EngineSettings(layers=layers, interventions=list(req.interventions), sc=req.logprobs is not None)
+        wire, prune = self._prune_settings(req, layers)
+        settings = EngineSettings(layers=wire, interventions=list(req.interventions), sc=req.logprobs is not None)
         seeds = [row_seed(req.sampling.seed, j) for j in range(req.n)]
-        items = [self._item(req, ids, settings.model_copy(update={"seed": s})) for s in seeds]
-        return {"layers": layers, "ids": ids, "items": items}
+        items = [
+            self._item(req, ids, settings.model_copy(update={"seed": s, "prune": _row(prune, j)}))
+            for j, s in enumerate(seeds)
+        ]
+        return {"layers": layers, "ids": ids, "items": items, "wire": wire, "prune": prune}
 
-    def _candidate(self, j: int, req: GenerationRequest, p: Prepared, out: Any) -> Candidate:
-        """Candidate ``j`` of ``req`` from the server's output ``out``."""
+    def _prune_settings(self, req: GenerationRequest, layers: list[int]) -> tuple[list[int], PruneSettings | None]:
+        """The layers the records carry (``layers`` + those only the ℓ2 prune score reads) and the request's
+        pruning settings for the plugin (None: no ``prune``); a fresh random group id per request."""
+        spec = req.prune
+        if spec is None:
+            return layers, None
+        import uuid
+
+        wire, cols, tau = list(layers), [], None
+        if spec.score == "l2":
+            own = resolve_layers(spec.layers, self.num_layers)
+            wire += [layer for layer in own if layer not in wire]
+            cols = [wire.index(layer) for layer in own]
+            if spec.tau == "calibrated":
+                tau = self.calibrated_tau(own, "prune tau='calibrated'", "pass explicit tau values").tolist()
+            elif isinstance(spec.tau, list):
+                tau = [float(x) for x in spec.tau]
+        fields = spec.model_dump(include={"score", "threshold", "first", "quantile", "warmup", "window", "min_keep"})
+        prune = PruneSettings(
+            **fields,
+            group=uuid.uuid4().hex,
+            n=req.n,
+            index=0,
+            max_len=req.sampling.max_new_tokens,
+            k=(req.logprobs or 0) if spec.score == "confidence" else 0,
+            cols=cols,
+            l2_stat=spec.l2_stat,
+            tau=tau,
+            direction=spec.direction,
+        )
+        return wire, prune
+
+    def _pruned(self, rule: PruneSettings, replies: list[Reply]) -> tuple[PruneTracker, list[Reply]]:
+        """The request's pruning, replayed on what came back (:func:`~l2reason.serving.prune.replay`): the
+        tracker (its reports) and the replies with each pruned candidate cut to the tokens it keeps.
+
+        The signals are read from the records with the plugin's own code, so the replay decides what the
+        engine decided; a candidate the engine stopped carries ``"p"`` (the tokens it keeps) in a record.
+        """
+        signals, stopped = [], []
+        for r in replies:
+            recs = r.records[: len(r.ids)]
+            mark = next((rec["p"] for rec in recs if rec and isinstance(rec.get("p"), int)), None)
+            natural = mark is None or (mark >= len(r.ids) and r.finish == "stop")  # a stop string came first
+            stopped.append(None if natural else mark)
+            vals = [record_signal(rule, rec) for rec in recs]
+            signals.append(np.array([math.nan if v is None else v for v in vals], dtype=np.float64))
+        tracker, kept = replay(rule, signals, stopped, rule.max_len)
+        out = []
+        for j, r in enumerate(replies):
+            if tracker.state[j] != PRUNED:
+                out.append(r)
+                continue
+            k = kept[j]
+            out.append(
+                replace(
+                    r,
+                    ids=r.ids[:k],
+                    text=self.tokenizer.decode(r.ids[:k], skip_special_tokens=True),
+                    finish="pruned",
+                    records=r.records[:k],
+                    logprob=None if r.logprob is None else r.logprob[:k],
+                    top=None if r.top is None else r.top[:k],
+                )
+            )
+        return tracker, out
+
+    def _reply(self, j: int, req: GenerationRequest, p: Prepared, out: Any) -> Reply:
+        """Candidate ``j``'s completion ``out``, parsed, checked and cut at a stop string."""
         with self._answer(self.generate_path):
             reply = self._parse(out, req)
-        self._check_records(reply, req, j, wants_norms=req.norms is not None and bool(p["layers"]))
-        reply = self._cut(reply, req)
+        self._check_records(reply, req, j, wants_norms=bool(p.get("wire", p["layers"])))
+        return self._cut(reply, req)
+
+    def _candidate(
+        self, j: int, req: GenerationRequest, p: Prepared, out: Any, tracker: PruneTracker | None = None
+    ) -> Candidate:
+        """Candidate ``j`` of ``req`` from the server's output ``out`` (or its :class:`Reply`, already read)."""
+        reply = out if isinstance(out, Reply) else self._reply(j, req, p, out)
         T = len(reply.ids)
         records = list(reply.records[:T])
         layers = p["layers"]
         norms = None
         if req.norms is not None and layers:
-            norms = self.norm_stats(self._norm_rows(records, len(layers)), layers, req.norms)
+            rows = self._norm_rows(records, len(p.get("wire", layers)))[:, : len(layers)]
+            norms = self.norm_stats(rows, layers, req.norms)
         lps = None
         if req.logprobs is not None:
             top = [row[: req.logprobs] for row in reply.top[:T]] if req.logprobs and reply.top is not None else None
@@ -420,6 +518,7 @@ class EngineClient(CalibrationMixin):
             logprobs=lps,
             norms=norms,
             interventions=report,
+            prune=tracker.candidate_report(j) if tracker is not None else None,
         )
 
     def _check_records(self, reply: Reply, req: GenerationRequest, j: int, *, wants_norms: bool) -> None:
@@ -476,7 +575,11 @@ class EngineClient(CalibrationMixin):
                 mine,
             )
         return Capabilities(
-            name=self.name, interventions=frozenset(caps["interventions"]), exact_erss=True, calibrated_thresholds=False
+            name=self.name,
+            interventions=frozenset(caps["interventions"]),
+            exact_erss=True,
+            calibrated_thresholds=False,
+            pruning="prune" in (caps.get("features") or ()),
         )
 
     def _probe(self) -> dict[str, Any]:

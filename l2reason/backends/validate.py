@@ -334,7 +334,9 @@ def _check_prune(request: GenerationRequest, limits: ModelLimits) -> None:
     caps = limits.capabilities
     if not caps.pruning:
         raise CapabilityError(
-            f"backend {caps.name!r} cannot prune candidates online; drop `prune` or use the hf backend"
+            f"backend {caps.name!r} cannot prune candidates online; drop `prune`, or use the hf backend or a vLLM "
+            "server whose l2reason plugin names 'prune' in its capabilities (an older plugin does not: restart it "
+            "with this l2reason's plugin)"
         )
     if spec.score != "l2":
         return

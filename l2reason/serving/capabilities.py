@@ -24,8 +24,10 @@ from l2reason.errors import ConfigError
 from l2reason.serving.settings import EngineSettings
 from l2reason.techniques.controllers import CONTROLLERS
 
-__all__ = ["SUPPORTED_INTERVENTIONS", "caps", "check_supported", "plugin_version", "read_settings"]
+__all__ = ["FEATURES", "SUPPORTED_INTERVENTIONS", "caps", "check_supported", "plugin_version", "read_settings"]
 
+#: the features a plugin may name in its probe answer besides interventions
+FEATURES: frozenset[str] = frozenset({"prune"})
 #: the intervention kinds both engine plugins run
 SUPPORTED_INTERVENTIONS: frozenset[str] = frozenset(CONTROLLERS) | {"sae_ablate"}
 
@@ -41,8 +43,9 @@ def plugin_version() -> str:
         return "unknown"
 
 
-def caps(*, active_slots: int | None = None) -> dict[str, Any]:
-    """What a probe request gets back under ``"caps"``: the supported kinds (sorted) and the plugin's version.
+def caps(*, active_slots: int | None = None, features: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a probe request gets back under ``"caps"``: the supported kinds (sorted), the plugin's
+    ``"features"`` (sorted) and its version.
 
     Args:
         active_slots: how many per-request slots the plugin holds for *other* requests when it answers the
@@ -50,6 +53,9 @@ def caps(*, active_slots: int | None = None) -> dict[str, Any]:
             None: the plugin does not say, and the record has no ``"active_slots"``. Load and fault tests read
             it (:meth:`~l2reason.backends.engine_client.EngineClient.active_slots`) to check that finished,
             refused and cancelled requests all gave their slot back.
+        features: what else the plugin runs, from :data:`FEATURES` (``"prune"``: online pruning,
+            :mod:`l2reason.serving.prune`). A client refuses a request that needs a feature the server's plugin
+            does not name (an older plugin names none).
 
     Example:
         >>> caps(active_slots=0)["active_slots"]
@@ -57,7 +63,11 @@ def caps(*, active_slots: int | None = None) -> dict[str, Any]:
         >>> "active_slots" in caps()
         False
     """
-    out: dict[str, Any] = {"interventions": sorted(SUPPORTED_INTERVENTIONS), "plugin": plugin_version()}
+    out: dict[str, Any] = {
+        "interventions": sorted(SUPPORTED_INTERVENTIONS),
+        "features": sorted(features),
+        "plugin": plugin_version(),
+    }
     if active_slots is not None:
         out["active_slots"] = int(active_slots)
     return out

@@ -8,8 +8,9 @@ scalars through. Each generated token comes back with one record under
 token)::
 
     {"n": [norm per requested layer], "sc": self-certainty | absent,
+     "cf": DeepConf confidence | absent, "p": tokens kept | absent,
      "r": {controller reports} | absent, "e": "error" | absent,
-     "caps": {"interventions": [kinds], "plugin": version} | absent}
+     "caps": {"interventions": [kinds], "features": [names], "plugin": version} | absent}
 
 ``n`` is the ℓ2 norm of the residual stream after each requested decoder layer
 at the position that produced the token (the convention of
@@ -17,7 +18,12 @@ at the position that produced the token (the convention of
 request's interventions after that token (the last record holds the totals);
 ``e`` says why the plugin ignored the settings; ``caps`` (the prefill's
 record of a request with ``probe``, so the first record) says what the
-plugin can do (:mod:`l2reason.serving.capabilities`).
+plugin can do (:mod:`l2reason.serving.capabilities`). ``cf`` (requests whose
+``prune`` scores ``confidence``) is ``-mean`` of the token's top-``k``
+logprobs at temperature 1; ``p`` (online pruning, :mod:`l2reason.serving.prune`)
+marks the record of the last token a pruned candidate keeps: the engine
+stopped it there (it may have generated a token or two more, which the
+client drops).
 
 The interventions are typed specs (:data:`~l2reason.techniques.specs.AnySpec`),
 parsed once when the settings are built or decoded and written with
@@ -40,20 +46,83 @@ from __future__ import annotations
 
 import json
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from l2reason.errors import ConfigError, validation_summary
-from l2reason.limits import MAX_HIDDEN, MAX_INTERVENTIONS, MAX_LAYERS, MAX_SETTINGS_CHARS
+from l2reason.limits import (
+    MAX_ABS_VALUE,
+    MAX_HIDDEN,
+    MAX_INTERVENTIONS,
+    MAX_LAYERS,
+    MAX_LOGPROBS,
+    MAX_N,
+    MAX_NEW_TOKENS,
+    MAX_SETTINGS_CHARS,
+    MAX_STEPS,
+)
 from l2reason.techniques.specs import InterventionSpec, StaticSteerSpec, parse_interventions
 
-__all__ = ["MAX_LAYERS", "SETTINGS_KEY", "TOKEN_KEY", "EngineSettings"]
+__all__ = ["MAX_LAYERS", "SETTINGS_KEY", "TOKEN_KEY", "EngineSettings", "PruneSettings"]
 
 #: the key of the settings JSON in the engine's per-request parameters
 SETTINGS_KEY = "l2reason"
 #: the key of the per-token records in the engine's per-token output
 TOKEN_KEY = "l2r"
+
+
+class PruneSettings(BaseModel):
+    """Online pruning of one candidate, as the engine plugin needs it (:mod:`l2reason.serving.prune`).
+
+    The rule's fields are :class:`~l2reason.backends.base.PruneSpec`'s, resolved by the client: ``cols`` are
+    the columns of the record's ``"n"`` that the ``"l2"`` signal averages (the prune layers among the
+    settings' ``layers``) and ``tau`` is numeric. The candidates of one request share ``group`` (a random id
+    the client draws per request) and ``n``; ``index`` is this candidate's row.
+
+    Args:
+        group: the request's group id (1 to 64 characters).
+        n: candidates in the group (2 to ``MAX_N``).
+        index: this candidate's row, ``0 <= index < n``.
+        max_len: the most tokens a candidate generates (the request's ``max_new_tokens``).
+        k: top-k logprobs of the ``"confidence"`` signal (``-mean`` of the top ``k``; 0 for other scores).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    group: str = Field(min_length=1, max_length=64)
+    n: int = Field(ge=2, le=MAX_N)
+    index: int = Field(ge=0, lt=MAX_N)
+    max_len: int = Field(ge=1, le=MAX_NEW_TOKENS)
+    score: Literal["confidence", "self-certainty", "l2"]
+    threshold: float | Literal["first-finished"]
+    first: int = Field(2, ge=1, le=MAX_N)
+    quantile: float = Field(0.1, ge=0.0, le=1.0, allow_inf_nan=False)
+    warmup: int = Field(64, ge=0, le=MAX_STEPS)
+    window: int = Field(2048, ge=1, le=MAX_STEPS)
+    min_keep: int = Field(1, ge=1, le=MAX_N)
+    k: int = Field(0, ge=0, le=MAX_LOGPROBS)
+    cols: list[int] = Field(default_factory=list, max_length=MAX_LAYERS)
+    l2_stat: Literal["mean", "exceedance"] = "mean"
+    tau: list[float] | None = Field(None, max_length=MAX_LAYERS)
+    direction: Literal["high", "low"] = "high"
+
+    @model_validator(mode="after")
+    def _check(self) -> PruneSettings:
+        if self.index >= self.n or self.min_keep >= self.n:
+            raise ValueError(f"prune: need index < n and min_keep < n (got {self.index}, {self.min_keep}, n={self.n})")
+        if isinstance(self.threshold, float) and not abs(self.threshold) <= MAX_ABS_VALUE:
+            raise ValueError(f"prune: threshold must be finite and within ±{MAX_ABS_VALUE:g}")
+        if self.score == "confidence" and self.k < 1:
+            raise ValueError("prune: score 'confidence' needs k >= 1 top logprobs")
+        if self.score == "l2" and (not self.cols or any(c < 0 or c >= MAX_LAYERS for c in self.cols)):
+            raise ValueError("prune: score 'l2' needs cols, the columns of the record's norms it averages")
+        if (
+            self.score == "l2"
+            and self.l2_stat == "exceedance"
+            and (self.tau is None or len(self.tau) != len(self.cols))
+        ):
+            raise ValueError("prune: l2_stat 'exceedance' needs one tau per column")
+        return self
 
 
 class EngineSettings(BaseModel):
@@ -71,6 +140,7 @@ class EngineSettings(BaseModel):
         probe: the request's first per-token record also carries ``"caps"``:
             ``{"interventions": [sorted supported kinds], "plugin": version}``,
             what this server's plugin can do.
+        prune: online pruning of this candidate among its request's (None: none).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -80,6 +150,7 @@ class EngineSettings(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63)
     sc: bool = False
     probe: bool = False
+    prune: PruneSettings | None = None
 
     @field_validator("v")
     @classmethod

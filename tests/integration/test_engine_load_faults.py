@@ -53,7 +53,7 @@ def test_a_server_under_mixed_concurrent_load(engine, tmp_path):
     try:
         srv.start(timeout=1800)
         be = engine_load.backend_for(engine, srv.url, "default", timeout=900.0)
-        mix = engine_load.kinds(be.num_layers, be.hidden_size, max_tokens=4)
+        mix = engine_load.kinds(be.num_layers, be.hidden_size, max_tokens=4, seeded=engine_load.SEEDED[engine])
         res = engine_load.measure(be, srv.proc.pid, mix, requests=160, concurrency=128, bound=10.0)
     finally:
         srv.stop()

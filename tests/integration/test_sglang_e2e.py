@@ -293,7 +293,9 @@ def test_probe_returns_what_the_plugin_runs(server):
 
     [out] = raw(server, [PROMPTS[0]], 3, EngineSettings(layers=[0], probe=True))
     recs = out["meta_info"][TOKEN_KEY]
-    assert recs[0]["caps"] == {**caps(), "active_slots": 0} and all("caps" not in r for r in recs[1:])
+    assert recs[0]["caps"] == {**caps(features=("prune",)), "active_slots": 0} and all(
+        "caps" not in r for r in recs[1:]
+    )
     # 0: every earlier request gave its slot back (the probe's own is not counted)
     assert "sae_ablate" in recs[0]["caps"]["interventions"]
 

@@ -298,7 +298,9 @@ def test_probe_returns_what_the_plugin_runs(server):
 
     out = raw(server, PROMPTS[0], 3, EngineSettings(layers=[0], probe=True))
     # an idle server: no other request holds a slot (finished ones gave theirs back)
-    assert out["recs"][0]["caps"] == caps(active_slots=0) and all("caps" not in r for r in out["recs"][1:])
+    assert out["recs"][0]["caps"] == caps(active_slots=0, features=("prune",)) and all(
+        "caps" not in r for r in out["recs"][1:]
+    )
     assert "sae_ablate" in out["recs"][0]["caps"]["interventions"]
 
 
@@ -333,9 +335,9 @@ def test_error_paths(server, backend):
         body = {"model": server.model_path, "prompt": PROMPTS[0], "max_tokens": 2}
         bad = server.complete({**body, "vllm_xargs": {SETTINGS_KEY: json.dumps(settings)}})
         assert msg in bad["kv_transfer_params"][TOKEN_KEY][0]["e"]
-    # the client refuses what the plugin cannot do, before sending
-    with pytest.raises(CapabilityError, match="cannot prune"):
-        backend.generate(chat(prune={}, n=4, logprobs=5))
+    # the client refuses what the plugin cannot do, before sending (pruning it can: test_vllm_prune_e2e.py;
+    # an older plugin without it is refused in tests/unit/test_serving_prune.py)
+    assert backend.capabilities.pruning
     with pytest.raises(CapabilityError, match="calibrated"):
         backend.generate(chat(interventions=[{"kind": "erss", "threshold": {"mode": "calibrated"}}]))
     with pytest.raises(ConfigError, match="896"):

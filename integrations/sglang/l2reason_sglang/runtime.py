@@ -191,6 +191,7 @@ def install_hooks() -> None:
             setup(self)  # the tables exist before any capture (no allocation inside a graph)
         return init_graphs(self, *args, **kwargs)
 
+    _hook_pruning()
     ForwardBatch.init_new = classmethod(init_new)  # type: ignore[method-assign]
     Req.__init__ = req_init_salted  # type: ignore[method-assign]
     ReqToTokenPool.free_rows = free_rows_released  # type: ignore[method-assign]
@@ -198,6 +199,37 @@ def install_hooks() -> None:
     ModelRunner.init_cuda_graphs = init_graphs_after_setup  # type: ignore[method-assign]
     _decline_eager_passes()
     _HOOKED = True
+
+
+def _hook_pruning() -> None:
+    """Online pruning on the scheduler side (:mod:`l2reason_sglang.prune`): after each processed batch result,
+    and after a client's abort."""
+    from sglang.srt.managers.scheduler import Scheduler
+
+    from l2reason_sglang import prune
+
+    process = Scheduler.process_batch_result
+    abort = Scheduler.abort_request
+
+    def process_batch_result(self: Any, batch: Any, result: Any) -> Any:
+        out = process(self, batch, result)
+        if prune.GROUPS.members or any(_prunes(req.rid) for req in getattr(batch, "reqs", None) or []):
+            prune.after_batch_result(batch, settings_for)
+        return out
+
+    def abort_request(self: Any, recv_req: Any) -> Any:
+        out = abort(self, recv_req)
+        if prune.GROUPS.members:
+            prune.after_abort(getattr(recv_req, "rid", None), bool(getattr(recv_req, "abort_all", False)))
+        return out
+
+    Scheduler.process_batch_result = process_batch_result  # type: ignore[method-assign]
+    Scheduler.abort_request = abort_request  # type: ignore[method-assign]
+
+
+def _prunes(rid: str | None) -> bool:
+    s = settings_for(rid)
+    return isinstance(s, EngineSettings) and s.prune is not None
 
 
 def _decline_eager_passes() -> None:

@@ -66,6 +66,7 @@ from l2reason.serving.ablation import AblationRows, SAEAblations, SAEStore, appl
 from l2reason.serving.capabilities import caps
 from l2reason.serving.graph import SlotTables, StepConfig, graph_step
 from l2reason.serving.graph.buffers import Buffers
+from l2reason.serving.prune import confidence_k, token_confidence
 from l2reason.serving.settings import EngineSettings
 from l2reason.serving.slots import SlotRuntime, StepPlan
 from l2reason.signal.certainty import self_certainty
@@ -373,7 +374,9 @@ class SGLangSlots:
             if rec is None:
                 continue
             if "caps" in rec:  # slots held for other requests (the probe's own not counted)
-                rec["caps"] = caps(active_slots=self.active_slots() - (step.slots[i] in self._path))
+                rec["caps"] = caps(
+                    active_slots=self.active_slots() - (step.slots[i] in self._path), features=("prune",)
+                )
             n = rec.get("n")
             if n is not None and any(math.isnan(v) for v in n):
                 out[i] = _missing_norms(rec, n, step)
@@ -403,15 +406,23 @@ def _rows_rerun(
 
 
 def _add_certainty(out: list[dict[str, Any] | None], step: Step, logits: Tensor | None) -> None:
-    """Each row that asked for it (``sc``) gets its token's self-certainty, or an error saying why not."""
+    """Each row that asked for it (``sc``) gets its token's self-certainty, and each that prunes on confidence
+    its DeepConf confidence (``cf``), or an error saying why not."""
     want = [i for i, s in enumerate(step.settings) if isinstance(s, EngineSettings) and s.sc]
-    if not want:
+    conf = [(i, k) for i, s in enumerate(step.settings) if (k := confidence_k(s))]
+    if not want and not conf:
         return
     if logits is not None and logits.shape[0] >= len(step.slots):
-        for i, v in zip(want, self_certainty(logits[want]).tolist(), strict=True):
-            out[i] = {**(out[i] or {}), "sc": v}
+        if want:
+            for i, v in zip(want, self_certainty(logits[want]).tolist(), strict=True):
+                out[i] = {**(out[i] or {}), "sc": v}
+        if conf:
+            for (i, _), v in zip(
+                conf, token_confidence(logits[[i for i, _ in conf]], [k for _, k in conf]), strict=True
+            ):
+                out[i] = {**(out[i] or {}), "cf": v}
         return
-    for i in want:  # asked for and not computable: say so, never leave it out
+    for i in want + [i for i, _ in conf]:  # asked for and not computable: say so, never leave it out
         out[i] = {**(out[i] or {}), "e": "l2reason: no logits row for self-certainty"}
 
 

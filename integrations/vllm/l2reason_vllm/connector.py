@@ -29,6 +29,19 @@ lost (:func:`~l2reason_vllm.runtime.close_records`). Requests that stop in the f
 strings) are aborted there and return nothing: the l2reason client applies
 stop strings itself.
 
+Online pruning (settings with ``prune``) runs here too, on the scheduler
+side, where each step's records and the requests that finished meet:
+:class:`~l2reason.serving.prune.PruneGroups` gets every step's records
+(``update_connector_output``) and the requests that left
+(``request_finished``: finished on their own, or aborted). A request it
+prunes at token ``t`` gets ``"p": t`` in that token's record and its
+``max_tokens`` lowered to the tokens it has (``Request.max_tokens``, the
+scheduler's own copy, which ``check_stop`` reads): vLLM's scheduler then ends
+it after its next token as length-capped and frees its KV blocks, with no
+change to the worker, the compiled graph or CUDA graphs (the client drops the
+token(s) after ``t``). The scheduler holds the ``Request`` objects it is
+handed in ``update_state_after_alloc``.
+
 SAE ablation changes a request's prompt states, so the scheduler side also
 wraps ``Request.__init__`` (in the engine-core process, before the request's
 prefix-cache block hashes are computed) to give a request with ablations a
@@ -68,7 +81,8 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 
 from l2reason.serving.ablation import ablation_cache_salt
 from l2reason.serving.capabilities import read_settings
-from l2reason.serving.settings import SETTINGS_KEY, TOKEN_KEY
+from l2reason.serving.prune import PruneGroups
+from l2reason.serving.settings import SETTINGS_KEY, TOKEN_KEY, EngineSettings
 from l2reason_vllm.runtime import CHUNK, DECODE, PREFILL, STATE, RowInfo, close_records
 
 log = logging.getLogger("vllm.l2reason_vllm")  # a child of vLLM's logger: its handler prints it
@@ -115,6 +129,13 @@ class L2ReasonConnector(KVConnectorBase_V1):
         self._reqs: dict[str, _Req] = {}
         self._records: dict[str, list[dict[str, Any]]] = {}
         self._closing: dict[str, tuple[list[dict[str, Any]], int]] = {}  # finished: (list, where the last goes)
+        # online pruning (scheduler side): the groups, the pruning requests (their Request objects and record lists),
+        # the ones that left since the last update (True: on their own), and requests whose pruning was refused
+        self._prune = PruneGroups()
+        self._pruning: dict[str, Any] = {}
+        self._lists: dict[str, list[dict[str, Any]]] = {}
+        self._ended: dict[str, bool] = {}
+        self._refused: dict[str, str] = {}
         if role == KVConnectorRole.SCHEDULER:
             _warn_cpu_binding()
             _salt_ablating_requests()
@@ -156,7 +177,22 @@ class L2ReasonConnector(KVConnectorBase_V1):
         return 0, False
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
-        return
+        """A request the scheduler takes from the waiting queue: one with ``prune`` settings joins its group."""
+        rid = request.request_id
+        if rid in self._pruning or rid in self._refused:
+            return  # resumed after a preemption
+        sp = request.sampling_params
+        raw = ((sp.extra_args or {}) if sp is not None else {}).get(SETTINGS_KEY)
+        if raw is None:
+            return
+        settings = read_settings({SETTINGS_KEY: raw}, "vLLM")
+        if not isinstance(settings, EngineSettings) or settings.prune is None:
+            return
+        why = self._prune.join(rid, settings.prune, max_len=int(request.max_tokens))
+        if why is None:
+            self._pruning[rid] = request
+        else:
+            self._refused[rid] = why
 
     def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
         self._closing.clear()
@@ -199,19 +235,41 @@ class L2ReasonConnector(KVConnectorBase_V1):
 
     def update_connector_output(self, connector_output: Any) -> None:
         meta = getattr(connector_output, "kv_connector_worker_meta", None)
-        if not isinstance(meta, L2WorkerMeta):
-            return
-        for rid, rec in meta.records.items():
+        records = meta.records if isinstance(meta, L2WorkerMeta) else {}
+        for rid, rec in records.items():
+            if rid in self._refused:
+                rec["e"] = self._refused[rid]
             lst = self._records.get(rid)
             if lst is not None:
                 lst.append(rec)
             elif rid in self._closing:
-                closing, at = self._closing.pop(rid)
-                closing[at] = rec
+                lst, at = self._closing.pop(rid)
+                lst[at] = rec
+            if lst is not None and rid in self._pruning:
+                self._lists[rid] = lst
+        if self._pruning or self._ended:
+            self._prune_step(records)
+
+    def _prune_step(self, records: dict[str, dict[str, Any]]) -> None:
+        """Feed this step's records to the pruning groups; mark and stop the requests they prune."""
+        ended, self._ended = self._ended, {}
+        pruned = self._prune.step({rid: rec for rid, rec in records.items() if rid in self._pruning}, ended)
+        for rid, kept in pruned.items():
+            lst, request = self._lists.get(rid), self._pruning.get(rid)
+            if lst is not None and 0 < kept <= len(lst) and isinstance(lst[kept - 1], dict):
+                lst[kept - 1]["p"] = kept
+            if request is not None and not request.is_finished():
+                request.max_tokens = min(request.max_tokens, request.num_output_tokens)
+        for rid in ended:
+            self._pruning.pop(rid, None)
+            self._lists.pop(rid, None)
 
     def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         rid = request.request_id
         self._reqs.pop(rid, None)
+        self._refused.pop(rid, None)
+        if rid in self._pruning:  # its last record (if it finished on its own) comes in this same update
+            self._ended[rid] = request.status.name in ("FINISHED_STOPPED", "FINISHED_LENGTH_CAPPED")
         lst = self._records.pop(rid, None)
         if lst is None:
             return False, None

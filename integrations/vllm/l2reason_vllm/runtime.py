@@ -78,6 +78,7 @@ from l2reason.serving.capabilities import caps, read_settings
 from l2reason.serving.graph import SlotTables
 from l2reason.serving.graph.buffers import Buffers
 from l2reason.serving.info import EngineModelInfo
+from l2reason.serving.prune import confidence_k, token_confidence
 from l2reason.serving.settings import SETTINGS_KEY, EngineSettings
 from l2reason.serving.slots import SlotRuntime, StepPlan
 from l2reason.signal.certainty import self_certainty
@@ -111,6 +112,7 @@ class _Step:
     touched: set[int] = field(default_factory=set)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     sc_rows: list[int] = field(default_factory=list)  # indices into `rids` that asked for self-certainty
+    cf_rows: list[tuple[int, int]] = field(default_factory=list)  # (index into `rids`, k): pruning on confidence
     traced: list[tuple[str, int, bool]] = field(default_factory=list)  # (rid, slot, decode) on the traced path
     # layer -> [(SAE, features, flattened token rows)]: SAE ablation, every token of the requests asking
     ablate: dict[int, AblationRows] = field(default_factory=dict)
@@ -205,7 +207,7 @@ class WorkerState:
                 records[rid] = {"e": why if why.startswith("l2reason") else f"l2reason: {why}"}
         for rid, rec in records.items():
             if "caps" in rec:  # a probe: how many slots the other requests hold
-                rec["caps"] = caps(active_slots=len(self.slot_of) - (rid in self.slot_of))
+                rec["caps"] = caps(active_slots=len(self.slot_of) - (rid in self.slot_of), features=("prune",))
         return records
 
     def setup(
@@ -324,6 +326,7 @@ class WorkerState:
             step.plans.append((plan, torch.tensor(rows, dtype=torch.long, device=device), rr))
             step.touched |= plan.touched_layers
         step.sc_rows = [i for i in emit if _wants_sc(self.settings.get(rids[i]))]
+        step.cf_rows = [(i, k) for i in emit if (k := confidence_k(self.settings.get(rids[i])))]
         return step
 
     def _bind_traced(self, step: _Step, rows: list[int], slot_of: dict[str, int], num_tokens: int) -> None:
@@ -446,17 +449,23 @@ class WorkerState:
                 )
 
     def add_self_certainty(self, logits: torch.Tensor) -> None:
-        """``logits [R, V]``, one row per request of the step in batch order: add ``sc`` to the records."""
+        """``logits [R, V]``, one row per request of the step in batch order: add ``sc`` (and, for requests
+        pruning on confidence, ``cf``) to the records."""
         step = self.step
-        if step is None or not step.sc_rows:
+        if step is None or not (step.sc_rows or step.cf_rows):
             return
         if logits.shape[0] != len(step.rids):  # asked for and not computable: say so, never leave it out
-            for i in step.sc_rows:
+            for i in step.sc_rows + [i for i, _ in step.cf_rows]:
                 step.records.setdefault(step.rids[i], {})["e"] = "l2reason: no logits row for self-certainty"
             return
-        sc = self_certainty(logits[step.sc_rows]).tolist()
-        for i, v in zip(step.sc_rows, sc, strict=True):
-            step.records.setdefault(step.rids[i], {})["sc"] = v
+        if step.sc_rows:
+            sc = self_certainty(logits[step.sc_rows]).tolist()
+            for i, v in zip(step.sc_rows, sc, strict=True):
+                step.records.setdefault(step.rids[i], {})["sc"] = v
+        if step.cf_rows:
+            cf = token_confidence(logits[[i for i, _ in step.cf_rows]], [k for _, k in step.cf_rows])
+            for (i, _), v in zip(step.cf_rows, cf, strict=True):
+                step.records.setdefault(step.rids[i], {})["cf"] = v
 
 
 def register_tables(model: torch.nn.Module, tables: SlotTables) -> None:
