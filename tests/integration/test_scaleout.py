@@ -175,7 +175,10 @@ class TestVLLMTensorParallel:
         assert reps["alrr"]["alrr"]["passes_accepted"] == [steps["alrr"]]  # static: every decode step re-ran
         assert reps["erss"]["erss"]["fires"] > 0
         assert reps["steer"]["static_steer"]["steered_tokens"] == steps["steer"]
-        assert out[(2, "steer", 0)]["ids"] != out[(2, "norms", 0)]["ids"]  # steering changed the text
+        # steering at layer 12 moved the stream at layer 20 (the text of 10 greedy tokens may stay the same)
+        steered = [r["n"][1] for r in out[(2, "steer", 0)]["recs"][1:] if "n" in r]
+        plain = [r["n"][20] for r in out[(2, "norms", 0)]["recs"][1:] if "n" in r]
+        assert steered and max(abs(x - y) / abs(y) for x, y in zip(steered, plain, strict=False)) > 1e-3
         assert not errors, f"the plugin left tokens without a record: {errors}"
 
     def test_tp2_batched_steered_and_plain_requests_equal_their_runs_alone(self, runs):
