@@ -49,11 +49,13 @@ def test_a_server_dying_mid_eval_keeps_every_finished_item_and_resume_completes(
     model, port, run_dir = model_folder(tmp_path / "model"), free_port(), tmp_path / "run"
     good, calls = engine.gen_ok(), [0]
     holder: list[FakeServer] = []
+    stopping: list[threading.Thread] = []
 
     def dying(body: Any) -> Any:  # the probe, then one call per item (batch_items=1, n=0): dies on item DIES_AT
         calls[0] += 1
         if calls[0] == 2 + DIES_AT:
-            threading.Thread(target=holder[0].stop).start()
+            stopping.append(threading.Thread(target=holder[0].stop))
+            stopping[0].start()
             return CLOSE
         return good(body)
 
@@ -67,7 +69,9 @@ def test_a_server_dying_mid_eval_keeps_every_finished_item_and_resume_completes(
     kept = lines(run_dir)
     assert len(kept) == DIES_AT and len(read_jsonl(pass_path(run_dir, "greedy"))[0]) == DIES_AT
 
-    # the server is gone: a new call is a clear error within the timeout too (the retries find no server)
+    # the server is gone: a new call is a clear error within the timeout too (the retries find no server);
+    # wait for the listener to close first, else a connection it still accepts is reset instead of refused
+    stopping[0].join(timeout=10)
     with pytest.raises(BackendError, match=r"cannot reach the \w+ server at http://127\.0\.0\.1:\d+"):
         engine.cls(f"http://127.0.0.1:{port}", tokenizer=Tok(), timeout=5.0, retries=2, backoff=0.05)
 
