@@ -225,35 +225,50 @@ def summarise(batches: list[dict[str, Any]], settings: dict[str, Any]) -> dict[s
             same = {
                 k: sum(b["conditions"][name][k] for b in batches) for k in ("same_tokens", "same_step", "same_vote")
             }
+            diverged = [
+                int(ot != rt and os_ == -1 and rs == -1)
+                for b in batches
+                for r in b["conditions"][name]["diffs"]
+                for ot, rt, os_, rs in zip(
+                    r["online_tokens"],
+                    r["replay_tokens"],
+                    r["online_pruned_step"],
+                    r["replay_pruned_step"],
+                    strict=True,
+                )
+            ]
             row |= {
+                "survivors_diverged": sum(diverged),
                 "delta": [d, dlo, dhi, p],
                 "mcnemar": [b01, b10, mp],
                 "pruned_per_item": float(cat(name, "pruned").mean()),
                 "same_tokens": [same["same_tokens"], cands],
                 "same_step": [same["same_step"], cands],
                 "same_vote": [same["same_vote"], n_items],
-                "goal": bool(row["tokens_saved"] >= 0.4 and d >= -0.01),
+                "goal": [bool(row["tokens_saved"] >= 0.4 and x >= -0.01) for x in (d, dlo)],
             }
         rows.append(row)
     return {"items": n_items, "batches": len(batches), "rows": rows}
 
 
-def replayed(run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """Every rule replayed on every stored unpruned item: tokens saved and accuracy vs majority@N (paired)."""
+def replayed(run_dir: Path, settings: dict[str, Any], *, odd_only: bool = False) -> dict[str, Any]:
+    """Every rule replayed on every stored unpruned item (``odd_only``: the odd-indexed ones): tokens saved and
+    accuracy vs majority@N (paired)."""
     from l2reason.eval.harness import load_run
     from l2reason.eval.pruning import simulate_run
     from l2reason.eval.stats import bootstrap_ci, paired_bootstrap
 
     run = load_run(run_dir)
+    samples = [r for r in run.samples if r.index % 2 == 1] if odd_only else list(run.samples)
     rows = []
     for name, fields in settings["rules"].items():
-        sim = simulate_run(run.samples, PruneSpec.model_validate(fields), num_layers=run.config.num_layers)
+        sim = simulate_run(samples, PruneSpec.model_validate(fields), num_layers=run.config.num_layers)
         ok = np.array([it.correct for it in sim.items])
         base = np.array([it.base_correct for it in sim.items])
         d, lo, hi, p = paired_bootstrap(ok, base)
         rows.append(sim.summary() | {"condition": name, "accuracy_ci": list(bootstrap_ci(ok)), "delta": [d, lo, hi, p]})
     base_ci = list(bootstrap_ci(np.array([it.base_correct for it in sim.items]))) if rows else []
-    return {"items": len(run.samples), "base_accuracy_ci": base_ci, "rows": rows}
+    return {"items": len(samples), "base_accuracy_ci": base_ci, "rows": rows}
 
 
 def _pct(x: float) -> str:
@@ -295,7 +310,7 @@ def _measured_lines(s: dict[str, Any], n: int) -> list[str]:
 def _replayed_lines(rep: dict[str, Any], n: int) -> list[str]:
     lines = [
         "| condition | tokens/item | tokens saved % | pruned % of candidates | accuracy % [95% CI] "
-        "| Δ vs majority@N [95% CI] | p | goal met |",
+        "| Δ vs majority@N [95% CI] | p | goal: point / CI |",
         "|---|---:|---:|---:|---|---|---:|---|",
     ]
     if rep["rows"]:
@@ -304,10 +319,10 @@ def _replayed_lines(rep: dict[str, Any], n: int) -> list[str]:
             f"| unpruned (majority@{n}) | {r0['base_tokens_per_item']:.0f} | – | 0 | {_ci(rep['base_accuracy_ci'])} | – | – | – |"
         )
     for r in rep["rows"]:
-        goal = r["saved"] >= 0.4 and r["delta"][0] >= -0.01
+        goal = " / ".join("yes" if r["saved"] >= 0.4 and d >= -0.01 else "no" for d in r["delta"][:2])
         lines.append(
             f"| {r['condition']} | {r['tokens_per_item']:.0f} | {_pct(r['saved'])} | {_pct(r['pruned_frac'])} "
-            f"| {_ci(r['accuracy_ci'])} | {_delta(r['delta'])} | {r['delta'][3]:.2f} | {'yes' if goal else 'no'} |"
+            f"| {_ci(r['accuracy_ci'])} | {_delta(r['delta'])} | {r['delta'][3]:.2f} | {goal} |"
         )
     return lines
 
@@ -315,6 +330,7 @@ def _replayed_lines(rep: dict[str, Any], n: int) -> list[str]:
 def _report(out: Path, settings: dict[str, Any], batches: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
     s = summarise(batches, settings)
     rep = replayed(out / "run", settings)
+    odd = replayed(out / "run", settings, odd_only=True)
     n = settings["n"]
     lines = [
         f"# Online pruning inside the engine: {rep['items']} items x N = {n} ({settings['model']})",
@@ -335,21 +351,37 @@ def _report(out: Path, settings: dict[str, Any], batches: list[dict[str, Any]], 
         "",
         *_measured_lines(s, n),
         "",
+        "Candidates whose token count differs from the replay, by rule: "
+        + "; ".join(
+            f"`{r['condition']}` {r['same_tokens'][1] - r['same_tokens'][0]} ({r['survivors_diverged']} of them "
+            "unpruned on both sides: a survivor whose text went another way)"
+            for r in s["rows"][1:]
+        )
+        + ". A pruned batch has other shapes than the unpruned one, and bf16 arithmetic on these CPUs can then "
+        "round a near-tie the other way; from there a sampled candidate continues differently (same seed, other "
+        "text), and with it its length, its later scores and, with a first-finished rule, which rows finish first.",
+        "",
         f"## Replayed on all {rep['items']} stored items",
         "",
-        "The same rules replayed on the unpruned samples (`l2reason.eval.pruning.simulate_run`): where the table "
-        "above shows the engine equal to the replay, this is what the engine gives on every item.",
+        "The same rules replayed on the unpruned samples (`l2reason.eval.pruning.simulate_run`): what the engine "
+        "gives on every item, up to the differences the first table counts.",
         "",
         *_replayed_lines(rep, n),
+        "",
+        f"The fixed thresholds below were chosen on the even-indexed items' samples of an earlier run; on the "
+        f"{odd['items']} odd-indexed items alone (not used to choose them):",
+        "",
+        *_replayed_lines(odd, n),
         "",
         "Rules (their fixed thresholds were chosen on the even-indexed items of another sampling of these items, "
         "`docs/results/gsm_symbolic_100_vllm/pruning/`, so nothing was tuned on these samples):",
         "",
         *[f"- `{name}`: {RULES[name][1]}; `{json.dumps(spec)}`" for name, spec in settings["rules"].items()],
         "",
-        "Goal (issue 25): ≥ 40% fewer tokens with accuracy within 1 point of majority@N.",
+        "Goal (issue 25): ≥ 40% fewer tokens with accuracy within 1 point of majority@N; 'point' asks it of the "
+        "difference, 'CI' of its 95% CI's lower end.",
     ]
-    data = {"settings": settings, "meta": meta, "measured": s, "replayed": rep}
+    data = {"settings": settings, "meta": meta, "measured": s, "replayed": rep, "replayed_odd": odd}
     return write_report(out / "engine_pruning", data, lines)
 
 

@@ -75,6 +75,6 @@ def test_report_writes_both_tables(one_batch):
     finally:
         del engine_pruning.RULES["always"]
     assert "## Measured in the engine: the first 2 items, every rule" in md
-    assert "## Replayed on all 2 stored items" in md
+    assert "## Replayed on all 2 stored items" in md and "on the 1 odd-indexed items alone" in md
     assert "| always |" in md and "6/6, 6/6, 2/2" in md
     assert json.loads((out / "engine_pruning.json").read_text())["measured"]["items"] == 2
