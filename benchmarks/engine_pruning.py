@@ -33,6 +33,7 @@ import logging
 import platform
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -160,25 +161,22 @@ def _batch(
     }
     for name, spec in rules.items():
         res, secs = results[name]
-        rows, same_tok, same_step, same_vote, prefix, correct = [], 0, 0, 0, 0, []
+        rows, tot, correct = [], Counter[str](), []
         for rec, r in zip(recs, res, strict=True):
             row, counts = _online_vs_replay(rec, r, spec, cfg.num_layers)
             keep = np.array([c.finish_reason != "pruned" for c in r.candidates])
             correct.append(survivor_majority(rec, keep)[0])
-            same_tok += counts["same_tokens"]
-            same_step += counts["same_pruned"]
-            same_vote += counts["same_vote"]
-            prefix += counts["prefix_ok"]
+            tot.update(counts)
             rows.append(row)
         out["conditions"][name] = {
             "seconds": secs,
             "tokens": [sum(c.completion_tokens for c in r.candidates) for r in res],
             "pruned": [sum(c.finish_reason == "pruned" for c in r.candidates) for r in res],
             "correct": correct,
-            "same_tokens": same_tok,
-            "same_step": same_step,
-            "same_vote": same_vote,
-            "prefix_ok": prefix,
+            "same_tokens": tot["same_tokens"],
+            "same_step": tot["same_pruned"],
+            "same_vote": tot["same_vote"],
+            "prefix_ok": tot["prefix_ok"],
             "diffs": [
                 r for r in rows if r["online_tokens"] != r["replay_tokens"] or r["online_vote"] != r["replay_vote"]
             ],
