@@ -12,7 +12,8 @@ Two tables: **measured in the engine** (the rule items: tokens, seconds, accurac
 replay) and **replayed on every stored item** (tokens and accuracy; what the engine gives when the
 first table shows online = replay). Accuracy is the survivors' majority vote, with its paired bootstrap
 CI against majority@N without pruning and McNemar. Rules with a fixed threshold come from the replay
-of the published 100-item vLLM run (``docs/results/gsm_symbolic_100_vllm/pruning/``, chosen on its
+of the published 100-item vLLM run of the same model (``--rule-set``: ``docs/results/gsm_symbolic_100_vllm/
+pruning/`` for the 0.5B, ``docs/results/gsm_symbolic_100_1.5b_vllm/pruning/`` for the 1.5B, chosen on its
 even-indexed items), so nothing here is tuned on the samples it is scored on.
 
 Usage (resumes from ``OUT/batches.jsonl`` and ``OUT/run/``; one line per finished batch)::
@@ -47,29 +48,81 @@ from l2reason.backends.base import GenerationRequest, PruneSpec  # noqa: E402
 
 log = logging.getLogger("engine_pruning")
 UNPRUNED = "unpruned"
-# name -> (PruneSpec fields, where it comes from); the fixed thresholds are the replay's even-half choices
-RULES: dict[str, tuple[dict[str, Any], str]] = {
-    "confidence-fixed": (
-        {"score": "confidence", "threshold": 10.49, "warmup": 32, "window": 128, "min_keep": 4},
-        "DeepConf token confidence, fixed τ (replay's even-half choice)",
-    ),
-    "self-certainty-fixed": (
-        {"score": "self-certainty", "threshold": 13.84, "warmup": 64, "window": 32, "min_keep": 1},
-        "self-certainty, fixed τ (replay's even-half choice)",
-    ),
-    "l2-low-fixed": (
-        {"score": "l2", "direction": "low", "threshold": -69.21, "warmup": 32, "window": 128, "min_keep": 1},
-        "ℓ2 band mean norm, low kept, fixed τ (replay's even-half choice)",
-    ),
+# rule name -> what it is; the fixed thresholds are the replay's even-half choices for the model's size
+RULES: dict[str, str] = {
+    "confidence-fixed": "DeepConf token confidence, fixed τ (replay's even-half choice)",
+    "self-certainty-fixed": "self-certainty, fixed τ (replay's even-half choice)",
+    "l2-low-fixed": "ℓ2 band mean norm, low kept, fixed τ (replay's even-half choice)",
     "confidence-first-finished": (
-        {"score": "confidence", "threshold": "first-finished", "first": 2, "quantile": 0.1},
-        "DeepConf online: τ = 10% quantile of the first 2 finished rows' lowest scores (PruneSpec's default)",
+        "DeepConf online: τ = 10% quantile of the first 2 finished rows' lowest scores (PruneSpec's default)"
     ),
-    "l2-low-first-finished": (
-        {"score": "l2", "direction": "low", "threshold": "first-finished", "first": 2, "quantile": 0.1},
-        "the same warm-up rule on the ℓ2 band mean norm, low kept",
+    "l2-low-first-finished": "the same warm-up rule on the ℓ2 band mean norm, low kept",
+}
+_FIRST_FINISHED: dict[str, dict[str, Any]] = {
+    "confidence-first-finished": {"score": "confidence", "threshold": "first-finished", "first": 2, "quantile": 0.1},
+    "l2-low-first-finished": {
+        "score": "l2",
+        "direction": "low",
+        "threshold": "first-finished",
+        "first": 2,
+        "quantile": 0.1,
+    },
+}
+# rule set -> (the replay whose even-indexed items chose its fixed thresholds, rule name -> PruneSpec fields).
+# The fixed rules are each replay's cross-fitted choice on the even half ("Rules chosen", first line per score).
+RULE_SETS: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
+    "0.5b": (
+        "docs/results/gsm_symbolic_100_vllm/pruning/",
+        {
+            "confidence-fixed": {"score": "confidence", "threshold": 10.49, "warmup": 32, "window": 128, "min_keep": 4},
+            "self-certainty-fixed": {
+                "score": "self-certainty",
+                "threshold": 13.84,
+                "warmup": 64,
+                "window": 32,
+                "min_keep": 1,
+            },
+            "l2-low-fixed": {
+                "score": "l2",
+                "direction": "low",
+                "threshold": -69.21,
+                "warmup": 32,
+                "window": 128,
+                "min_keep": 1,
+            },
+            **_FIRST_FINISHED,
+        },
+    ),
+    "1.5b": (
+        "docs/results/gsm_symbolic_100_1.5b_vllm/pruning/",
+        {
+            "confidence-fixed": {"score": "confidence", "threshold": 9.304, "warmup": 32, "window": 32, "min_keep": 1},
+            "self-certainty-fixed": {
+                "score": "self-certainty",
+                "threshold": 13.81,
+                "warmup": 32,
+                "window": 2048,
+                "min_keep": 2,
+            },
+            "l2-low-fixed": {
+                "score": "l2",
+                "direction": "low",
+                "threshold": -121.1,
+                "warmup": 128,
+                "window": 32,
+                "min_keep": 4,
+            },
+            **_FIRST_FINISHED,
+        },
     ),
 }
+
+
+def _rule_set(name: str, model: str) -> str:
+    """``--rule-set``: ``auto`` picks the set chosen on the model's own earlier run (``:large`` is the 1.5B)."""
+    if name != "auto":
+        return name
+    return "1.5b" if model.rstrip("/").endswith(":large") else "0.5b"
 
 
 def _args() -> argparse.Namespace:
@@ -82,6 +135,12 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--batch-items", type=int, default=8)
     ap.add_argument("--rule-items", type=int, default=40, help="the first items that also run every rule")
     ap.add_argument("--rules", default=",".join(RULES), help=f"comma list of {', '.join(RULES)}")
+    ap.add_argument(
+        "--rule-set",
+        choices=["auto", *RULE_SETS],
+        default="auto",
+        help="whose replay chose the fixed thresholds (auto: 1.5b for a ':large' model, else 0.5b)",
+    )
     ap.add_argument("--minutes", type=float, default=0, help="stop after the batch that passes this budget (0: none)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT/batches.jsonl")
@@ -101,7 +160,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "max_new_tokens": args.max_new_tokens,
         "batch_items": args.batch_items,
         "rule_items": args.rule_items,
-        "rules": {name: RULES[name][0] for name in names},
+        "rule_set": (rule_set := _rule_set(args.rule_set, args.model)),
+        "rules": {name: RULE_SETS[rule_set][1][name] for name in names},
     }
 
 
@@ -372,9 +432,9 @@ def _report(out: Path, settings: dict[str, Any], batches: list[dict[str, Any]], 
         *_replayed_lines(odd, n),
         "",
         "Rules (their fixed thresholds were chosen on the even-indexed items of another sampling of these items, "
-        "`docs/results/gsm_symbolic_100_vllm/pruning/`, so nothing was tuned on these samples):",
+        f"`{RULE_SETS[settings['rule_set']][0]}`, so nothing was tuned on these samples):",
         "",
-        *[f"- `{name}`: {RULES[name][1]}; `{json.dumps(spec)}`" for name, spec in settings["rules"].items()],
+        *[f"- `{name}`: {RULES[name]}; `{json.dumps(spec)}`" for name, spec in settings["rules"].items()],
         "",
         "Goal (issue 25): ≥ 40% fewer tokens with accuracy within 1 point of majority@N; 'point' asks it of the "
         "difference, 'CI' of its 95% CI's lower end.",

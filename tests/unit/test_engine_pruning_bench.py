@@ -65,11 +65,17 @@ def test_measured_and_replayed_summaries_agree(one_batch):
 
 def test_report_writes_both_tables(one_batch):
     out, batch, settings = one_batch
-    settings = settings | {"model": "tiny", "dataset": "gsm_symbolic:seed=42", "max_new_tokens": 10, "batch_items": 2}
+    settings = settings | {
+        "model": "tiny",
+        "dataset": "gsm_symbolic:seed=42",
+        "max_new_tokens": 10,
+        "batch_items": 2,
+        "rule_set": "1.5b",
+    }
     meta = {"command": "python benchmarks/engine_pruning.py", "started": "s", "date": "d", "cpu": "c", "versions": "v"}
     from benchmarks import engine_pruning
 
-    engine_pruning.RULES["always"] = ({}, "test rule")
+    engine_pruning.RULES["always"] = "test rule"
     try:
         md = _report(out, settings, [batch], meta).read_text()
     finally:
@@ -77,4 +83,18 @@ def test_report_writes_both_tables(one_batch):
     assert "## Measured in the engine: the first 2 items, every rule" in md
     assert "## Replayed on all 2 stored items" in md and "on the 1 odd-indexed items alone" in md
     assert "| always |" in md and "6/6, 6/6, 2/2" in md
+    assert "- `always`: test rule;" in md and "`docs/results/gsm_symbolic_100_1.5b_vllm/pruning/`" in md
     assert json.loads((out / "engine_pruning.json").read_text())["measured"]["items"] == 2
+
+
+def test_rule_set_follows_the_model_unless_named():
+    from benchmarks.engine_pruning import RULE_SETS, RULES, _rule_set
+
+    assert _rule_set("auto", "vllm:large") == "1.5b" and _rule_set("auto", "vllm:default") == "0.5b"
+    assert _rule_set("0.5b", "vllm:large") == "0.5b"
+    for _, rules in RULE_SETS.values():  # every set defines every rule, and each is a valid PruneSpec
+        assert set(rules) == set(RULES)
+        for fields in rules.values():
+            PruneSpec.model_validate(fields)
+    # the 1.5B's fixed thresholds are its own replay's, not the 0.5B's
+    assert RULE_SETS["1.5b"][1]["l2-low-fixed"]["threshold"] == -121.1
