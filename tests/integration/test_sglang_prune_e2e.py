@@ -23,7 +23,7 @@ from l2reason.serving.prune import record_signal
 from l2reason.serving.settings import PruneSettings
 from l2reason.techniques.pruning import running_scores, simulate, token_signal
 
-pytestmark = [pytest.mark.real, pytest.mark.sglang]
+pytestmark = [pytest.mark.real, pytest.mark.ci, pytest.mark.sglang]
 
 N, MAX_NEW, LOGPROBS = 8, 64, 5
 PROMPT = "In one or two short sentences: why is the sky blue?"
