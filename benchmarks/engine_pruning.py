@@ -34,7 +34,6 @@ import logging
 import platform
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -192,10 +191,10 @@ def _batch(
 ) -> dict:
     """Generate one batch unpruned (stored in ``run_dir``) and under every rule (rotated order); compare each rule
     with the replay of the unpruned samples."""
-    from l2reason.eval.harness import SAMPLES, _append, _request, _stored, pass_path
-    from l2reason.eval.pruning import _online_vs_replay, survivor_majority
+    from l2reason.eval.harness import SAMPLES, append_line, item_request, pass_path, stored_item
+    from l2reason.eval.pruning import check_batch, survivor_majority
 
-    base = [_request(cfg, item, idx, SAMPLES) for idx, item in items]
+    base = [item_request(cfg, item, idx, SAMPLES) for idx, item in items]
     names = [UNPRUNED, *rules]
     order = names[turn % len(names) :] + names[: turn % len(names)]
     results: dict[str, tuple[list[Any], float]] = {}
@@ -210,9 +209,11 @@ def _batch(
         results[name] = (res, time.perf_counter() - t0)
         log.info("  %-26s %6.1fs  %6d tokens", name, results[name][1], _tokens(res))
     full, full_s = results[UNPRUNED]
-    recs = [_stored(item, idx, r, ds, full_s / len(items), SAMPLES) for (idx, item), r in zip(items, full, strict=True)]
+    recs = [
+        stored_item(item, idx, r, ds, full_s / len(items), SAMPLES) for (idx, item), r in zip(items, full, strict=True)
+    ]
     for rec in recs:
-        _append(pass_path(run_dir, SAMPLES), rec.model_dump_json())
+        append_line(pass_path(run_dir, SAMPLES), rec.model_dump_json())
     out: dict[str, Any] = {"items": [it.id for _, it in items], "order": order, "conditions": {}}
     out["conditions"][UNPRUNED] = {
         "seconds": full_s,
@@ -221,13 +222,11 @@ def _batch(
     }
     for name, spec in rules.items():
         res, secs = results[name]
-        rows, tot, correct = [], Counter[str](), []
-        for rec, r in zip(recs, res, strict=True):
-            row, counts = _online_vs_replay(rec, r, spec, cfg.num_layers)
-            keep = np.array([c.finish_reason != "pruned" for c in r.candidates])
-            correct.append(survivor_majority(rec, keep)[0])
-            tot.update(counts)
-            rows.append(row)
+        rows, tot = check_batch(recs, res, spec, cfg.num_layers)
+        correct = [
+            survivor_majority(rec, np.array([c.finish_reason != "pruned" for c in r.candidates]))[0]
+            for rec, r in zip(recs, res, strict=True)
+        ]
         out["conditions"][name] = {
             "seconds": secs,
             "tokens": [sum(c.completion_tokens for c in r.candidates) for r in res],
@@ -458,7 +457,7 @@ def main() -> None:
     from l2reason import __version__
     from l2reason.backends.shared import make_backend
     from l2reason.eval.datasets import load_dataset
-    from l2reason.eval.harness import _open_config
+    from l2reason.eval.harness import open_run
 
     ds = load_dataset(args.dataset)
     rules = {name: PruneSpec.model_validate(f) for name, f in settings["rules"].items()}
@@ -473,7 +472,7 @@ def main() -> None:
         gen_methods=[],
     )
     items = list(enumerate(ds.items(args.items)))
-    cfg = _open_config(args.out / "run", cfg, ds, [it for _, it in items])
+    cfg = open_run(args.out / "run", cfg, ds, [it for _, it in items])
     versions = f"l2reason {__version__}, python {platform.python_version()}"
     if args.model.startswith("vllm"):
         from l2reason.backends.vllm.server import vllm_python

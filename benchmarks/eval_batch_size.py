@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import hf_env, hf_report_head, run_config, write_report  # noqa: E402
 from l2reason.backends.hf import HFBackend  # noqa: E402
 from l2reason.eval.datasets import load_dataset  # noqa: E402
-from l2reason.eval.harness import SAMPLES, _request  # noqa: E402
+from l2reason.eval.harness import SAMPLES, item_request  # noqa: E402
 
 
 def main() -> None:
@@ -46,12 +46,12 @@ def main() -> None:
     rows = [int(x) for x in args.rows.split(",")]
     results = []
     warm = run_config(be, ds.name, n=1, max_new_tokens=4)
-    be.generate_many([_request(warm, ds.items(1)[0], 0, SAMPLES)])  # warm-up
+    be.generate_many([item_request(warm, ds.items(1)[0], 0, SAMPLES)])  # warm-up
     for r in rows:
         n = min(args.n, r)
         k = max(1, r // n)
         cfg = run_config(be, ds.name, n=n, max_new_tokens=args.max_new_tokens)
-        reqs = [_request(cfg, it, i, SAMPLES) for i, it in enumerate(ds.items(k))]
+        reqs = [item_request(cfg, it, i, SAMPLES) for i, it in enumerate(ds.items(k))]
         t0 = time.perf_counter()
         res = be.generate_many(reqs)
         secs = time.perf_counter() - t0

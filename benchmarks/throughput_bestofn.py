@@ -32,7 +32,7 @@ from benchmarks._common import hf_env, hf_report_head, run_config, write_report 
 from l2reason.backends.base import GenerationRequest, GenerationResult, SelectionSpec  # noqa: E402
 from l2reason.backends.hf import HFBackend  # noqa: E402
 from l2reason.eval.datasets import load_dataset  # noqa: E402
-from l2reason.eval.harness import SAMPLES, _request  # noqa: E402
+from l2reason.eval.harness import SAMPLES, item_request  # noqa: E402
 from l2reason.select import select_result  # noqa: E402
 
 N = 8
@@ -107,7 +107,7 @@ def main() -> None:
     ds = load_dataset("gsm_symbolic:seed=42")
     cfg = run_config(be, ds.name, n=1, max_new_tokens=args.max_new_tokens, logprobs=0)
     items = ds.items(args.prompts)
-    be.generate(_request(cfg.model_copy(update={"max_new_tokens": 4}), items[0], 0, SAMPLES))  # warm-up
+    be.generate(item_request(cfg.model_copy(update={"max_new_tokens": 4}), items[0], 0, SAMPLES))  # warm-up
     rows: dict[str, list[tuple[int, float]]] = {"batched (n=8, one call)": [], "sequential (8 calls)": []}
     notes = []
     calls: list[int] = []
@@ -118,7 +118,7 @@ def main() -> None:
             "tokens/s, and wall time only with the token counts beside it"
         )
     for i, it in enumerate(items):
-        req = _request(cfg, it, i, SAMPLES)
+        req = item_request(cfg, it, i, SAMPLES)
         rows["batched (n=8, one call)"].append(batched(be, req))
         rows["sequential (8 calls)"].append(sequential(be, req))
         if args.dspy:

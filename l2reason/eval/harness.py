@@ -275,7 +275,7 @@ def read_jsonl(path: Path) -> tuple[dict[str, StoredItem], int]:
     return out, skipped
 
 
-def _append(path: Path, line: str) -> None:
+def append_line(path: Path, line: str) -> None:
     """Append one line and fsync, so a finished item survives a crash.
 
     If the file ends without a newline (a torn write), a newline goes first so
@@ -368,9 +368,16 @@ def matched_rate(run_dir: str | os.PathLike[str], pass_name: str, source: str) -
     return info
 
 
-def _request(
+def item_request(
     cfg: RunConfig, item: Item, index: int, pass_name: str, overrides: dict[str, Any] | None = None
 ) -> GenerationRequest:
+    """The request a run makes for one item in one pass (``SAMPLES`` or a generation method's name).
+
+    The selection pass samples ``cfg.n`` candidates with the run's temperature, top-p and per-item seed
+    (``cfg.item_seed(index)``); a generation pass decodes one greedy candidate with the method's
+    interventions (``overrides`` replaces their fields). Both ask for every layer's per-token norms and
+    the run's top-``k`` logprobs. Benchmarks use it to send exactly what ``l2reason eval`` sends.
+    """
     if pass_name == SAMPLES:
         sampling = SamplingParams(
             temperature=cfg.temperature,
@@ -398,7 +405,11 @@ def _request(
     )
 
 
-def _stored(item: Item, index: int, res: GenerationResult, ds: Dataset, seconds: float, pass_name: str) -> StoredItem:
+def stored_item(
+    item: Item, index: int, res: GenerationResult, ds: Dataset, seconds: float, pass_name: str
+) -> StoredItem:
+    """One result as a run stores it: each candidate's extracted answer and score against the gold answer, the
+    compacted result and the seconds it took (write it with :func:`append_line` to the pass's file)."""
     from l2reason.eval.answers import extract_answer
 
     answers = [extract_answer(c.text) for c in res.candidates]
@@ -486,7 +497,7 @@ def _check_stored_items(
                 raise _stale(run_dir, cfg, f"item {it.id!r} has another {what} (stored {x[:60]!r}, now {y[:60]!r})")
 
 
-def _open_config(run_dir: Path, cfg: RunConfig, ds: Dataset, items: Sequence[Item]) -> RunConfig:
+def open_run(run_dir: Path, cfg: RunConfig, ds: Dataset, items: Sequence[Item]) -> RunConfig:
     """Write ``config.json`` for a new run, or check it against the stored one and update it.
 
     The stored ``items_sha256`` must match the hash of the same number of
@@ -544,7 +555,7 @@ def _check_against_backend(backend: Any, cfg: RunConfig, first: tuple[int, Item]
     index, item = first
     for name in names:
         try:
-            validate_request(_request(cfg, item, index, name), limits())
+            validate_request(item_request(cfg, item, index, name), limits())
         except ConfigError as e:
             what = "the sampling pass" if name == SAMPLES else f"generation method {name!r}"
             raise type(e)(f"{what}: {e}") from e
@@ -645,7 +656,7 @@ def run_eval(
     indexed = [(cfg.offset + i, it) for i, it in enumerate(items)]
     names = ([SAMPLES] if cfg.n > 0 else []) + list(cfg.gen_methods)
     _check_against_backend(backend, cfg, indexed[0], names)
-    cfg = _open_config(run_dir, cfg, ds, items)
+    cfg = open_run(run_dir, cfg, ds, items)
     passes = _plan_passes(run_dir, cfg, ds, items, indexed, names)
 
     with _progress(show_progress, passes) as advance:
@@ -728,14 +739,14 @@ def _run_pass(
     k = cfg.batch_items if p.name == SAMPLES else cfg.batch_items * max(cfg.n, 1)
     for start in range(0, len(p.todo), k):
         batch = p.todo[start : start + k]
-        reqs = [_request(cfg, it, i, p.name, overrides) for i, it in batch]
+        reqs = [item_request(cfg, it, i, p.name, overrides) for i, it in batch]
         t0 = time.perf_counter()
         results = backend.generate_many(reqs)
         secs = time.perf_counter() - t0
         tokens = 0
         for (i, it), res in zip(batch, results, strict=True):
-            rec = _stored(it, i, res, ds, secs / len(batch), p.name)
-            _append(path, rec.model_dump_json())
+            rec = stored_item(it, i, res, ds, secs / len(batch), p.name)
+            append_line(path, rec.model_dump_json())
             tokens += res.completion_tokens
         advance(p.name, len(batch), tokens, secs)
         if on_batch is not None:

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ from l2reason.techniques.selection import CandidateSignals
 __all__ = [
     "ItemPruning",
     "RunPruning",
+    "check_batch",
     "item_signals",
     "majority_at_k",
     "online_check",
@@ -271,7 +273,7 @@ def online_check(
     import time
 
     from l2reason.eval.datasets import load_dataset
-    from l2reason.eval.harness import SAMPLES, _request
+    from l2reason.eval.harness import SAMPLES, item_request
 
     cfg = run.config
     recs = list(run.samples[: limit or len(run.samples)])
@@ -288,16 +290,15 @@ def online_check(
         batch = recs[start : start + k]
         reqs = []
         for rec in batch:
-            base = _request(cfg, by_index[rec.index], rec.index, SAMPLES)
+            base = item_request(cfg, by_index[rec.index], rec.index, SAMPLES)
             reqs.append(GenerationRequest.model_validate({**base.model_dump(), "prune": spec.model_dump()}))
         t0 = time.perf_counter()
         results = backend.generate_many(reqs)
         seconds += time.perf_counter() - t0
-        for rec, res in zip(batch, results, strict=True):
-            row, counts = _online_vs_replay(rec, res, spec, cfg.num_layers)
-            rows.append(row)
-            for key, v in counts.items():
-                tot[key] += v
+        batch_rows, counts = check_batch(batch, results, spec, cfg.num_layers)
+        rows += batch_rows
+        for key, v in counts.items():
+            tot[key] += v
     return {
         "spec": spec.model_dump(),
         **tot,
@@ -306,6 +307,28 @@ def online_check(
         "stored_seconds": float(sum(r.seconds for r in recs)),
         "rows": rows,
     }
+
+
+def check_batch(
+    stored: Sequence[StoredItem], results: Sequence[Any], spec: PruneSpec, num_layers: int
+) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """Compare pruned results, item by item, with the replay of ``spec`` on the same items' stored samples.
+
+    ``results[i]`` is what a backend returned for ``stored[i]``'s request with ``prune=spec``. Returns one row
+    per item (online vs replayed token counts and pruned steps, the two votes, whether each online text is the
+    stored text or, pruned, a prefix of it) and the totals :func:`online_check` reports (``candidates``,
+    ``same_tokens``, ``same_pruned``, ``prefix_ok``, ``items``, ``same_vote``, ``online_tokens``,
+    ``replay_tokens``).
+    """
+    if len(stored) != len(results):
+        raise ConfigError(f"{len(results)} results for {len(stored)} stored items")
+    rows: list[dict[str, Any]] = []
+    tot: Counter[str] = Counter()
+    for rec, res in zip(stored, results, strict=True):
+        row, counts = _online_vs_replay(rec, res, spec, num_layers)
+        rows.append(row)
+        tot.update(counts)
+    return rows, tot
 
 
 def _online_vs_replay(

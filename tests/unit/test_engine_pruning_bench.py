@@ -15,7 +15,7 @@ from benchmarks._common import run_config
 from benchmarks.engine_pruning import UNPRUNED, _batch, _report, replayed, summarise
 from l2reason.backends.base import PruneSpec
 from l2reason.eval.datasets import load_dataset
-from l2reason.eval.harness import _open_config, load_run
+from l2reason.eval.harness import load_run, open_run
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def one_batch(tiny_backend, tmp_path_factory):
     cfg = run_config(
         tiny_backend, "gsm_symbolic:seed=42", limit=2, n=3, max_new_tokens=10, batch_items=2, gen_methods=[]
     )
-    cfg = _open_config(out / "run", cfg, ds, [it for _, it in items])
+    cfg = open_run(out / "run", cfg, ds, [it for _, it in items])
     # a threshold above any confidence: every row but the min_keep one is pruned right after the warm-up
     spec = PruneSpec(score="confidence", threshold=1e3, warmup=3, window=4, min_keep=1)
     batch = _batch(tiny_backend, cfg, ds, items, {"always": spec}, 0, out / "run")

@@ -9,7 +9,7 @@ import pytest
 
 from l2reason.backends.base import Candidate, GenerationResult, NormStats, TokenLogprobs
 from l2reason.eval.autocal import candidate_bands, choose_selection
-from l2reason.eval.harness import RunConfig, StoredItem, _append, load_run, pass_path
+from l2reason.eval.harness import RunConfig, StoredItem, append_line, load_run, pass_path
 from l2reason.eval.report import compute_report, render_markdown, write_report
 from l2reason.eval.report.tables import PROMPT_SHOWN
 
@@ -82,9 +82,9 @@ def _write_run(d: Path, auto: dict | None = None, methods=None) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(cfg.model_dump_json())
     for idx, gold, answers, finish in SAMPLES:
-        _append(pass_path(d, "samples"), _item(idx, gold, answers, finish).model_dump_json())
+        append_line(pass_path(d, "samples"), _item(idx, gold, answers, finish).model_dump_json())
     for idx, gold, answers in GREEDY:
-        _append(pass_path(d, "greedy"), _item(idx, gold, answers, name="greedy").model_dump_json())
+        append_line(pass_path(d, "greedy"), _item(idx, gold, answers, name="greedy").model_dump_json())
     return d
 
 
@@ -199,7 +199,7 @@ def test_cross_fitted_auto_selection_needs_two_folds(tmp_path):
     d.mkdir()
     (d / "config.json").write_text(cfg.model_dump_json())
     idx, gold, answers, finish = SAMPLES[0]
-    _append(pass_path(d, "samples"), _item(idx, gold, answers, finish).model_dump_json())
+    append_line(pass_path(d, "samples"), _item(idx, gold, answers, finish).model_dump_json())
     rep = compute_report(load_run(d), n_boot=100, n_subsamples=10)
     assert all(r.name != "l2-auto-cv" for r in rep.rows)
 
@@ -333,7 +333,7 @@ def test_plots_mark_rows_over_fewer_items_and_keep_zero_bars(tmp_path):
     # a generation pass on 2 of the 4 items: its row is scored over fewer items
     (d / "gen" / "greedy.jsonl").unlink()
     for idx, gold, answers in GREEDY[:2]:
-        _append(pass_path(d, "greedy"), _item(idx, gold, answers, name="greedy").model_dump_json())
+        append_line(pass_path(d, "greedy"), _item(idx, gold, answers, name="greedy").model_dump_json())
     md = write_report(d, n_boot=200, n_subsamples=10)
     text = md.read_text()
     assert "Rows are scored on different numbers of items (2, 4)" in text

@@ -20,7 +20,7 @@ from l2reason.backends.base import (
     TokenLogprobs,
 )
 from l2reason.errors import ConfigError
-from l2reason.eval.harness import RunConfig, StoredItem, _append, load_run, pass_path
+from l2reason.eval.harness import RunConfig, StoredItem, append_line, load_run, pass_path
 from l2reason.eval.probe import cross_fit, fit_on_items, item_inputs, paired_auc_bootstrap
 from l2reason.select import select_result
 from l2reason.signal.calibration import Calibration, fit_calibration
@@ -141,7 +141,7 @@ def test_probe_vote_and_argmax_ties():
 # ---- stored items: cross-fitting and leakage ---------------------------------------------
 
 
-def _stored(idx: int, cands: list[CandidateSignals], y: np.ndarray) -> StoredItem:
+def stored_item(idx: int, cands: list[CandidateSignals], y: np.ndarray) -> StoredItem:
     out = []
     for j, c in enumerate(cands):
         T = c.band_norms.shape[0]
@@ -180,7 +180,7 @@ def _stored(idx: int, cands: list[CandidateSignals], y: np.ndarray) -> StoredIte
 
 @pytest.fixture(scope="module")
 def stored():
-    return [_stored(i, c, y) for i, (c, y) in enumerate(_items(7, 24))]
+    return [stored_item(i, c, y) for i, (c, y) in enumerate(_items(7, 24))]
 
 
 def test_cross_fit_never_scores_an_item_with_a_probe_fitted_on_it(stored):
@@ -238,7 +238,7 @@ def test_the_report_scores_a_calibrated_probe_only_outside_its_split_and_cross_f
     d.mkdir()
     (d / "config.json").write_text(cfg.model_dump_json())
     for r in stored:
-        _append(pass_path(d, "samples"), r.model_dump_json())
+        append_line(pass_path(d, "samples"), r.model_dump_json())
     rep = compute_report(load_run(d), n_boot=200, n_subsamples=10)
     rows = {r.name: r for r in rep.rows}
     assert sorted(rows["l2-probe"].correct) == sorted(r.item_id for r in stored if r.index >= 8)

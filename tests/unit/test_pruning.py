@@ -26,7 +26,7 @@ from l2reason.backends.base import (
     SelectionSpec,
 )
 from l2reason.backends.hf import HFBackend
-from l2reason.errors import L2ReasonWarning
+from l2reason.errors import ConfigError, L2ReasonWarning
 from l2reason.select import select_result
 from l2reason.techniques.pruning import PruneTracker, running_scores, simulate, token_signal
 
@@ -331,6 +331,17 @@ def test_replay_of_a_stored_run_matches_online_pruning(eos_backend, tmp_path):
     first = PruneSpec(score="self-certainty", warmup=2, window=4, first=2, quantile=0.5)
     chk2 = online_check(eos_backend, run, first, limit=2)
     assert chk2["same_tokens"] == chk2["same_pruned"] == chk2["candidates"] == 12
+    # check_batch is online_check's per-batch step; the unpruned results themselves are not the replay of a rule
+    # that prunes, so it must count differences
+    from l2reason.eval.pruning import check_batch
+
+    rows, tot = check_batch(run.samples, [r.result for r in run.samples], spec, cfg.num_layers)
+    assert len(rows) == 3 and tot["candidates"] == 18 and tot["prefix_ok"] == 18
+    assert tot["same_tokens"] < 18 and tot["online_tokens"] - tot["replay_tokens"] == chk["stored_tokens"] - sum(
+        it.tokens for it in sim.items
+    )
+    with pytest.raises(ConfigError, match="1 results for 2 stored items"):
+        check_batch(run.samples[:2], [run.samples[0].result], spec, cfg.num_layers)
 
 
 def signals_of(spec, rec):
