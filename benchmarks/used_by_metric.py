@@ -4,7 +4,8 @@ The question (issue 24): with no labels, does compiling a DSPy program with
 ``l2_metric`` give a better program than no compilation, than a label-free
 confidence metric, and how far is it from compiling with labels?
 
-Program ``L2Observe(dspy.ChainOfThought("question -> answer"))``; optimiser
+Program ``L2Observe(dspy.ChainOfThought("question -> answer"))`` (``--program plan-solve``: a
+two-step plan → solve program instead); optimiser
 ``BootstrapFewShot(max_bootstrapped_demos=K, max_labeled_demos=0,
 max_rounds=1)``, the same train items in the same (seeded, shuffled) order for
 every condition. BootstrapFewShot walks the train items in order and keeps the
@@ -24,6 +25,10 @@ quantile of its own train distribution; the train labels are read only by the
 kept and scored), so one set of generations carries both signals; greedy, so
 the teacher's train traces are generated once and BootstrapFewShot replays
 them from DSPy's cache.
+
+``--optimizer mipro-light`` swaps the optimiser for MIPROv2 in its light setting (instructions and
+demos; the same train items serve as its validation set, scored by the condition's metric; ``random``
+becomes a search ranked by a pseudo-random score), the same five conditions.
 
 Every result is one JSONL line, written as it finishes (``train.jsonl``,
 ``programs/<condition>.json``, ``results.jsonl``); a re-run skips what is
@@ -78,6 +83,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=384)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
+    ap.add_argument(
+        "--optimizer",
+        choices=["bootstrap", "mipro-light"],
+        default="bootstrap",
+        help="bootstrap: BootstrapFewShot (demos); mipro-light: MIPROv2(auto='light'), instructions and demos, "
+        "scored by the condition's metric on the unlabelled train items",
+    )
+    ap.add_argument(
+        "--program",
+        choices=sorted(PROGRAMS),
+        default="cot",
+        help="cot: ChainOfThought('question -> answer'); plan-solve: a plan step, then a solve step (two LM calls)",
+    )
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "used_by_metric"))
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "l2reason" / "used_by_metric_dspy"))
     ap.add_argument("--report", action="store_true", help="only write README.md from the stored lines")
@@ -166,20 +184,52 @@ def parallel(fn: Any, jobs: list[Any], threads: int, desc: str) -> None:
 # ---- the phases -----------------------------------------------------------------------------
 
 
-def program() -> Any:
-    """The student: ``L2Observe(ChainOfThought("question -> answer"))`` reporting C/T."""
+PROGRAMS = {
+    "cot": 'dspy.ChainOfThought("question -> answer")',
+    "plan-solve": 'PlanSolve: ChainOfThought("question -> plan"), then ChainOfThought("question, plan -> answer")',
+}
+
+
+def program(kind: str = "cot") -> Any:
+    """The student, wrapped in ``L2Observe`` reporting C/T (aggregated over its LM calls).
+
+    ``cot``: ``ChainOfThought("question -> answer")``. ``plan-solve``: two steps, a plan for the question,
+    then the answer given the question and the plan; BootstrapFewShot bootstraps both steps' demos from the
+    same traces.
+    """
     import dspy
 
     import l2reason.dspy as l2
 
-    return l2.L2Observe(dspy.ChainOfThought("question -> answer"), score="C/T")
+    if kind == "cot":
+        return l2.L2Observe(dspy.ChainOfThought("question -> answer"), score="C/T")
+    if kind != "plan-solve":
+        raise ValueError(f"unknown program {kind!r}; known: {', '.join(PROGRAMS)}")
+
+    class PlanSolve(dspy.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.plan = dspy.ChainOfThought("question -> plan")
+            self.solve = dspy.ChainOfThought("question, plan -> answer")
+
+        def forward(self, question: str) -> Any:
+            plan = self.plan(question=question).plan
+            return self.solve(question=question, plan=plan)
+
+    return l2.L2Observe(PlanSolve(), score="C/T")
+
+
+def demo_questions(prog: Any) -> list[str]:
+    """The train questions a compiled program keeps as demos (its first step's; every step has the same ones)."""
+    _, pred = prog.named_predictors()[0]
+    return [d["question"] for d in pred.demos]
 
 
 def train_traces(args: argparse.Namespace, data: Any, train: list[Any], out: Path) -> list[dict[str, Any]]:
     """The uncompiled program on every train item (the teacher's traces; fills DSPy's cache)."""
     sink = Sink(out / "train.jsonl")
     done = {r["item"] for r in read_jsonl(sink.path)}
-    prog = program()
+    prog = program(args.program)
     todo = [it for it in train if it.id not in done]
     parallel(lambda it: sink.write(run_one(prog, data, it)), todo, args.threads, "train traces")
     by_id = {r["item"]: r for r in read_jsonl(sink.path)}
@@ -201,7 +251,7 @@ def compile_one(cond: str, args: argparse.Namespace, data: Any, train: list[Any]
     import l2reason.dspy as l2
 
     path = Path(args.out) / "programs" / f"{cond}.json"
-    prog = program()
+    prog = program(args.program)
     if cond == "uncompiled":
         return prog
     if path.exists():
@@ -221,20 +271,59 @@ def compile_one(cond: str, args: argparse.Namespace, data: Any, train: list[Any]
     order = list(train)
     random.Random(args.seed).shuffle(order)
     trainset = [dspy.Example(question=it.question).with_inputs("question") for it in order]  # no labels
-    tele = dspy.BootstrapFewShot(
-        metric=metric,
-        metric_threshold=threshold,
-        max_bootstrapped_demos=args.demos,
-        max_labeled_demos=0,
-        max_rounds=1,
-    )
-    compiled = tele.compile(prog, trainset=trainset)
+    if getattr(args, "optimizer", "bootstrap") == "mipro-light":
+        compiled = _mipro(cond, metric, threshold, args, prog, trainset)
+    else:
+        tele = dspy.BootstrapFewShot(
+            metric=metric,
+            metric_threshold=threshold,
+            max_bootstrapped_demos=args.demos,
+            max_labeled_demos=0,
+            max_rounds=1,
+        )
+        compiled = tele.compile(prog, trainset=trainset)
     path.parent.mkdir(parents=True, exist_ok=True)
     compiled.save(str(path))
-    demos = [d["question"] for d in compiled.module.predict.demos]
-    meta = {"condition": cond, "threshold": threshold, "demos": [by_q[q].id for q in demos]}
+    demos = demo_questions(compiled)
+    meta = {
+        "condition": cond,
+        "threshold": threshold,
+        "demos": [by_q[q].id for q in demos],
+        "instructions": [p.signature.instructions for _, p in compiled.named_predictors()],
+    }
     (path.with_suffix(".meta.json")).write_text(json.dumps(meta, indent=2))
     return compiled
+
+
+def noise_metric(ex: Any, pred: Any, trace: Any = None) -> float:
+    """The ``random`` floor for an optimiser that needs a score: a pseudo-random number in [0, 1) fixed by the
+    question and the reply (no signal; the search it drives is a random one)."""
+    import hashlib
+
+    key = f"{ex.question}\x00{getattr(pred, 'answer', '')}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") / 2**64
+
+
+def _mipro(
+    cond: str, metric: Any, threshold: float | None, args: argparse.Namespace, prog: Any, trainset: list[Any]
+) -> Any:
+    """MIPROv2 in its light setting on the unlabelled train items (also its validation set: the label-free
+    metrics read no label, and ``exact`` reads the train labels only). The label-free threshold gates the
+    demos it bootstraps; candidates are ranked by the metric's mean (C/T, self-certainty, exact match, or
+    :func:`noise_metric` for ``random``). The proposer is the same LM as the task."""
+    import dspy
+
+    tele = dspy.MIPROv2(
+        metric=metric if metric is not None else noise_metric,
+        auto="light",
+        max_bootstrapped_demos=args.demos,
+        max_labeled_demos=0,
+        num_threads=args.threads,
+        seed=args.seed,
+        metric_threshold=threshold,
+        verbose=False,
+    )
+    return tele.compile(prog, trainset=trainset, valset=trainset)
 
 
 def evaluate(args: argparse.Namespace, data: Any, items: list[Any], programs: dict[str, Any]) -> None:
@@ -425,8 +514,8 @@ NOTES = [
     "- `random` is the same optimiser with no metric (every trace passes): the first K traces. `exact` reads "
     "the train labels (the ceiling). The demos are the model's own traces (reasoning and answer), never gold "
     "answers (`max_labeled_demos=0`).",
-    "- A format failure is a reply the ChatAdapter cannot parse into `reasoning` and `answer` (scored wrong; "
-    "DSPy's JSONAdapter retry is off so that every condition makes exactly one LM call per item).",
+    "- A format failure is a reply the ChatAdapter cannot parse into the step's fields (scored wrong; DSPy's "
+    "JSONAdapter retry is off so that every condition makes the same LM calls per item: one per program step).",
     "- Accuracy CIs: percentile bootstrap over items (10,000 resamples); contrasts: paired bootstrap of the "
     "difference with its shifted-null p-value and the exact McNemar test on the discordant items "
     "(`l2reason.eval.stats`). One optimiser seed, one task family, one model: see the issue for what is not "
@@ -467,14 +556,22 @@ def _index(item_id: str) -> int:
 def _readme_head(run: dict[str, Any], n_train: int, n_eval: int, complete: bool) -> list[str]:
     """Title, status, settings, command and machine lines of the README."""
     st = run["settings"]
+    mipro = st.get("optimizer", "bootstrap") == "mipro-light"
     status = "complete" if complete else f"**partial**: {n_eval} of {st['eval_limit']} held-out items so far"
     return [
-        "# ℓ2 as a label-free optimisation metric (BootstrapFewShot)",
+        f"# ℓ2 as a label-free optimisation metric ({'MIPROv2, light' if mipro else 'BootstrapFewShot'})",
         "",
         f"Status: {status}; {n_train} unlabelled train items. Written by `benchmarks/used_by_metric.py`.",
         "",
-        f'Program `L2Observe(dspy.ChainOfThought("question -> answer"))`; `BootstrapFewShot(max_bootstrapped_demos='
-        f"{st['demos']}, max_labeled_demos=0, max_rounds=1)`; train order shuffled with seed {st['seed']}; "
+        f"Program `L2Observe({PROGRAMS[st.get('program', 'cot')]})`; "
+        + (
+            f"`MIPROv2(auto='light', max_bootstrapped_demos={st['demos']}, max_labeled_demos=0, seed={st['seed']})`"
+            " with the train items as its validation set, the same LM proposing instructions, `random` ranked by "
+            "a pseudo-random score; "
+            if mipro
+            else f"`BootstrapFewShot(max_bootstrapped_demos={st['demos']}, max_labeled_demos=0, max_rounds=1)`; "
+        )
+        + f"train order shuffled with seed {st['seed']}; "
         f"label-free thresholds at the {st['quantile']} quantile of the metric over the train traces. Data "
         f"`{st['dataset']}`: held-out items {st['eval_offset']}–{st['eval_offset'] + st['eval_limit'] - 1}, train "
         f"items {st['train_offset']}–{st['train_offset'] + st['train_limit'] - 1}. Model `{st['model']}`, greedy, "

@@ -8,6 +8,8 @@ scores, and both metrics read the same prediction.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 dspy = pytest.importorskip("dspy")
@@ -69,3 +71,70 @@ def test_benchmark_quantile_and_jsonl(tmp_path):
     with sink.path.open("a") as f:
         f.write('{"a": 2')  # a line torn by a stop is skipped
     assert read_jsonl(sink.path) == [{"a": 1}]
+
+
+def test_plan_solve_program_reports_both_steps_and_bootstraps_both(tiny):
+    """The benchmark's two-step program: both LM calls land in one ℓ2 report, and BootstrapFewShot gives each
+    step the same train traces as demos (what ``demo_questions`` reads)."""
+    from benchmarks.used_by_metric import demo_questions, program
+    from l2reason.backends.hf import HFBackend
+
+    be = HFBackend(tiny)
+    be.eos_ids = set()
+    lm = l2.l2_lm(backend=be, name="tiny-ps", max_tokens=5, cache=False, selection={"method": "self-certainty"})
+    with dspy.context(lm=lm, adapter=LenientAdapter()):
+        prog = program("plan-solve")
+        pred = prog(question="2 + 3?")
+        assert len(pred.l2.calls) == 2 and all(c["n"] == 1 for c in pred.l2.calls)
+        assert l2.confidence_metric(None, pred) == pytest.approx(
+            sum(c["selection"]["scores"][0] for c in pred.l2.calls) / 2
+        )
+        train = [dspy.Example(question=q).with_inputs("question") for q in ("1 + 1?", "4 * 2?", "9 - 3?")]
+        tele = dspy.BootstrapFewShot(metric=None, max_bootstrapped_demos=2, max_labeled_demos=0, max_rounds=1)
+        compiled = tele.compile(program("plan-solve"), trainset=train)
+    assert [n for n, _ in compiled.named_predictors()] == ["module.plan.predict", "module.solve.predict"]
+    assert demo_questions(compiled) == ["1 + 1?", "4 * 2?"]
+    assert [d["question"] for d in compiled.named_predictors()[1][1].demos] == ["1 + 1?", "4 * 2?"]
+    with pytest.raises(ValueError, match="unknown program 'tot'"):
+        program("tot")
+
+
+def test_noise_metric_is_fixed_by_question_and_reply():
+    from benchmarks.used_by_metric import noise_metric
+
+    ex = dspy.Example(question="q").with_inputs("question")
+    a, b = noise_metric(ex, dspy.Prediction(answer="1")), noise_metric(ex, dspy.Prediction(answer="2"))
+    assert 0 <= a < 1 and 0 <= b < 1 and a != b
+    assert noise_metric(ex, dspy.Prediction(answer="1")) == a
+
+
+def test_compile_with_mipro_light_stores_instructions_and_demos(tiny, tmp_path):
+    """The benchmark's MIPROv2 path end to end on the tiny model: a program is compiled with the label-free
+    ℓ2 metric, saved with its instructions and demos, and loads back."""
+    import argparse
+
+    from benchmarks.used_by_metric import compile_one, program
+    from l2reason.backends.hf import HFBackend
+    from l2reason.eval.datasets import load_dataset
+
+    data = load_dataset("gsm_symbolic:seed=42")
+    train = data.items(limit=2, offset=100)
+    rows = [{"item": it.id, "l2": 0.1 * i, "confidence": 1.0} for i, it in enumerate(train)]
+    args = argparse.Namespace(
+        out=str(tmp_path), program="cot", optimizer="mipro-light", demos=1, quantile=0.5, seed=0, threads=1
+    )
+    be = HFBackend(tiny)
+    be.eos_ids = set()
+    lm = l2.l2_lm(backend=be, name="tiny-mipro", max_tokens=4, cache=False, selection={"method": "self-certainty"})
+    with dspy.context(lm=lm, adapter=LenientAdapter()):
+        compiled = compile_one("l2", args, data, train, rows)
+    meta = json.loads((tmp_path / "programs" / "l2.meta.json").read_text())
+    assert meta["threshold"] == pytest.approx(0.05) and len(meta["instructions"]) == 1
+    assert all(isinstance(x, str) and x for x in meta["instructions"])
+    assert set(meta["demos"]) <= {it.id for it in train} and len(meta["demos"]) <= 1
+    again = program("cot")
+    again.load(str(tmp_path / "programs" / "l2.json"))
+    assert (
+        again.named_predictors()[0][1].signature.instructions
+        == compiled.named_predictors()[0][1].signature.instructions
+    )
