@@ -14,7 +14,10 @@ first table shows online = replay). Accuracy is the survivors' majority vote, wi
 CI against majority@N without pruning and McNemar. Rules with a fixed threshold come from the replay
 of the published 100-item vLLM run of the same model (``--rule-set``: ``docs/results/gsm_symbolic_100_vllm/
 pruning/`` for the 0.5B, ``docs/results/gsm_symbolic_100_1.5b_vllm/pruning/`` for the 1.5B, chosen on its
-even-indexed items), so nothing here is tuned on the samples it is scored on.
+even-indexed items). The engine reproduces a seeded request's samples (up to bf16 noise), so those
+earlier samples are nearly these ones (the report counts the items whose first candidate and majority
+vote are right or wrong alike in both): on the even-indexed items the fixed rules are in-sample, and the
+odd-indexed items are the out-of-sample test.
 
 Usage (resumes from ``OUT/batches.jsonl`` and ``OUT/run/``; one line per finished batch)::
 
@@ -425,13 +428,14 @@ def _report(out: Path, settings: dict[str, Any], batches: list[dict[str, Any]], 
         "",
         *_replayed_lines(rep, n),
         "",
-        f"The fixed thresholds below were chosen on the even-indexed items' samples of an earlier run; on the "
-        f"{odd['items']} odd-indexed items alone (not used to choose them):",
+        "The fixed thresholds were chosen on the even-indexed items of an earlier run of the same requests"
+        + (f" ({same})" if (same := _same_samples(out, settings)) else "")
+        + f"; on the {odd['items']} odd-indexed items alone (not used to choose them, the out-of-sample test):",
         "",
         *_replayed_lines(odd, n),
         "",
-        "Rules (their fixed thresholds were chosen on the even-indexed items of another sampling of these items, "
-        f"`{RULE_SETS[settings['rule_set']][0]}`, so nothing was tuned on these samples):",
+        "Rules (their fixed thresholds were chosen on the even-indexed items of that earlier run, "
+        f"`{RULE_SETS[settings['rule_set']][0]}`):",
         "",
         *[f"- `{name}`: {RULES[name]}; `{json.dumps(spec)}`" for name, spec in settings["rules"].items()],
         "",
@@ -440,6 +444,33 @@ def _report(out: Path, settings: dict[str, Any], batches: list[dict[str, Any]], 
     ]
     data = {"settings": settings, "meta": meta, "measured": s, "replayed": rep, "replayed_odd": odd}
     return write_report(out / "engine_pruning", data, lines)
+
+
+def _same_samples(out: Path, settings: dict[str, Any]) -> str | None:
+    """How alike the stored unpruned samples are to those of the run that chose the fixed thresholds: items whose
+    first candidate, and whose majority vote, is right or wrong in both (from that run's ``per_item.csv``)."""
+    import csv
+
+    from l2reason.eval.harness import load_run
+    from l2reason.eval.pruning import survivor_majority
+
+    csv_path = ROOT / RULE_SETS[settings["rule_set"]][0] / ".." / "per_item.csv"
+    if not csv_path.exists() or not (out / "run").exists():
+        return None
+    with csv_path.open() as f:
+        old = {r["item_id"]: r for r in csv.DictReader(f)}
+    recs = [r for r in load_run(out / "run").samples if r.item_id in old]
+    if not recs:
+        return None
+    first = sum(int(r.correct[0]) == int(old[r.item_id]["sample@1"]) for r in recs)
+    vote = sum(
+        int(survivor_majority(r, np.ones(len(r.answers), dtype=bool))[0]) == int(old[r.item_id]["majority"])
+        for r in recs
+    )
+    return (
+        f"practically these samples: first candidate right or wrong alike on {first}/{len(recs)} items, "
+        f"majority vote on {vote}/{len(recs)}"
+    )
 
 
 def main() -> None:
