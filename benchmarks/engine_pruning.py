@@ -311,14 +311,14 @@ def summarise(batches: list[dict[str, Any]], settings: dict[str, Any]) -> dict[s
     return {"items": n_items, "batches": len(batches), "rows": rows}
 
 
-def replayed(run_dir: Path, settings: dict[str, Any], *, odd_only: bool = False) -> dict[str, Any]:
+def replayed(run_dir: Path | Any, settings: dict[str, Any], *, odd_only: bool = False) -> dict[str, Any]:
     """Every rule replayed on every stored unpruned item (``odd_only``: the odd-indexed ones): tokens saved and
-    accuracy vs majority@N (paired)."""
+    accuracy vs majority@N (paired). ``run_dir``: the run's folder, or the run already loaded (``load_run``)."""
     from l2reason.eval.harness import load_run
     from l2reason.eval.pruning import simulate_run
     from l2reason.eval.stats import bootstrap_ci, paired_bootstrap
 
-    run = load_run(run_dir)
+    run = load_run(run_dir) if isinstance(run_dir, Path) else run_dir
     samples = [r for r in run.samples if r.index % 2 == 1] if odd_only else list(run.samples)
     rows = []
     for name, fields in settings["rules"].items():
@@ -389,8 +389,11 @@ def _replayed_lines(rep: dict[str, Any], n: int) -> list[str]:
 
 def _report(out: Path, settings: dict[str, Any], batches: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
     s = summarise(batches, settings)
-    rep = replayed(out / "run", settings)
-    odd = replayed(out / "run", settings, odd_only=True)
+    from l2reason.eval.harness import load_run
+
+    run = load_run(out / "run")  # once for the three uses below
+    rep = replayed(run, settings)
+    odd = replayed(run, settings, odd_only=True)
     n = settings["n"]
     lines = [
         f"# Online pruning inside the engine: {rep['items']} items x N = {n} ({settings['model']})",
@@ -429,7 +432,7 @@ def _report(out: Path, settings: dict[str, Any], batches: list[dict[str, Any]], 
         *_replayed_lines(rep, n),
         "",
         "The fixed thresholds were chosen on the even-indexed items of an earlier run of the same requests"
-        + (f" ({same})" if (same := _same_samples(out, settings)) else "")
+        + (f" ({same})" if (same := _same_samples(run, settings)) else "")
         + f"; on the {odd['items']} odd-indexed items alone (not used to choose them, the out-of-sample test):",
         "",
         *_replayed_lines(odd, n),
@@ -446,20 +449,19 @@ def _report(out: Path, settings: dict[str, Any], batches: list[dict[str, Any]], 
     return write_report(out / "engine_pruning", data, lines)
 
 
-def _same_samples(out: Path, settings: dict[str, Any]) -> str | None:
+def _same_samples(run: Any, settings: dict[str, Any]) -> str | None:
     """How alike the stored unpruned samples are to those of the run that chose the fixed thresholds: items whose
     first candidate, and whose majority vote, is right or wrong in both (from that run's ``per_item.csv``)."""
     import csv
 
-    from l2reason.eval.harness import load_run
     from l2reason.eval.pruning import survivor_majority
 
     csv_path = ROOT / RULE_SETS[settings["rule_set"]][0] / ".." / "per_item.csv"
-    if not csv_path.exists() or not (out / "run").exists():
+    if not csv_path.exists():
         return None
     with csv_path.open() as f:
         old = {r["item_id"]: r for r in csv.DictReader(f)}
-    recs = [r for r in load_run(out / "run").samples if r.item_id in old]
+    recs = [r for r in run.samples if r.item_id in old]
     if not recs:
         return None
     first = sum(int(r.correct[0]) == int(old[r.item_id]["sample@1"]) for r in recs)
